@@ -1,0 +1,25 @@
+//! `kcore`: the architecture-neutral core of pi4-hvo.
+//!
+//! Everything here is `no_std`, builds for `aarch64-unknown-none` inside the firmware, and is
+//! tested on the host with `cargo test -p kcore`. Instructions that only exist on AArch64
+//! (barriers, TLB maintenance) sit behind `cfg(target_arch = "aarch64")` in [`tlb`], with a
+//! recording backend for the host.
+//!
+//! One concept per file:
+//! - [`addr`], [`layout`], [`phys`]: address types, the kernel address-space layout, and how
+//!   physical memory is reached.
+//! - [`esr`], [`cmdline`], [`bootinfo`]: exception syndrome decoding, the kernel command line,
+//!   ATAGs and device trees.
+//! - [`pgtable`], [`tlb`], [`mapper`], [`pagewalk`], [`mm`], [`ptdump`]: ARMv8 translation
+//!   tables, barriers and TLB maintenance, building maps, the one page walker, address spaces and
+//!   their `mmap_lock`, and the page-table dump.
+//! - [`memblock`], [`page`], [`vmemmap`], [`buddy`], [`hugetlb`], [`hugetlb_vmemmap`]: early
+//!   frame allocation, the 64-byte page descriptor, the virtually mapped memmap, the buddy
+//!   allocator, HugeTLB folios and the HugeTLB vmemmap optimization.
+#![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![deny(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod addr;
+pub mod layout;
+pub mod phys;
