@@ -1,1 +1,20 @@
-#![no_std]
+//! pi4-hvo firmware: boot, exceptions, drivers, the kernel address space and on-target tests.
+//!
+//! A board crate under `boards/` links this library into an image and supplies the wiring
+//! ([`board::Board`]) through [`board_entry!`]. The architecture-neutral memory-management code
+//! lives in the `kcore` crate, shared with the host tests.
+#![cfg_attr(target_arch = "aarch64", no_std)]
+#![deny(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
+// The firmware only exists for AArch64; on the host the crate is empty so workspace-wide host
+// commands (clippy, doc) pass over it.
+#![cfg(target_arch = "aarch64")]
+
+#[macro_use]
+pub mod log;
+pub mod arch;
+pub mod board;
+pub mod drivers;
+pub mod init;
+pub mod ktest;
+mod panic;
+pub mod user;

@@ -21,5 +21,6 @@
 #![warn(missing_docs)]
 
 pub mod addr;
+pub mod esr;
 pub mod layout;
 pub mod phys;

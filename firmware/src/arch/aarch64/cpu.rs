@@ -1,0 +1,30 @@
+//! Small CPU helpers: identification, interrupt masking, idling.
+
+use aarch64_cpu::registers::{Readable, Writeable, DAIF, MPIDR_EL1};
+
+/// This core's number (MPIDR_EL1.Aff0: 0..=3 on the Cortex-A72 cluster of the BCM2711).
+#[inline]
+pub fn core_id() -> usize {
+    (MPIDR_EL1.get() & 0xff) as usize
+}
+
+/// Masks IRQ, FIQ, SError and debug exceptions; returns the previous DAIF for [`restore_irqs`].
+#[inline]
+pub fn mask_irqs() -> u64 {
+    let old = DAIF.get();
+    DAIF.set(0b1111 << 6);
+    old
+}
+
+/// Restores a DAIF value saved by [`mask_irqs`].
+#[inline]
+pub fn restore_irqs(daif: u64) {
+    DAIF.set(daif);
+}
+
+/// Parks this core for good.
+pub fn park() -> ! {
+    loop {
+        aarch64_cpu::asm::wfe();
+    }
+}
