@@ -2,4 +2,4 @@
 
 pub mod aarch64;
 
-pub use aarch64::{cpu, exception, probe, semihosting};
+pub use aarch64::{cpu, exception, mmu, probe, semihosting};
