@@ -11,6 +11,8 @@
 
 #[macro_use]
 pub mod log;
+#[cfg(all(feature = "defmt-log", not(feature = "plain-log")))]
+pub use defmt::{debug, error, info, warn};
 pub mod arch;
 pub mod board;
 pub mod drivers;

@@ -164,39 +164,30 @@ pub fn plain(level: Level, args: core::fmt::Arguments<'_>) {
     });
 }
 
+// With defmt, the log macros are defmt's own, re-exported at the crate root (lib.rs), so each
+// frame carries its caller's file and line. In plain-text mode they are these.
+
 /// Logs at error level.
+#[cfg(any(feature = "plain-log", not(feature = "defmt-log")))]
 #[macro_export]
 macro_rules! error {
-    ($($arg:tt)*) => { $crate::__log!(error, Error, $($arg)*) };
+    ($($arg:tt)*) => { $crate::log::plain($crate::log::Level::Error, format_args!($($arg)*)) };
 }
 /// Logs at warning level.
+#[cfg(any(feature = "plain-log", not(feature = "defmt-log")))]
 #[macro_export]
 macro_rules! warn {
-    ($($arg:tt)*) => { $crate::__log!(warn, Warn, $($arg)*) };
+    ($($arg:tt)*) => { $crate::log::plain($crate::log::Level::Warn, format_args!($($arg)*)) };
 }
 /// Logs at info level.
+#[cfg(any(feature = "plain-log", not(feature = "defmt-log")))]
 #[macro_export]
 macro_rules! info {
-    ($($arg:tt)*) => { $crate::__log!(info, Info, $($arg)*) };
+    ($($arg:tt)*) => { $crate::log::plain($crate::log::Level::Info, format_args!($($arg)*)) };
 }
 /// Logs at debug level.
+#[cfg(any(feature = "plain-log", not(feature = "defmt-log")))]
 #[macro_export]
 macro_rules! debug {
-    ($($arg:tt)*) => { $crate::__log!(debug, Debug, $($arg)*) };
-}
-
-#[cfg(all(feature = "defmt-log", not(feature = "plain-log")))]
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __log {
-    ($d:ident, $l:ident, $($arg:tt)*) => { defmt::$d!($($arg)*) };
-}
-
-#[cfg(any(feature = "plain-log", not(feature = "defmt-log")))]
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __log {
-    ($d:ident, $l:ident, $($arg:tt)*) => {
-        $crate::log::plain($crate::log::Level::$l, format_args!($($arg)*))
-    };
+    ($($arg:tt)*) => { $crate::log::plain($crate::log::Level::Debug, format_args!($($arg)*)) };
 }

@@ -60,9 +60,11 @@ pub fn timer_advances() -> TestResult {
 
 pub fn timer_oneshot() -> TestResult {
     let f = timer::frequency();
+    // Read the counter before arming: the timer fires at (counter at arming) + TVAL, so the
+    // wait measured from here is at least TVAL ticks.
+    let start = timer::ticks();
     timer::oneshot_arm((f / 1000) as u32);
     ensure!(!timer::oneshot_fired(), "not fired straight away");
-    let start = timer::ticks();
     while !timer::oneshot_fired() {
         if timer::ticks() - start > f {
             timer::oneshot_disarm();

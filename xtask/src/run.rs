@@ -1,0 +1,122 @@
+//! `cargo xtask run`: build the firmware and boot it on QEMU's raspi4b, decoding its log live.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use crate::decode::{DefmtInfo, LogDecoder};
+use crate::firmware::{self, BuildOptions};
+use crate::qemu::{self, Outcome, QemuConfig};
+use crate::Board;
+
+/// Arguments of `cargo xtask run`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The board to run; only qemu-raspi4b runs under QEMU.
+    #[arg(long, value_enum, default_value_t)]
+    board: Board,
+    /// Build with the release profile.
+    #[arg(long)]
+    release: bool,
+    /// Kill QEMU after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    timeout: u64,
+    /// Pass a device tree to QEMU (`-dtb`); without it the firmware gets ATAGs.
+    #[arg(long, value_name = "FILE")]
+    dtb: Option<PathBuf>,
+    /// Build with plain-text logging and pass the UART bytes through undecoded.
+    #[arg(long)]
+    plain: bool,
+    /// Boot arguments (QEMU `-append`), e.g. `-- ktest hugepagesz=2M hugepages=64`.
+    #[arg(last = true, value_name = "BOOTARGS")]
+    bootargs: Vec<String>,
+}
+
+/// Run the command.
+pub fn main(args: Args) -> Result<ExitCode> {
+    if args.board != Board::QemuRaspi4b {
+        bail!(
+            "board {} does not run under QEMU; use --board qemu-raspi4b, or for a Pi 4 \
+             `cargo xtask sdcard` and `cargo xtask monitor`",
+            args.board.name()
+        );
+    }
+    qemu::check()?;
+    let fw = firmware::build(&BuildOptions {
+        board: args.board,
+        release: args.release,
+        ktest: false,
+        plain: args.plain,
+    })?;
+    let cfg = QemuConfig {
+        image: fw.image.clone(),
+        dtb: args.dtb,
+        bootargs: args.bootargs,
+        gdb: false,
+    };
+    let outcome = run_logged(&cfg, &fw.elf, args.plain, Some(args.timeout))?;
+    Ok(match outcome.outcome {
+        Outcome::Exited(code) => {
+            eprintln!("xtask: firmware exited with status {code}");
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
+        Outcome::Signalled => {
+            eprintln!("xtask: QEMU was killed by a signal");
+            ExitCode::FAILURE
+        }
+        Outcome::TimedOut => {
+            eprintln!(
+                "{}",
+                timeout_message(args.timeout, outcome.last_line.as_deref())
+            );
+            ExitCode::FAILURE
+        }
+    })
+}
+
+/// The message for a run that did not finish in time.
+pub fn timeout_message(secs: u64, last_line: Option<&str>) -> String {
+    format!(
+        "firmware did not finish within {secs} s; last log line: {}",
+        last_line.unwrap_or("(none)")
+    )
+}
+
+/// How a logged run ended.
+pub struct LoggedRun {
+    /// QEMU's end.
+    pub outcome: Outcome,
+    /// The last log line seen, for timeout messages.
+    pub last_line: Option<String>,
+}
+
+/// Boot `cfg` and print every log line as it arrives.
+pub fn run_logged(
+    cfg: &QemuConfig,
+    elf: &std::path::Path,
+    plain: bool,
+    timeout_secs: Option<u64>,
+) -> Result<LoggedRun> {
+    eprintln!("xtask: {}", cfg.display());
+    let info = if plain {
+        None
+    } else {
+        Some(DefmtInfo::load(elf)?)
+    };
+    let mut decoder = match &info {
+        Some(info) => info.decoder(),
+        None => LogDecoder::plain(),
+    };
+    let mut last_line = None;
+    let mut print = |line: crate::decode::LogLine| {
+        println!("{}", line.rendered);
+        last_line = Some(line.rendered);
+    };
+    let outcome = qemu::run(cfg, timeout_secs.map(Duration::from_secs), &mut |bytes| {
+        decoder.feed(bytes, &mut print)
+    })?;
+    decoder.finish(&mut print);
+    Ok(LoggedRun { outcome, last_line })
+}

@@ -1,0 +1,478 @@
+//! `cargo xtask sdcard`: a bootable SD-card image for a Raspberry Pi 4.
+//!
+//! The Pi 4's EEPROM bootloader only boots from MBR-partitioned cards, so the image has an MBR
+//! with one FAT32 (LBA, type 0x0C) partition starting at 1 MiB, holding the VideoCore firmware
+//! (`start4.elf`, `fixup4.dat`), `config.txt`, `kernel8.img` and optionally the DTB.
+
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, ensure, Context, Result};
+use fatfs::{FatType, FileSystem, FormatVolumeOptions, FsOptions};
+use fscommon::{BufStream, StreamSlice};
+
+use crate::firmware::{self, BuildOptions};
+use crate::Board;
+
+/// Where Debian's `raspi-firmware` package puts the VideoCore firmware.
+pub const DEFAULT_FIRMWARE_DIR: &str = "/usr/lib/raspi-firmware";
+/// The default image size.
+pub const DEFAULT_SIZE_MIB: u32 = 64;
+/// The VideoCore firmware files a Pi 4 needs.
+pub const FIRMWARE_FILES: [&str; 2] = ["start4.elf", "fixup4.dat"];
+/// The name the Pi 4 firmware looks for its device tree under.
+pub const DTB_NAME: &str = "bcm2711-rpi-4-b.dtb";
+/// Every file of an image made with a DTB.
+pub const IMAGE_FILES: [&str; 5] = [
+    "start4.elf",
+    "fixup4.dat",
+    "config.txt",
+    "kernel8.img",
+    DTB_NAME,
+];
+/// How to get the firmware files.
+pub const FIRMWARE_HINT: &str = "install them with `apt-get install raspi-firmware` (Debian: \
+    enable the `non-free-firmware` component) or copy start4.elf and fixup4.dat from the boot/ \
+    directory of the raspberrypi/firmware repository and pass --firmware-dir";
+
+/// The partition starts at 1 MiB (LBA 2048), as SD cards and Raspberry Pi OS images do.
+const PART_START_LBA: u64 = 2048;
+const SECTOR: u64 = 512;
+/// FAT32 needs at least 65525 clusters; with 512-byte clusters that is ~33 MiB plus the FATs.
+const MIN_SIZE_MIB: u32 = 40;
+/// Volume label (11 bytes, space padded).
+const LABEL: [u8; 11] = *b"PI4HVO BOOT";
+
+/// Arguments of `cargo xtask sdcard`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The image file to write [default: <target dir>/sdcard.img].
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Directory holding start4.elf and fixup4.dat.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_FIRMWARE_DIR)]
+    firmware_dir: PathBuf,
+    /// A device tree to put on the card as bcm2711-rpi-4-b.dtb (the Pi firmware passes its own
+    /// otherwise, patched, in x0).
+    #[arg(long, value_name = "FILE")]
+    dtb: Option<PathBuf>,
+    /// Size of the image in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_SIZE_MIB)]
+    size_mib: u32,
+    /// Build the firmware with plain-text logging (for a bare serial terminal).
+    #[arg(long)]
+    plain: bool,
+}
+
+/// What to put in the image.
+pub struct Options {
+    /// The image file.
+    pub out: PathBuf,
+    /// Where start4.elf and fixup4.dat are.
+    pub firmware_dir: PathBuf,
+    /// Optional DTB.
+    pub dtb: Option<PathBuf>,
+    /// Image size.
+    pub size_mib: u32,
+    /// Plain-text logging.
+    pub plain: bool,
+}
+
+/// Run the command.
+pub fn main(args: Args) -> Result<ExitCode> {
+    let opts = Options {
+        out: args
+            .out
+            .unwrap_or_else(|| firmware::target_dir().join("sdcard.img")),
+        firmware_dir: args.firmware_dir,
+        dtb: args.dtb,
+        size_mib: args.size_mib,
+        plain: args.plain,
+    };
+    make(&opts)?;
+    println!(
+        "write it to a card with: dd if={} of=/dev/sdX bs=4M conv=fsync status=progress",
+        opts.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Firmware files missing from `dir`.
+pub fn missing_firmware(dir: &Path) -> Vec<&'static str> {
+    FIRMWARE_FILES
+        .iter()
+        .copied()
+        .filter(|f| !dir.join(f).is_file())
+        .collect()
+}
+
+/// Build the rpi4 release firmware and write the image, then list it.
+pub fn make(opts: &Options) -> Result<()> {
+    // Check the inputs before the (long) release build.
+    let missing = missing_firmware(&opts.firmware_dir);
+    if !missing.is_empty() {
+        bail!(
+            "{} missing from {}: {FIRMWARE_HINT}",
+            missing.join(" and "),
+            opts.firmware_dir.display()
+        );
+    }
+    if let Some(dtb) = &opts.dtb {
+        ensure!(dtb.is_file(), "the DTB {} does not exist", dtb.display());
+    }
+    let fw = firmware::build(&BuildOptions {
+        board: Board::Rpi4,
+        release: true,
+        ktest: false,
+        plain: opts.plain,
+    })?;
+    let files = card_files(&opts.firmware_dir, &fw.image, opts.dtb.as_deref());
+    write_image(&opts.out, &files, opts.size_mib)?;
+    println!("sdcard: {} ({} MiB)", opts.out.display(), opts.size_mib);
+    print_listing(&opts.out)
+}
+
+/// The files of the card: (name on the card, source).
+pub fn card_files(
+    firmware_dir: &Path,
+    kernel: &Path,
+    dtb: Option<&Path>,
+) -> Vec<(String, PathBuf)> {
+    let mut files: Vec<(String, PathBuf)> = FIRMWARE_FILES
+        .iter()
+        .map(|f| (f.to_string(), firmware_dir.join(f)))
+        .collect();
+    files.push((
+        "config.txt".into(),
+        firmware::project_root().join("boards/rpi4/config.txt"),
+    ));
+    files.push(("kernel8.img".into(), kernel.to_path_buf()));
+    if let Some(dtb) = dtb {
+        files.push((DTB_NAME.into(), dtb.to_path_buf()));
+    }
+    files
+}
+
+/// Print the root directory of the image's FAT partition.
+pub fn print_listing(img: &Path) -> Result<()> {
+    println!("root directory of the FAT32 partition:");
+    for (name, size) in list_image(img)? {
+        println!("  {size:>10}  {name}");
+    }
+    Ok(())
+}
+
+/// Write an MBR-partitioned FAT32 image holding `files`.
+pub fn write_image(out: &Path, files: &[(String, PathBuf)], size_mib: u32) -> Result<()> {
+    ensure!(
+        size_mib >= MIN_SIZE_MIB,
+        "--size-mib {size_mib} is too small for FAT32; use at least {MIN_SIZE_MIB}"
+    );
+    let contents: Vec<(&str, Vec<u8>)> = files
+        .iter()
+        .map(|(name, src)| {
+            fs::read(src)
+                .with_context(|| format!("reading {} (for {name})", src.display()))
+                .map(|data| (name.as_str(), data))
+        })
+        .collect::<Result<_>>()?;
+    let total: u64 = contents.iter().map(|(_, d)| d.len() as u64).sum();
+    let size = u64::from(size_mib) << 20;
+    ensure!(
+        total + (8 << 20) < size,
+        "the files take {} KiB; raise --size-mib above {size_mib}",
+        total >> 10
+    );
+    if let Some(dir) = out.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let ctx = || format!("writing the SD image {}", out.display());
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(out)
+        .with_context(ctx)?;
+    file.set_len(size).with_context(ctx)?;
+    let part_sectors = size / SECTOR - PART_START_LBA;
+    file.write_all(&mbr(PART_START_LBA as u32, part_sectors as u32))
+        .with_context(ctx)?;
+
+    let part_start = PART_START_LBA * SECTOR;
+    let mut part = BufStream::new(StreamSlice::new(file, part_start, size).with_context(ctx)?);
+    fatfs::format_volume(
+        &mut part,
+        FormatVolumeOptions::new()
+            .fat_type(FatType::Fat32)
+            .bytes_per_cluster(512)
+            .volume_label(LABEL),
+    )
+    .context("formatting the FAT32 partition")?;
+    set_hidden_sectors(&mut part, PART_START_LBA as u32).with_context(ctx)?;
+    part.seek(SeekFrom::Start(0)).with_context(ctx)?;
+    {
+        let fs = FileSystem::new(&mut part, FsOptions::new()).context("opening the new FAT32")?;
+        let root = fs.root_dir();
+        for (name, data) in &contents {
+            let mut f = root
+                .create_file(name)
+                .with_context(|| format!("creating {name} in the image"))?;
+            f.truncate().with_context(ctx)?;
+            f.write_all(data)
+                .with_context(|| format!("writing {name} into the image"))?;
+        }
+        drop(root);
+        fs.unmount().context("unmounting the FAT32")?;
+    }
+    part.flush().with_context(ctx)?;
+    Ok(())
+}
+
+/// The volume's "hidden sectors" (sectors before the partition) in the boot sector and its
+/// backup: fatfs formats a bare volume and leaves it 0.
+fn set_hidden_sectors<S: Read + Write + Seek>(part: &mut S, hidden: u32) -> std::io::Result<()> {
+    let mut backup = [0u8; 2];
+    part.seek(SeekFrom::Start(0x32))?;
+    part.read_exact(&mut backup)?;
+    let backup = u64::from(u16::from_le_bytes(backup));
+    part.seek(SeekFrom::Start(0x1C))?;
+    part.write_all(&hidden.to_le_bytes())?;
+    if backup != 0 {
+        part.seek(SeekFrom::Start(backup * SECTOR + 0x1C))?;
+        part.write_all(&hidden.to_le_bytes())?;
+    }
+    Ok(())
+}
+
+/// An MBR with one bootable FAT32-LBA partition.
+fn mbr(start_lba: u32, sectors: u32) -> [u8; 512] {
+    let mut m = [0u8; 512];
+    m[0x1B8..0x1BC].copy_from_slice(&0x5034_4856u32.to_le_bytes()); // disk id "VH4P"
+    let e = &mut m[0x1BE..0x1CE];
+    e[0] = 0x80; // bootable
+    e[1..4].copy_from_slice(&chs(start_lba));
+    e[4] = 0x0C; // FAT32 with LBA
+    e[5..8].copy_from_slice(&chs(start_lba + sectors - 1));
+    e[8..12].copy_from_slice(&start_lba.to_le_bytes());
+    e[12..16].copy_from_slice(&sectors.to_le_bytes());
+    m[510] = 0x55;
+    m[511] = 0xAA;
+    m
+}
+
+/// CHS address of an LBA with 255 heads and 63 sectors per track (saturating at 1023/254/63).
+fn chs(lba: u32) -> [u8; 3] {
+    let (heads, spt) = (255, 63);
+    let cyl = lba / (heads * spt);
+    if cyl > 1023 {
+        return [0xFE, 0xFF, 0xFF];
+    }
+    let head = (lba / spt) % heads;
+    let sector = lba % spt + 1;
+    [
+        head as u8,
+        (sector as u8) | (((cyl >> 8) as u8) << 6),
+        cyl as u8,
+    ]
+}
+
+/// The root directory of the image's FAT partition: (name, size).
+pub fn list_image(img: &Path) -> Result<Vec<(String, u64)>> {
+    let ctx = || format!("reading the SD image {}", img.display());
+    let mut file = fs::File::open(img).with_context(ctx)?;
+    let mut sector = [0u8; 512];
+    file.read_exact(&mut sector).with_context(ctx)?;
+    ensure!(
+        sector[510..] == [0x55, 0xAA],
+        "{} has no MBR signature",
+        img.display()
+    );
+    let e = &sector[0x1BE..0x1CE];
+    let start = u64::from(u32::from_le_bytes(e[8..12].try_into().expect("4 bytes")));
+    let count = u64::from(u32::from_le_bytes(e[12..16].try_into().expect("4 bytes")));
+    ensure!(count > 0, "{} has no first partition", img.display());
+    let slice = StreamSlice::new(
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(img)
+            .with_context(ctx)?,
+        start * SECTOR,
+        (start + count) * SECTOR,
+    )
+    .with_context(ctx)?;
+    let fs = FileSystem::new(slice, FsOptions::new()).context("opening the FAT partition")?;
+    let mut out = Vec::new();
+    for entry in fs.root_dir().iter() {
+        let entry = entry.with_context(ctx)?;
+        out.push((entry.file_name(), entry.len()));
+    }
+    Ok(out)
+}
+
+/// `mdir -i IMG@@1M ::`: list the image's FAT partition with mtools.
+pub fn mdir(img: &Path) -> Result<String> {
+    let target = format!("{}@@{}", img.display(), PART_START_LBA * SECTOR);
+    let out = Command::new("mdir")
+        .args(["-i", &target, "::"])
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output();
+    let out = match out {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("mdir is not installed: apt-get install mtools")
+        }
+        Err(e) => return Err(e).context("running mdir"),
+    };
+    ensure!(
+        out.status.success(),
+        "mdir -i {target} :: failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Does an `mdir` listing show `name`? mdir shows the long name last on an entry's line, or
+/// only the 8.3 name (`NAME     EXT`) when the long name is not needed.
+pub fn mdir_lists(listing: &str, name: &str) -> bool {
+    let (stem, ext) = name.rsplit_once('.').unwrap_or((name, ""));
+    listing.lines().any(|line| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        words.last().is_some_and(|w| *w == name)
+            || (words.len() >= 2
+                && words[0].eq_ignore_ascii_case(stem)
+                && words[1].eq_ignore_ascii_case(ext))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_lists_exactly_the_five_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fw_dir = tmp.path().join("firmware");
+        fs::create_dir(&fw_dir).unwrap();
+        fs::write(fw_dir.join("start4.elf"), vec![0x5A; 70_000]).unwrap();
+        fs::write(fw_dir.join("fixup4.dat"), b"fixup").unwrap();
+        let kernel = tmp.path().join("kernel8.img");
+        fs::write(&kernel, vec![0xA5; 5000]).unwrap();
+        let dtb = tmp.path().join("some.dtb");
+        fs::write(&dtb, b"\xd0\x0d\xfe\xed").unwrap();
+
+        let files = card_files(&fw_dir, &kernel, Some(&dtb));
+        let img = tmp.path().join("sd.img");
+        write_image(&img, &files, 48).unwrap();
+        assert_eq!(fs::metadata(&img).unwrap().len(), 48 << 20);
+
+        let mut listed = list_image(&img).unwrap();
+        listed.sort();
+        let config_len = fs::metadata(firmware::project_root().join("boards/rpi4/config.txt"))
+            .unwrap()
+            .len();
+        let mut expected = vec![
+            ("start4.elf".to_string(), 70_000),
+            ("fixup4.dat".to_string(), 5),
+            ("config.txt".to_string(), config_len),
+            ("kernel8.img".to_string(), 5000),
+            (DTB_NAME.to_string(), 4),
+        ];
+        expected.sort();
+        assert_eq!(listed, expected);
+
+        // The MBR describes one bootable FAT32-LBA partition at 1 MiB.
+        let raw = fs::read(&img).unwrap();
+        assert_eq!(raw[0x1BE], 0x80);
+        assert_eq!(raw[0x1C2], 0x0C);
+        assert_eq!(&raw[0x1C6..0x1CA], &2048u32.to_le_bytes());
+        // Boot sector: FAT32 signature and hidden sectors = partition start.
+        let bs = &raw[1 << 20..(1 << 20) + 512];
+        assert_eq!(&bs[0x52..0x5A], b"FAT32   ");
+        assert_eq!(&bs[0x1C..0x20], &2048u32.to_le_bytes());
+
+        // Read a file back.
+        let slice = StreamSlice::new(
+            fs::File::open(&img).map(ReadOnly).unwrap(),
+            1 << 20,
+            48 << 20,
+        )
+        .unwrap();
+        let fs = FileSystem::new(slice, FsOptions::new()).unwrap();
+        let mut data = Vec::new();
+        fs.root_dir()
+            .open_file("kernel8.img")
+            .unwrap()
+            .read_to_end(&mut data)
+            .unwrap();
+        assert_eq!(data, vec![0xA5; 5000]);
+
+        // mtools, when installed, agrees.
+        if let Ok(listing) = mdir(&img) {
+            for name in IMAGE_FILES {
+                assert!(mdir_lists(&listing, name), "{name} not in\n{listing}");
+            }
+        }
+    }
+
+    /// A read-only file that fatfs can open (it wants `Write`, but mounting does not write).
+    struct ReadOnly(fs::File);
+    impl Read for ReadOnly {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.0.read(buf)
+        }
+    }
+    impl Write for ReadOnly {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("read-only"))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl Seek for ReadOnly {
+        fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+            self.0.seek(pos)
+        }
+    }
+
+    #[test]
+    fn missing_firmware_says_what_to_install() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = make(&Options {
+            out: tmp.path().join("x.img"),
+            firmware_dir: tmp.path().to_path_buf(),
+            dtb: None,
+            size_mib: 64,
+            plain: false,
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("start4.elf and fixup4.dat missing"), "{err}");
+        assert!(err.contains("apt-get install raspi-firmware"), "{err}");
+        assert!(err.contains("raspberrypi/firmware"), "{err}");
+    }
+
+    #[test]
+    fn too_small_is_rejected() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = write_image(&tmp.path().join("x.img"), &[], 16).unwrap_err();
+        assert!(err.to_string().contains("too small"), "{err}");
+    }
+
+    #[test]
+    fn mdir_listing_matches_long_and_short_names() {
+        let listing = " Volume in drive : is PI4HVO BOOT\n\
+            START4   ELF   2253376 2024-01-01  12:00  start4.elf\n\
+            CONFIG   TXT       800 2024-01-01  12:00  config.txt\n\
+            KERNEL8  IMG     80000 2024-01-01  12:00\n";
+        assert!(mdir_lists(listing, "start4.elf"));
+        assert!(mdir_lists(listing, "config.txt"));
+        assert!(mdir_lists(listing, "kernel8.img"));
+        assert!(!mdir_lists(listing, "fixup4.dat"));
+    }
+}

@@ -1,0 +1,584 @@
+//! `cargo xtask test`: host tests, on-target runs under QEMU and the SD-card check.
+//!
+//! The on-target protocol (in the decoded log text): one line per test containing
+//! `ktest: PASS <name>` or `ktest: FAIL <name>: <reason>`, then a line containing
+//! `ktest: summary passed=<N> failed=<M>`; the firmware exits with status 0 if all passed.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::decode::{DefmtInfo, LogLine};
+use crate::firmware::{self, BuildOptions};
+use crate::qemu::{self, Outcome, QemuConfig};
+use crate::{sdcard, Board};
+
+/// One boot of the ktest firmware under QEMU.
+#[derive(Clone, Copy, Debug)]
+pub struct TargetRun {
+    /// Name of the run (prefix of its test names, and the name of its extra failure).
+    pub name: &'static str,
+    /// Boot arguments (QEMU `-append`).
+    pub bootargs: &'static str,
+    /// A `-dtb`, relative to the project root; `None` boots with ATAGs.
+    pub dtb: Option<&'static str>,
+    /// Kill QEMU after this many seconds.
+    pub timeout_secs: u64,
+}
+
+/// The on-target runs, in order.
+pub const TARGET_RUNS: &[TargetRun] = &[
+    TargetRun {
+        name: "atags",
+        bootargs: "ktest",
+        dtb: None,
+        timeout_secs: 300,
+    },
+    TargetRun {
+        name: "dtb",
+        bootargs: "ktest",
+        dtb: Some("../shared/fixtures/bcm2711-rpi-4-b.dtb"),
+        timeout_secs: 300,
+    },
+    TargetRun {
+        name: "hugetlb",
+        bootargs: "ktest hugepagesz=2M hugepages=64 hugepagesz=1G hugepages=1",
+        dtb: None,
+        timeout_secs: 300,
+    },
+];
+
+/// The DTB put on the SD image by the `sdcard` check, relative to the project root.
+pub const DTB_FIXTURE: &str = "../shared/fixtures/bcm2711-rpi-4-b.dtb";
+
+/// Arguments of `cargo xtask test`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Only host tests whose name contains STR (cargo test's filter), only on-target runs and
+    /// checks (`atags`, `dtb`, `hugetlb`, `sdcard`) whose name contains STR.
+    #[arg(long, value_name = "STR")]
+    filter: Option<String>,
+    /// Print every firmware log line, not only the test results.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+/// Pass and fail counts, and the names of the failures.
+#[derive(Debug, Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    failures: Vec<String>,
+}
+
+impl Tally {
+    fn pass(&mut self, name: &str) {
+        println!("PASS {name}");
+        self.passed += 1;
+    }
+
+    fn fail(&mut self, name: &str, reason: &str) {
+        println!("FAIL {name}: {reason}");
+        self.failed += 1;
+        self.failures.push(name.to_string());
+    }
+}
+
+/// Run the command.
+pub fn main(args: Args) -> Result<ExitCode> {
+    let started = Instant::now();
+    let selected = |name: &str| args.filter.as_deref().is_none_or(|f| name.contains(f));
+    let mut tally = Tally::default();
+
+    section("rustc target");
+    firmware::ensure_target()?;
+
+    section("host tests: cargo test --workspace");
+    host_tests(args.filter.as_deref(), &mut tally)?;
+
+    let runs: Vec<&TargetRun> = TARGET_RUNS.iter().filter(|r| selected(r.name)).collect();
+    if !runs.is_empty() {
+        section("on-target tests: qemu-raspi4b, feature ktest");
+        target_tests(&runs, args.verbose, &mut tally);
+    }
+
+    if selected("sdcard") {
+        section("sdcard: real image checked with mtools");
+        match sdcard_check() {
+            Ok(None) => tally.pass("sdcard"),
+            Ok(Some(skip)) => println!("SKIP sdcard: {skip}"),
+            Err(err) => tally.fail("sdcard", &format!("{err:#}")),
+        }
+    }
+
+    section("summary");
+    if !tally.failures.is_empty() {
+        println!("failures: {}", tally.failures.join(", "));
+    }
+    println!("took {:.0} s", started.elapsed().as_secs_f64());
+    println!("{} passed, {} failed", tally.passed, tally.failed);
+    Ok(if tally.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn section(title: &str) {
+    println!("\n=== {title}");
+}
+
+/// Run `cargo test --workspace`, streaming its output and adding up its `test result:` lines.
+fn host_tests(filter: Option<&str>, tally: &mut Tally) -> Result<()> {
+    let mut cmd = Command::new(firmware::cargo());
+    cmd.args(["test", "--workspace"])
+        .current_dir(firmware::project_root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(f) = filter {
+        cmd.args(["--", f]);
+    }
+    let mut child = cmd.spawn().context("could not start cargo test")?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        if let Some((p, f)) = parse_test_result(&line) {
+            passed += p;
+            failed += f;
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!("--- host tests: {passed} passed, {failed} failed ({status})");
+    tally.passed += passed;
+    tally.failed += failed;
+    if failed > 0 {
+        tally.failures.push(format!("host tests ({failed})"));
+    }
+    if !status.success() && failed == 0 {
+        tally.fail(
+            "host-tests",
+            &format!("cargo test --workspace failed ({status}) without a failing test; see above"),
+        );
+    }
+    Ok(())
+}
+
+/// Parse cargo's `test result: ok. N passed; M failed; ...` line.
+pub fn parse_test_result(line: &str) -> Option<(u64, u64)> {
+    let rest = line.trim().strip_prefix("test result: ")?;
+    let rest = rest.split_once(". ")?.1;
+    let mut passed = None;
+    let mut failed = None;
+    for part in rest.split(';') {
+        let mut words = part.split_whitespace();
+        let n = words.next().and_then(|n| n.parse().ok());
+        match words.next() {
+            Some("passed") => passed = n,
+            Some("failed") => failed = n,
+            _ => {}
+        }
+    }
+    Some((passed?, failed?))
+}
+
+/// A `ktest:` line of the firmware's test protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KtestEvent {
+    /// `ktest: PASS <name>`.
+    Pass(String),
+    /// `ktest: FAIL <name>: <reason>`.
+    Fail {
+        /// The test.
+        name: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// `ktest: summary passed=<N> failed=<M>`.
+    Summary {
+        /// The firmware's count of passed tests.
+        passed: u64,
+        /// The firmware's count of failed tests.
+        failed: u64,
+    },
+}
+
+/// Parse a log message for the test protocol.
+pub fn parse_ktest(message: &str) -> Option<KtestEvent> {
+    let rest = &message[message.find("ktest: ")? + "ktest: ".len()..];
+    if let Some(rest) = rest.strip_prefix("PASS ") {
+        let name = rest.split_whitespace().next()?;
+        Some(KtestEvent::Pass(name.to_string()))
+    } else if let Some(rest) = rest.strip_prefix("FAIL ") {
+        // The name is the first word (test names may contain `::`), minus a trailing `:`.
+        let (word, reason) = rest
+            .trim_start()
+            .split_once(char::is_whitespace)
+            .unwrap_or((rest.trim(), ""));
+        let name = word.strip_suffix(':').unwrap_or(word);
+        if name.is_empty() {
+            return None;
+        }
+        Some(KtestEvent::Fail {
+            name: name.to_string(),
+            reason: reason.trim().to_string(),
+        })
+    } else if let Some(rest) = rest.strip_prefix("summary ") {
+        let mut passed = None;
+        let mut failed = None;
+        for word in rest.split_whitespace() {
+            if let Some(n) = word.strip_prefix("passed=") {
+                passed = n.parse().ok();
+            } else if let Some(n) = word.strip_prefix("failed=") {
+                failed = n.parse().ok();
+            }
+        }
+        Some(KtestEvent::Summary {
+            passed: passed?,
+            failed: failed?,
+        })
+    } else {
+        None
+    }
+}
+
+/// What one on-target run produced.
+#[derive(Debug)]
+pub struct RunReport {
+    /// Names of passed tests.
+    pub passes: Vec<String>,
+    /// Failed tests and reasons.
+    pub fails: Vec<(String, String)>,
+    /// The summary line, if seen.
+    pub summary: Option<(u64, u64)>,
+    /// How QEMU ended.
+    pub outcome: Outcome,
+    /// The last log line.
+    pub last_line: Option<String>,
+}
+
+impl RunReport {
+    fn new(outcome: Outcome) -> Self {
+        Self {
+            passes: Vec::new(),
+            fails: Vec::new(),
+            summary: None,
+            outcome,
+            last_line: None,
+        }
+    }
+
+    /// Why the run as a whole failed, beyond its FAIL lines (counted as one extra failure).
+    pub fn run_failure(&self, timeout_secs: u64) -> Option<String> {
+        let mut reasons = Vec::new();
+        match self.outcome {
+            Outcome::TimedOut => reasons.push(crate::run::timeout_message(
+                timeout_secs,
+                self.last_line.as_deref(),
+            )),
+            Outcome::Signalled => reasons.push("QEMU was killed by a signal".to_string()),
+            Outcome::Exited(code) if code != 0 && self.fails.is_empty() => reasons.push(format!(
+                "firmware exited with status {code} without a FAIL line"
+            )),
+            Outcome::Exited(_) => {}
+        }
+        match self.summary {
+            None if self.outcome != Outcome::TimedOut => {
+                reasons.push("no `ktest: summary` line".to_string())
+            }
+            None => {}
+            Some((p, f)) if (p, f) != (self.passes.len() as u64, self.fails.len() as u64) => {
+                reasons.push(format!(
+                    "summary says passed={p} failed={f} but the log has {} PASS and {} FAIL lines",
+                    self.passes.len(),
+                    self.fails.len()
+                ))
+            }
+            Some(_) => {}
+        }
+        (!reasons.is_empty()).then(|| reasons.join("; "))
+    }
+}
+
+/// Build the ktest firmware once and boot it for every run.
+fn target_tests(runs: &[&TargetRun], verbose: bool, tally: &mut Tally) {
+    let prepared = qemu::check().and_then(|version| {
+        println!("{version}");
+        firmware::build(&BuildOptions {
+            board: Board::QemuRaspi4b,
+            ktest: true,
+            ..Default::default()
+        })
+    });
+    let fw = match prepared {
+        Ok(fw) => fw,
+        Err(err) => {
+            for run in runs {
+                tally.fail(run.name, &format!("not run: {err:#}"));
+            }
+            return;
+        }
+    };
+    let info = match DefmtInfo::load(&fw.elf) {
+        Ok(info) => info,
+        Err(err) => {
+            for run in runs {
+                tally.fail(run.name, &format!("not run: {err:#}"));
+            }
+            return;
+        }
+    };
+    let root = firmware::project_root();
+    for run in runs {
+        println!(
+            "\n--- run {}: bootargs {:?}, {}",
+            run.name,
+            run.bootargs,
+            run.dtb.map_or("ATAGs".to_string(), |d| format!("dtb {d}"))
+        );
+        let cfg = QemuConfig {
+            image: fw.image.clone(),
+            dtb: run.dtb.map(|d| root.join(d)),
+            bootargs: run.bootargs.split_whitespace().map(String::from).collect(),
+            gdb: false,
+        };
+        let started = Instant::now();
+        let mut tail = VecDeque::new();
+        let report = boot_once(&cfg, &info, run, verbose, &mut tail);
+        let report = match report {
+            Ok(report) => report,
+            Err(err) => {
+                tally.fail(run.name, &format!("{err:#}"));
+                continue;
+            }
+        };
+        tally.passed += report.passes.len() as u64;
+        for (name, _) in &report.fails {
+            tally.failed += 1;
+            tally.failures.push(format!("{}/{name}", run.name));
+        }
+        let extra = report.run_failure(run.timeout_secs);
+        if let Some(reason) = &extra {
+            if !verbose && !tail.is_empty() {
+                println!("last {} log lines of run {}:", tail.len(), run.name);
+                for line in &tail {
+                    println!("  | {line}");
+                }
+            }
+            tally.fail(run.name, reason);
+        }
+        println!(
+            "--- run {}: {} passed, {} failed{} ({}, {:.1} s)",
+            run.name,
+            report.passes.len(),
+            report.fails.len() + usize::from(extra.is_some()),
+            if extra.is_some() {
+                " incl. the run itself"
+            } else {
+                ""
+            },
+            match report.outcome {
+                Outcome::Exited(c) => format!("exit status {c}"),
+                Outcome::Signalled => "killed by a signal".to_string(),
+                Outcome::TimedOut => "timed out".to_string(),
+            },
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// Keep this many log lines to show when a run fails.
+const TAIL_LINES: usize = 40;
+
+/// Boot once, printing test results as they arrive.
+fn boot_once(
+    cfg: &QemuConfig,
+    info: &DefmtInfo,
+    run: &TargetRun,
+    verbose: bool,
+    tail: &mut VecDeque<String>,
+) -> Result<RunReport> {
+    let mut report = RunReport::new(Outcome::Signalled);
+    let mut decoder = info.decoder();
+    let mut on_line = |line: LogLine| {
+        if verbose {
+            println!("  | {}", line.rendered);
+        }
+        match parse_ktest(&line.message) {
+            Some(KtestEvent::Pass(name)) => {
+                println!("PASS {}/{name}", run.name);
+                report.passes.push(name);
+            }
+            Some(KtestEvent::Fail { name, reason }) => {
+                println!("FAIL {}/{name}: {reason}", run.name);
+                report.fails.push((name, reason));
+            }
+            Some(KtestEvent::Summary { passed, failed }) => {
+                report.summary = Some((passed, failed));
+            }
+            None => {}
+        }
+        if tail.len() == TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line.rendered.clone());
+        report.last_line = Some(line.rendered);
+    };
+    let outcome = qemu::run(
+        cfg,
+        Some(Duration::from_secs(run.timeout_secs)),
+        &mut |bytes| decoder.feed(bytes, &mut on_line),
+    )?;
+    decoder.finish(&mut on_line);
+    report.outcome = outcome;
+    Ok(report)
+}
+
+/// Build the real SD image and list it with mtools. `Ok(Some(reason))` means skipped.
+fn sdcard_check() -> Result<Option<String>> {
+    let fw_dir = Path::new(sdcard::DEFAULT_FIRMWARE_DIR);
+    if sdcard::missing_firmware(fw_dir).len() == sdcard::FIRMWARE_FILES.len() {
+        return Ok(Some(format!(
+            "{} has no Pi 4 firmware ({})",
+            fw_dir.display(),
+            sdcard::FIRMWARE_HINT
+        )));
+    }
+    let root = firmware::project_root();
+    let dtb = root.join(DTB_FIXTURE);
+    ensure!(
+        dtb.is_file(),
+        "the DTB fixture {} is missing",
+        dtb.display()
+    );
+    let out: PathBuf = firmware::target_dir().join("xtask-test-sdcard.img");
+    sdcard::make(&sdcard::Options {
+        out: out.clone(),
+        firmware_dir: fw_dir.to_path_buf(),
+        dtb: Some(dtb),
+        size_mib: sdcard::DEFAULT_SIZE_MIB,
+        plain: false,
+    })?;
+    let listing = sdcard::mdir(&out)?;
+    let missing: Vec<&str> = sdcard::IMAGE_FILES
+        .iter()
+        .copied()
+        .filter(|name| !sdcard::mdir_lists(&listing, name))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "mdir does not list {} in {}:\n{listing}",
+            missing.join(", "),
+            out.display()
+        );
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cargo_test_result_lines() {
+        assert_eq!(
+            parse_test_result(
+                "test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; \
+                 finished in 0.01s"
+            ),
+            Some((12, 0))
+        );
+        assert_eq!(
+            parse_test_result("test result: FAILED. 3 passed; 2 failed; 0 ignored"),
+            Some((3, 2))
+        );
+        assert_eq!(parse_test_result("running 3 tests"), None);
+    }
+
+    #[test]
+    fn ktest_lines() {
+        assert_eq!(
+            parse_ktest("ktest: PASS mm::split_block"),
+            Some(KtestEvent::Pass("mm::split_block".into()))
+        );
+        assert_eq!(
+            parse_ktest("[0.123] ktest: FAIL hvo::remap: expected 7 pages, got 8"),
+            Some(KtestEvent::Fail {
+                name: "hvo::remap".into(),
+                reason: "expected 7 pages, got 8".into()
+            })
+        );
+        assert_eq!(
+            parse_ktest("ktest: FAIL boot no colon here"),
+            Some(KtestEvent::Fail {
+                name: "boot".into(),
+                reason: "no colon here".into()
+            })
+        );
+        assert_eq!(
+            parse_ktest("ktest: summary passed=10 failed=2"),
+            Some(KtestEvent::Summary {
+                passed: 10,
+                failed: 2
+            })
+        );
+        assert_eq!(parse_ktest("ktest: summary passed=10"), None);
+        assert_eq!(parse_ktest("booting pi4-hvo"), None);
+        assert_eq!(parse_ktest("ktest: running 12 tests"), None);
+    }
+
+    fn report(passes: usize, fails: usize, summary: Option<(u64, u64)>, o: Outcome) -> RunReport {
+        RunReport {
+            passes: (0..passes).map(|i| format!("p{i}")).collect(),
+            fails: (0..fails).map(|i| (format!("f{i}"), "r".into())).collect(),
+            summary,
+            outcome: o,
+            last_line: Some("last".into()),
+        }
+    }
+
+    #[test]
+    fn run_verdicts() {
+        assert_eq!(
+            report(3, 0, Some((3, 0)), Outcome::Exited(0)).run_failure(9),
+            None
+        );
+        // FAIL lines and a non-zero exit: the FAIL lines carry it.
+        assert_eq!(
+            report(2, 1, Some((2, 1)), Outcome::Exited(1)).run_failure(9),
+            None
+        );
+        let r = report(2, 0, Some((2, 0)), Outcome::Exited(3))
+            .run_failure(9)
+            .unwrap();
+        assert!(r.contains("status 3"), "{r}");
+        let r = report(2, 0, None, Outcome::Exited(0))
+            .run_failure(9)
+            .unwrap();
+        assert!(r.contains("no `ktest: summary`"), "{r}");
+        let r = report(2, 0, Some((3, 0)), Outcome::Exited(0))
+            .run_failure(9)
+            .unwrap();
+        assert!(r.contains("passed=3"), "{r}");
+        let r = report(1, 0, None, Outcome::TimedOut)
+            .run_failure(9)
+            .unwrap();
+        assert_eq!(r, "firmware did not finish within 9 s; last log line: last");
+    }
+
+    #[test]
+    fn run_table_is_sane() {
+        let mut names: Vec<_> = TARGET_RUNS.iter().map(|r| r.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), TARGET_RUNS.len());
+        assert!(TARGET_RUNS
+            .iter()
+            .all(|r| r.timeout_secs > 0 && r.bootargs.contains("ktest")));
+    }
+}
