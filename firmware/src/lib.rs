@@ -17,6 +17,8 @@ pub mod arch;
 pub mod board;
 pub mod drivers;
 pub mod init;
+pub mod kernel_map;
 pub mod ktest;
 mod panic;
+pub mod sync;
 pub mod user;

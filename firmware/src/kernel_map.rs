@@ -1,0 +1,251 @@
+//! The kernel address space (`init_mm`): building it, switching to it, and its regions.
+//!
+//! The layout is documented in one place, `kcore::layout`. This module maps, from frames the
+//! early allocator (memblock) hands out:
+//! - the linear map of all RAM at `PAGE_OFFSET`, 2 MiB blocks where aligned, 4 KiB at the edges;
+//! - the kernel image at its link address with 4 KiB pages and W^X: text RX, rodata R, data and
+//!   BSS RW + XN;
+//! - the MMIO window (BCM2711 peripherals and GIC) as Device-nGnRE, XN;
+//! - the per-core stacks, each above an unmapped guard page;
+//! - the vmemmap, 2 MiB blocks for each section that holds RAM (see `memory`).
+//!
+//! Then TTBR1 moves onto it through the identity map ([`crate::arch::mmu::replace_ttbr1`]), the
+//! console moves to the MMIO window, core 0 moves to its guarded stack, and TTBR0 walks stop.
+
+use crate::arch::mmu;
+use kcore::addr::{PhysAddr, VirtAddr, PAGE_SIZE};
+use kcore::layout::{
+    self, KIMAGE_VOFFSET, MMIO_PBASE, MMIO_SIZE, MMIO_VBASE, PAGE_OFFSET, STACK_SIZE,
+};
+use kcore::mapper::{self, BlockPolicy, FrameAlloc, MapError, MapStats};
+use kcore::memblock::{Memblock, MemblockError, ReservedKind};
+use kcore::pgtable::{Attrs, Level};
+use kcore::phys::OffsetWindow;
+use kcore::tlb::HwMmu;
+
+/// Physical memory as the code sees it before the switch: the boot identity map (0..3 GiB RAM).
+pub const IDENTITY: OffsetWindow = OffsetWindow { offset: 0 };
+/// Physical memory through the linear map, after the switch.
+pub const LINEAR: OffsetWindow = OffsetWindow {
+    offset: PAGE_OFFSET,
+};
+/// The highest physical address the boot identity map reaches as normal memory.
+pub const IDENTITY_LIMIT: u64 = 0xC000_0000;
+
+/// Why the kernel map could not be built.
+#[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "defmt-log", derive(defmt::Format))]
+pub enum KernelMapError {
+    /// Mapping a region failed.
+    Map {
+        /// Which region.
+        region: &'static str,
+        /// The mapper's error (it names the range).
+        error: MapError,
+    },
+    /// No frame for a table, stack or the empty root.
+    NoMemory(MemblockError),
+}
+
+/// Table pages from memblock, reserved as early tables.
+pub struct MemblockTables<'a>(pub &'a mut Memblock);
+
+impl FrameAlloc for MemblockTables<'_> {
+    fn alloc_table(&mut self) -> Option<PhysAddr> {
+        self.0
+            .alloc(PAGE_SIZE, PAGE_SIZE, ReservedKind::EarlyTables)
+            .ok()
+    }
+    fn free_table(&mut self, pa: PhysAddr) {
+        let _ = self.0.unreserve(pa, PAGE_SIZE);
+    }
+}
+
+extern "C" {
+    static __image_start: u8;
+    static __text_end: u8;
+    static __rodata_start: u8;
+    static __rodata_end: u8;
+    static __data_start: u8;
+    static __image_end: u8;
+}
+
+/// The image's sections: (name, start VA, end VA, attributes).
+pub fn image_sections() -> [(&'static str, u64, u64, Attrs); 3] {
+    let a = |p: *const u8| p as u64;
+    [
+        (
+            "text",
+            a(core::ptr::addr_of!(__image_start)),
+            a(core::ptr::addr_of!(__text_end)),
+            Attrs::kernel_text(),
+        ),
+        (
+            "rodata",
+            a(core::ptr::addr_of!(__rodata_start)),
+            a(core::ptr::addr_of!(__rodata_end)),
+            Attrs::kernel_rodata(),
+        ),
+        (
+            "data",
+            a(core::ptr::addr_of!(__data_start)),
+            a(core::ptr::addr_of!(__image_end)),
+            Attrs::kernel_data(),
+        ),
+    ]
+}
+
+/// Physical range of the whole image, `[start, end)`.
+pub fn image_phys() -> (PhysAddr, PhysAddr) {
+    let s = image_sections();
+    (
+        PhysAddr(s[0].1 - KIMAGE_VOFFSET),
+        PhysAddr(s[2].2 - KIMAGE_VOFFSET),
+    )
+}
+
+/// What [`build`] made.
+#[derive(Clone, Copy, Debug, Default)]
+#[cfg_attr(feature = "defmt-log", derive(defmt::Format))]
+pub struct KernelMap {
+    /// Root table (TTBR1).
+    pub root: PhysAddr,
+    /// An all-invalid table for the break step of a TTBR switch, and for TTBR0 when no user
+    /// address space is installed.
+    pub empty_root: PhysAddr,
+    /// Linear-map statistics.
+    pub linear: MapStats,
+    /// Image statistics.
+    pub image: MapStats,
+    /// Top of each core's stack.
+    pub stack_tops: [u64; layout::MAX_CPUS],
+}
+
+fn map(
+    region: &'static str,
+    root: PhysAddr,
+    mb: &mut Memblock,
+    va: u64,
+    pa: u64,
+    size: u64,
+    attrs: Attrs,
+    policy: BlockPolicy,
+) -> Result<MapStats, KernelMapError> {
+    let mut mmu = HwMmu::new();
+    // SAFETY: `root` and every table below it were allocated from memblock for this map and are
+    // reached through the identity window; the tables are not live yet.
+    unsafe {
+        mapper::map_range(
+            root,
+            &IDENTITY,
+            &mut MemblockTables(mb),
+            &mut mmu,
+            VirtAddr(va),
+            PhysAddr(pa),
+            size,
+            attrs,
+            policy,
+        )
+    }
+    .map_err(|error| KernelMapError::Map { region, error })
+}
+
+/// Builds the kernel map for RAM `ram`, with the extra mappings `extra` adds (the vmemmap).
+pub fn build(
+    mb: &mut Memblock,
+    extra: impl FnOnce(PhysAddr, &mut Memblock) -> Result<(), KernelMapError>,
+) -> Result<KernelMap, KernelMapError> {
+    // Table frames must be reachable through the identity map while we build.
+    mb.set_current_limit(PhysAddr(IDENTITY_LIMIT));
+    let alloc_zeroed = |mb: &mut Memblock| -> Result<PhysAddr, KernelMapError> {
+        let pa = mb
+            .alloc(PAGE_SIZE, PAGE_SIZE, ReservedKind::EarlyTables)
+            .map_err(KernelMapError::NoMemory)?;
+        // SAFETY: a fresh frame under the identity map, owned by us.
+        unsafe { core::ptr::write_bytes(pa.0 as *mut u8, 0, PAGE_SIZE as usize) };
+        Ok(pa)
+    };
+    let root = alloc_zeroed(mb)?;
+    let empty_root = alloc_zeroed(mb)?;
+    let mut km = KernelMap {
+        root,
+        empty_root,
+        ..Default::default()
+    };
+
+    let mut ram = [(0u64, 0u64); kcore::memblock::MAX_MEMORY_REGIONS];
+    let n = mb.memory().len();
+    for (slot, r) in ram.iter_mut().zip(mb.memory()) {
+        *slot = (r.base.0, r.size);
+    }
+    for &(base, size) in &ram[..n] {
+        let s = map(
+            "linear map",
+            root,
+            mb,
+            PAGE_OFFSET + base,
+            base,
+            size,
+            Attrs::kernel_data(),
+            BlockPolicy::AllowBlocks { max: Level::L2 },
+        )?;
+        km.linear.blocks_l2 += s.blocks_l2;
+        km.linear.pages += s.pages;
+        km.linear.tables_allocated += s.tables_allocated;
+    }
+    for (name, start, end, attrs) in image_sections() {
+        let s = map(
+            name,
+            root,
+            mb,
+            start,
+            start - KIMAGE_VOFFSET,
+            end - start,
+            attrs,
+            BlockPolicy::PagesOnly,
+        )?;
+        km.image.pages += s.pages;
+        km.image.tables_allocated += s.tables_allocated;
+    }
+    map(
+        "mmio",
+        root,
+        mb,
+        MMIO_VBASE,
+        MMIO_PBASE,
+        MMIO_SIZE,
+        Attrs::device(),
+        BlockPolicy::AllowBlocks { max: Level::L2 },
+    )?;
+    for cpu in 0..layout::MAX_CPUS {
+        let frames = mb
+            .alloc(STACK_SIZE, PAGE_SIZE, ReservedKind::Stacks)
+            .map_err(KernelMapError::NoMemory)?;
+        let (bottom, top) = layout::stack_range(cpu);
+        map(
+            "stack",
+            root,
+            mb,
+            bottom.0,
+            frames.0,
+            STACK_SIZE,
+            Attrs::kernel_data(),
+            BlockPolicy::PagesOnly,
+        )?;
+        km.stack_tops[cpu] = top.0;
+    }
+    extra(root, mb)?;
+    Ok(km)
+}
+
+/// Moves TTBR1 onto the new map and the console onto the MMIO window.
+///
+/// # Safety
+/// `km` must come from [`build`]: a complete map of the image, its stacks and MMIO.
+pub unsafe fn switch(km: &KernelMap, uart_phys: u64) {
+    // SAFETY: the new map maps the image at its link addresses; the identity map is still live.
+    unsafe { mmu::replace_ttbr1(km.root, km.empty_root) };
+    let uart = layout::mmio_virt(uart_phys).expect("the UART lies in the MMIO window");
+    // SAFETY: the MMIO window maps the UART's registers as device memory from now on.
+    unsafe { crate::log::CONSOLE.rebase(uart.0 as usize) };
+}
