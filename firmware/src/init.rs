@@ -8,12 +8,20 @@ use crate::kernel_map::{self, KernelMap};
 use crate::sync::{InitOnce, SpinMutex};
 use core::sync::atomic::{AtomicPtr, Ordering};
 use kcore::addr::PhysAddr;
-use kcore::memblock::{Memblock, ReservedKind};
+use kcore::memblock::{Memblock, RegionList, ReservedKind, MAX_MEMORY_REGIONS};
 
 static BOARD: AtomicPtr<Board> = AtomicPtr::new(core::ptr::null_mut());
 
 /// The kernel map built at boot.
 pub static KERNEL_MAP: InitOnce<KernelMap> = InitOnce::new();
+/// RAM as discovered at boot.
+static RAM: InitOnce<RegionList<MAX_MEMORY_REGIONS>> = InitOnce::new();
+
+/// RAM as discovered at boot (before any is held back for hot-plug).
+pub fn ram_regions() -> &'static RegionList<MAX_MEMORY_REGIONS> {
+    RAM.get().expect("RAM discovered at boot")
+}
+
 /// The early frame allocator (until the buddy allocator takes over).
 pub static MEMBLOCK: SpinMutex<Option<Memblock>> = SpinMutex::new(None);
 
@@ -55,58 +63,33 @@ pub fn kernel_main(board: &'static Board, boot_info: u64, entry_el: u64) -> ! {
     }
     // SAFETY: the identity map covers the UART as device memory until the kernel map replaces it.
     unsafe {
-        crate::log::CONSOLE.init(
-            board.uart.base as usize,
-            board.uart.clock_hz,
-            board.uart.baud,
-        )
+        crate::log::CONSOLE.init(board.uart.base as usize, board.uart.clock_hz, board.uart.baud)
     };
 
-    crate::info!(
-        "pi4-hvo {} on board {}",
-        env!("CARGO_PKG_VERSION"),
-        board.name
-    );
-    crate::info!(
-        "entered at EL{}, running at EL1, core {}",
-        entry_el,
-        cpu::core_id()
-    );
-    crate::info!(
-        "CNTFRQ {} Hz, boot info at {:#x}",
-        timer::frequency(),
-        boot_info
-    );
+    crate::info!("pi4-hvo {} on board {}", env!("CARGO_PKG_VERSION"), board.name);
+    crate::info!("entered at EL{}, running at EL1, core {}", entry_el, cpu::core_id());
+    crate::info!("CNTFRQ {} Hz, boot info at {:#x}", timer::frequency(), boot_info);
 
     let mut mb = Memblock::default();
     for bank in board.ram {
         if let Err(e) = mb.add_memory(PhysAddr(bank.base), bank.size) {
-            crate::warn!(
-                "board RAM bank {:#x}+{:#x} refused: {:?}",
-                bank.base,
-                bank.size,
-                e
-            );
+            crate::warn!("board RAM bank {:#x}+{:#x} refused: {:?}", bank.base, bank.size, e);
         }
     }
     for r in board.firmware_reserved {
         if let Err(e) = mb.reserve(PhysAddr(r.base), r.size, ReservedKind::Firmware) {
-            crate::warn!(
-                "firmware range {:#x}+{:#x} not reserved: {:?}",
-                r.base,
-                r.size,
-                e
-            );
+            crate::warn!("firmware range {:#x}+{:#x} not reserved: {:?}", r.base, r.size, e);
         }
+    }
+    match RegionList::from_slice(mb.memory()) {
+        Ok(l) => {
+            RAM.set(l);
+        }
+        Err(_) => fatal("too many RAM regions"),
     }
     let (img_start, img_end) = kernel_map::image_phys();
     if let Err(e) = mb.reserve(img_start, img_end - img_start, ReservedKind::KernelImage) {
-        crate::error!(
-            "kernel image {:#x}..{:#x} not reserved: {:?}",
-            img_start.0,
-            img_end.0,
-            e
-        );
+        crate::error!("kernel image {:#x}..{:#x} not reserved: {:?}", img_start.0, img_end.0, e);
         fatal("cannot reserve the kernel image");
     }
 
@@ -126,10 +109,7 @@ pub fn kernel_main(board: &'static Board, boot_info: u64, entry_el: u64) -> ! {
     );
     // SAFETY: `km` is a complete kernel map from `kernel_map::build`.
     unsafe { kernel_map::switch(&km, board.uart.base) };
-    crate::info!(
-        "MMU: running on the kernel map (TTBR1 root {:#x})",
-        km.root.0
-    );
+    crate::info!("MMU: running on the kernel map (TTBR1 root {:#x})", km.root.0);
     *MEMBLOCK.lock() = Some(mb);
     let km = KERNEL_MAP.set(km);
     // SAFETY: core 0's stack was mapped by the kernel map; nothing else uses it.
@@ -139,15 +119,9 @@ pub fn kernel_main(board: &'static Board, boot_info: u64, entry_el: u64) -> ! {
 extern "C" fn kernel_main_on_stack(_: u64) -> ! {
     let km = KERNEL_MAP.get().expect("kernel map set");
     mmu::disable_ttbr0(km.empty_root);
-    crate::info!(
-        "identity map dropped; on core 0's stack below {:#x}",
-        km.stack_tops[0]
-    );
+    crate::memory::set_init_mm(km.root);
+    crate::info!("identity map dropped; on core 0's stack below {:#x}", km.stack_tops[0]);
 
-    let failed = if cfg!(feature = "ktest") {
-        crate::ktest::run(None)
-    } else {
-        0
-    };
+    let failed = if cfg!(feature = "ktest") { crate::ktest::run(None) } else { 0 };
     exit(if failed == 0 { 0 } else { 1 })
 }

@@ -26,9 +26,7 @@ use kcore::tlb::HwMmu;
 /// Physical memory as the code sees it before the switch: the boot identity map (0..3 GiB RAM).
 pub const IDENTITY: OffsetWindow = OffsetWindow { offset: 0 };
 /// Physical memory through the linear map, after the switch.
-pub const LINEAR: OffsetWindow = OffsetWindow {
-    offset: PAGE_OFFSET,
-};
+pub const LINEAR: OffsetWindow = OffsetWindow { offset: PAGE_OFFSET };
 /// The highest physical address the boot identity map reaches as normal memory.
 pub const IDENTITY_LIMIT: u64 = 0xC000_0000;
 
@@ -52,9 +50,7 @@ pub struct MemblockTables<'a>(pub &'a mut Memblock);
 
 impl FrameAlloc for MemblockTables<'_> {
     fn alloc_table(&mut self) -> Option<PhysAddr> {
-        self.0
-            .alloc(PAGE_SIZE, PAGE_SIZE, ReservedKind::EarlyTables)
-            .ok()
+        self.0.alloc(PAGE_SIZE, PAGE_SIZE, ReservedKind::EarlyTables).ok()
     }
     fn free_table(&mut self, pa: PhysAddr) {
         let _ = self.0.unreserve(pa, PAGE_SIZE);
@@ -98,10 +94,7 @@ pub fn image_sections() -> [(&'static str, u64, u64, Attrs); 3] {
 /// Physical range of the whole image, `[start, end)`.
 pub fn image_phys() -> (PhysAddr, PhysAddr) {
     let s = image_sections();
-    (
-        PhysAddr(s[0].1 - KIMAGE_VOFFSET),
-        PhysAddr(s[2].2 - KIMAGE_VOFFSET),
-    )
+    (PhysAddr(s[0].1 - KIMAGE_VOFFSET), PhysAddr(s[2].2 - KIMAGE_VOFFSET))
 }
 
 /// What [`build`] made.
@@ -167,11 +160,7 @@ pub fn build(
     };
     let root = alloc_zeroed(mb)?;
     let empty_root = alloc_zeroed(mb)?;
-    let mut km = KernelMap {
-        root,
-        empty_root,
-        ..Default::default()
-    };
+    let mut km = KernelMap { root, empty_root, ..Default::default() };
 
     let mut ram = [(0u64, 0u64); kcore::memblock::MAX_MEMORY_REGIONS];
     let n = mb.memory().len();

@@ -19,6 +19,8 @@ pub mod drivers;
 pub mod init;
 pub mod kernel_map;
 pub mod ktest;
+pub mod memory;
 mod panic;
+pub mod ptdump;
 pub mod sync;
 pub mod user;

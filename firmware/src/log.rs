@@ -191,3 +191,20 @@ macro_rules! info {
 macro_rules! debug {
     ($($arg:tt)*) => { $crate::log::plain($crate::log::Level::Debug, format_args!($($arg)*)) };
 }
+
+/// Shows a `Display` value in a log line in either mode: `info!("{}", Disp(&x))`. With defmt the
+/// text is formatted on the target (for tables such as ptdump, whose layout is the point).
+pub struct Disp<'a, T: core::fmt::Display>(pub &'a T);
+
+impl<T: core::fmt::Display> core::fmt::Display for Disp<'_, T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[cfg(all(feature = "defmt-log", not(feature = "plain-log")))]
+impl<T: core::fmt::Display> defmt::Format for Disp<'_, T> {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(f, "{}", defmt::Display2Format(self.0))
+    }
+}

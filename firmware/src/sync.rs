@@ -18,10 +18,7 @@ unsafe impl<T: Send> Send for SpinMutex<T> {}
 impl<T> SpinMutex<T> {
     /// A mutex holding `value`.
     pub const fn new(value: T) -> Self {
-        SpinMutex {
-            locked: AtomicBool::new(false),
-            value: UnsafeCell::new(value),
-        }
+        SpinMutex { locked: AtomicBool::new(false), value: UnsafeCell::new(value) }
     }
 
     /// Spins until the lock is free, then holds it.
@@ -80,18 +77,13 @@ const READY: u8 = 2;
 impl<T> InitOnce<T> {
     /// An empty cell.
     pub const fn new() -> Self {
-        InitOnce {
-            state: AtomicU8::new(EMPTY),
-            value: UnsafeCell::new(None),
-        }
+        InitOnce { state: AtomicU8::new(EMPTY), value: UnsafeCell::new(None) }
     }
 
     /// Stores `value`; panics if already set.
     pub fn set(&self, value: T) -> &T {
         assert!(
-            self.state
-                .compare_exchange(EMPTY, BUSY, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok(),
+            self.state.compare_exchange(EMPTY, BUSY, Ordering::Acquire, Ordering::Relaxed).is_ok(),
             "InitOnce set twice"
         );
         // SAFETY: BUSY gives this caller exclusive access until READY is published.

@@ -52,10 +52,7 @@ extern "C" {
 
 /// Virtual range of the user program inside the kernel image: `[start, end)`.
 pub fn program_image() -> (u64, u64) {
-    (
-        core::ptr::addr_of!(user_program_start) as u64,
-        core::ptr::addr_of!(user_program_end) as u64,
-    )
+    (core::ptr::addr_of!(user_program_start) as u64, core::ptr::addr_of!(user_program_end) as u64)
 }
 
 static CONTEXT: AtomicU64 = AtomicU64::new(0);
@@ -104,10 +101,7 @@ pub fn last_written(buf: &mut [u8; 64]) -> usize {
 
 fn back_to_kernel(tag: u64) -> ! {
     let ctx = CONTEXT.load(Ordering::Acquire) as *mut KernelContext;
-    assert!(
-        !ctx.is_null(),
-        "exception from EL0 with no user task running"
-    );
+    assert!(!ctx.is_null(), "exception from EL0 with no user task running");
     // SAFETY: `ctx` is the live frame of `run`, which is waiting in `enter_user`.
     unsafe { leave_user(ctx, tag) }
 }
@@ -147,11 +141,7 @@ fn syscall(frame: &mut TrapFrame) {
                     }
                     WRITTEN_LEN.store(n as u64, Ordering::Release);
                     let s = core::str::from_utf8(&buf[..n]).unwrap_or("<not utf-8>");
-                    crate::info!(
-                        "user task {}: write: {}",
-                        TASK_ID.load(Ordering::Relaxed),
-                        s
-                    );
+                    crate::info!("user task {}: write: {}", TASK_ID.load(Ordering::Relaxed), s);
                     frame.x[0] = n as u64;
                 }
                 None => frame.x[0] = u64::MAX, // -EFAULT
@@ -169,10 +159,7 @@ pub fn handle_lower_el(kind: VectorKind, frame: &mut TrapFrame) {
         syscall(frame);
         return;
     }
-    crate::warn!(
-        "user fault in task {}: killing the task",
-        TASK_ID.load(Ordering::Relaxed)
-    );
+    crate::warn!("user fault in task {}: killing the task", TASK_ID.load(Ordering::Relaxed));
     report(kind, frame);
     LAST_FAULT[0].store(frame.esr, Ordering::Release);
     LAST_FAULT[1].store(frame.far, Ordering::Release);

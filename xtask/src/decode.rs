@@ -45,19 +45,12 @@ impl DefmtInfo {
             Ok(locs) if !locs.is_empty() => Some(locs),
             _ => None,
         };
-        Ok(Self {
-            table,
-            locations,
-            root: crate::firmware::project_root(),
-        })
+        Ok(Self { table, locations, root: crate::firmware::project_root() })
     }
 
     /// A live decoder borrowing this table.
     pub fn decoder(&self) -> LogDecoder<'_> {
-        LogDecoder::Defmt {
-            info: self,
-            stream: self.table.new_stream_decoder(),
-        }
+        LogDecoder::Defmt { info: self, stream: self.table.new_stream_decoder() }
     }
 }
 
@@ -80,9 +73,7 @@ pub enum LogDecoder<'a> {
 impl LogDecoder<'_> {
     /// A decoder for plain-text logs.
     pub fn plain() -> Self {
-        LogDecoder::Plain {
-            partial: Vec::new(),
-        }
+        LogDecoder::Plain { partial: Vec::new() }
     }
 
     /// Feed received bytes; `out` is called for every complete line.
@@ -97,10 +88,7 @@ impl LogDecoder<'_> {
                         Err(DecodeError::Malformed) => {
                             let msg = "(xtask: malformed defmt frame skipped; is the ELF the one \
                                        that is running, and was it built without plain-log?)";
-                            out(LogLine {
-                                rendered: msg.to_string(),
-                                message: msg.to_string(),
-                            });
+                            out(LogLine { rendered: msg.to_string(), message: msg.to_string() });
                         }
                     }
                 }
@@ -129,10 +117,7 @@ impl LogDecoder<'_> {
 fn plain_line(bytes: &[u8]) -> LogLine {
     let text = String::from_utf8_lossy(bytes);
     let text = text.trim_end_matches('\r').to_string();
-    LogLine {
-        rendered: text.clone(),
-        message: text,
-    }
+    LogLine { rendered: text.clone(), message: text }
 }
 
 fn render_frame(info: &DefmtInfo, frame: &defmt_decoder::Frame<'_>) -> LogLine {

@@ -72,22 +72,14 @@ fn rust_target() -> Check {
             "rustup not found; install rustup (https://rustup.rs), then rustup target add {TARGET}"
         )),
     };
-    Check {
-        what,
-        result,
-        optional: false,
-    }
+    Check { what, result, optional: false }
 }
 
 fn qemu_checks() -> Vec<Check> {
     let version_what = format!("{QEMU} >= {}", qemu::MIN_MAJOR);
     let out = Command::new(QEMU).arg("--version").output();
     let first = match out {
-        Ok(out) => String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .next()
-            .unwrap_or("")
-            .to_string(),
+        Ok(out) => String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").to_string(),
         Err(_) => {
             return vec![Check {
                 what: version_what,
@@ -105,28 +97,14 @@ fn qemu_checks() -> Vec<Check> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
-    let raspi4b = if machines
-        .lines()
-        .any(|l| l.split_whitespace().next() == Some("raspi4b"))
-    {
+    let raspi4b = if machines.lines().any(|l| l.split_whitespace().next() == Some("raspi4b")) {
         Ok("listed by -M help".to_string())
     } else {
-        Err(format!(
-            "`{QEMU} -M help` lacks raspi4b; {}",
-            qemu::install_hint()
-        ))
+        Err(format!("`{QEMU} -M help` lacks raspi4b; {}", qemu::install_hint()))
     };
     vec![
-        Check {
-            what: version_what,
-            result: version,
-            optional: false,
-        },
-        Check {
-            what: "QEMU machine raspi4b".into(),
-            result: raspi4b,
-            optional: false,
-        },
+        Check { what: version_what, result: version, optional: false },
+        Check { what: "QEMU machine raspi4b".into(), result: raspi4b, optional: false },
     ]
 }
 
@@ -134,10 +112,7 @@ fn pi_firmware() -> Check {
     let dir = Path::new(sdcard::DEFAULT_FIRMWARE_DIR);
     let missing = sdcard::missing_firmware(dir);
     Check {
-        what: format!(
-            "Pi 4 firmware in {} (for `cargo xtask sdcard`)",
-            dir.display()
-        ),
+        what: format!("Pi 4 firmware in {} (for `cargo xtask sdcard`)", dir.display()),
         result: if missing.is_empty() {
             Ok(sdcard::FIRMWARE_FILES.join(", "))
         } else {
@@ -158,11 +133,7 @@ fn tool(bin: &str, what: &str, fix: &str, optional: bool) -> Check {
         .unwrap_or(false);
     Check {
         what: what.to_string(),
-        result: if found {
-            Ok(format!("{bin} found"))
-        } else {
-            Err(fix.to_string())
-        },
+        result: if found { Ok(format!("{bin} found")) } else { Err(fix.to_string()) },
         optional,
     }
 }

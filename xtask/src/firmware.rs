@@ -60,11 +60,7 @@ pub fn target_installed() -> Option<bool> {
     if !out.status.success() {
         return None;
     }
-    Some(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .any(|l| l.trim() == TARGET),
-    )
+    Some(String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == TARGET))
 }
 
 /// Install the rustc target with rustup if it is missing.
@@ -174,12 +170,7 @@ pub fn build(opts: &BuildOptions) -> Result<Firmware> {
     let elf = opts.elf_path();
     let image = elf.with_file_name("kernel8.img");
     let fw = write_image(&elf, &image)?;
-    println!(
-        "image: {} ({} bytes, load address {:#x})",
-        fw.image.display(),
-        fw.size,
-        fw.load_addr
-    );
+    println!("image: {} ({} bytes, load address {:#x})", fw.image.display(), fw.size, fw.load_addr);
     Ok(fw)
 }
 
@@ -241,10 +232,7 @@ pub fn flat_image(data: &[u8]) -> Result<FlatImage> {
         })?;
         segments.push((paddr, bytes));
     }
-    ensure!(
-        !segments.is_empty(),
-        "the ELF has no PT_LOAD segment with file data"
-    );
+    ensure!(!segments.is_empty(), "the ELF has no PT_LOAD segment with file data");
     segments.sort_by_key(|&(paddr, _)| paddr);
 
     let start = segments[0].0;
@@ -262,18 +250,12 @@ pub fn flat_image(data: &[u8]) -> Result<FlatImage> {
     let mut out = vec![0u8; (end - start) as usize];
     let mut covered_to = start;
     for (paddr, bytes) in segments {
-        ensure!(
-            paddr >= covered_to,
-            "PT_LOAD segments overlap at physical address {paddr:#x}"
-        );
+        ensure!(paddr >= covered_to, "PT_LOAD segments overlap at physical address {paddr:#x}");
         let off = (paddr - start) as usize;
         out[off..off + bytes.len()].copy_from_slice(bytes);
         covered_to = paddr + bytes.len() as u64;
     }
-    Ok(FlatImage {
-        load_addr: start,
-        bytes: out,
-    })
+    Ok(FlatImage { load_addr: start, bytes: out })
 }
 
 /// The image must start at [`LOAD_ADDR`] with an arm64 Image header.
@@ -305,10 +287,8 @@ pub mod tests {
         let mut w = Writer::new(Endianness::Little, true, &mut buf);
         w.reserve_file_header();
         w.reserve_program_headers(segments.len() as u32 + 1);
-        let offsets: Vec<usize> = segments
-            .iter()
-            .map(|(_, bytes, _)| w.reserve(bytes.len(), 4096))
-            .collect();
+        let offsets: Vec<usize> =
+            segments.iter().map(|(_, bytes, _)| w.reserve(bytes.len(), 4096)).collect();
         w.write_file_header(&WFileHeader {
             os_abi: 0,
             abi_version: 0,
@@ -400,10 +380,7 @@ pub mod tests {
             (0x80000, text_with_header(0x100), 0x100),
             (0x80080, vec![1; 0x10], 0x10),
         ]);
-        assert!(flat_image(&elf)
-            .unwrap_err()
-            .to_string()
-            .contains("overlap"));
+        assert!(flat_image(&elf).unwrap_err().to_string().contains("overlap"));
     }
 
     #[test]
@@ -413,28 +390,15 @@ pub mod tests {
 
     #[test]
     fn feature_flags() {
-        let o = BuildOptions {
-            board: Board::QemuRaspi4b,
-            release: true,
-            ktest: true,
-            plain: true,
-        };
+        let o = BuildOptions { board: Board::QemuRaspi4b, release: true, ktest: true, plain: true };
         let args = o.cargo_args().join(" ");
         assert_eq!(
             args,
             "build -p board-qemu-raspi4b --target aarch64-unknown-none --release \
              --no-default-features --features plain-log,ktest"
         );
-        assert!(o
-            .elf_path()
-            .ends_with("aarch64-unknown-none/release/pi4-hvo-qemu-raspi4b"));
-        let d = BuildOptions {
-            board: Board::Rpi4,
-            ..Default::default()
-        };
-        assert_eq!(
-            d.cargo_args().join(" "),
-            "build -p board-rpi4 --target aarch64-unknown-none"
-        );
+        assert!(o.elf_path().ends_with("aarch64-unknown-none/release/pi4-hvo-qemu-raspi4b"));
+        let d = BuildOptions { board: Board::Rpi4, ..Default::default() };
+        assert_eq!(d.cargo_args().join(" "), "build -p board-rpi4 --target aarch64-unknown-none");
     }
 }

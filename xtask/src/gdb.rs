@@ -29,10 +29,7 @@ pub struct Args {
 /// Run the command.
 pub fn main(args: Args) -> Result<ExitCode> {
     if args.board != Board::QemuRaspi4b {
-        bail!(
-            "board {} does not run under QEMU; use --board qemu-raspi4b",
-            args.board.name()
-        );
+        bail!("board {} does not run under QEMU; use --board qemu-raspi4b", args.board.name());
     }
     qemu::check()?;
     let fw = firmware::build(&BuildOptions {
@@ -40,12 +37,8 @@ pub fn main(args: Args) -> Result<ExitCode> {
         release: args.release,
         ..Default::default()
     })?;
-    let cfg = QemuConfig {
-        image: fw.image.clone(),
-        dtb: args.dtb,
-        bootargs: args.bootargs,
-        gdb: true,
-    };
+    let cfg =
+        QemuConfig { image: fw.image.clone(), dtb: args.dtb, bootargs: args.bootargs, gdb: true };
     eprintln!("xtask: QEMU waits for GDB on :1234; in another terminal run:");
     eprintln!(
         "  gdb-multiarch {} -ex 'target remote :1234'",

@@ -55,10 +55,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
                 args.port, args.baud
             )
         })?;
-    eprintln!(
-        "xtask: listening on {} at {} 8N1; Ctrl-C to stop",
-        args.port, args.baud
-    );
+    eprintln!("xtask: listening on {} at {} 8N1; Ctrl-C to stop", args.port, args.baud);
     let mut decoder = match &info {
         Some(info) => info.decoder(),
         None => LogDecoder::plain(),

@@ -73,14 +73,8 @@ pub fn check() -> Result<String> {
         .output()
         .with_context(|| format!("could not run {QEMU} -M help"))?;
     let list = String::from_utf8_lossy(&machines.stdout);
-    if !list
-        .lines()
-        .any(|l| l.split_whitespace().next() == Some("raspi4b"))
-    {
-        bail!(
-            "{first} has no raspi4b machine (`{QEMU} -M help`).\n{}",
-            install_hint()
-        );
+    if !list.lines().any(|l| l.split_whitespace().next() == Some("raspi4b")) {
+        bail!("{first} has no raspi4b machine (`{QEMU} -M help`).\n{}", install_hint());
     }
     Ok(first)
 }
@@ -144,10 +138,7 @@ impl QemuConfig {
 
 /// Quote `s` for a POSIX shell when needed.
 pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
-    {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
@@ -255,10 +246,7 @@ mod tests {
 
     #[test]
     fn append_only_with_bootargs() {
-        let mut cfg = QemuConfig {
-            image: "k.img".into(),
-            ..Default::default()
-        };
+        let mut cfg = QemuConfig { image: "k.img".into(), ..Default::default() };
         let args = cfg.args();
         assert!(!args.contains(&"-append".to_string()));
         assert_eq!(
@@ -269,8 +257,6 @@ mod tests {
         cfg.bootargs = vec!["ktest".into(), "hugepagesz=2M".into()];
         cfg.dtb = Some("x.dtb".into());
         cfg.gdb = true;
-        assert!(cfg
-            .display()
-            .ends_with("-dtb x.dtb -append 'ktest hugepagesz=2M' -s -S"));
+        assert!(cfg.display().ends_with("-dtb x.dtb -append 'ktest hugepagesz=2M' -s -S"));
     }
 }

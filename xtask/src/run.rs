@@ -50,12 +50,8 @@ pub fn main(args: Args) -> Result<ExitCode> {
         ktest: false,
         plain: args.plain,
     })?;
-    let cfg = QemuConfig {
-        image: fw.image.clone(),
-        dtb: args.dtb,
-        bootargs: args.bootargs,
-        gdb: false,
-    };
+    let cfg =
+        QemuConfig { image: fw.image.clone(), dtb: args.dtb, bootargs: args.bootargs, gdb: false };
     let outcome = run_logged(&cfg, &fw.elf, args.plain, Some(args.timeout))?;
     Ok(match outcome.outcome {
         Outcome::Exited(code) => {
@@ -67,10 +63,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
             ExitCode::FAILURE
         }
         Outcome::TimedOut => {
-            eprintln!(
-                "{}",
-                timeout_message(args.timeout, outcome.last_line.as_deref())
-            );
+            eprintln!("{}", timeout_message(args.timeout, outcome.last_line.as_deref()));
             ExitCode::FAILURE
         }
     })
@@ -100,11 +93,7 @@ pub fn run_logged(
     timeout_secs: Option<u64>,
 ) -> Result<LoggedRun> {
     eprintln!("xtask: {}", cfg.display());
-    let info = if plain {
-        None
-    } else {
-        Some(DefmtInfo::load(elf)?)
-    };
+    let info = if plain { None } else { Some(DefmtInfo::load(elf)?) };
     let mut decoder = match &info {
         Some(info) => info.decoder(),
         None => LogDecoder::plain(),

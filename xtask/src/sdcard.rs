@@ -25,13 +25,8 @@ pub const FIRMWARE_FILES: [&str; 2] = ["start4.elf", "fixup4.dat"];
 /// The name the Pi 4 firmware looks for its device tree under.
 pub const DTB_NAME: &str = "bcm2711-rpi-4-b.dtb";
 /// Every file of an image made with a DTB.
-pub const IMAGE_FILES: [&str; 5] = [
-    "start4.elf",
-    "fixup4.dat",
-    "config.txt",
-    "kernel8.img",
-    DTB_NAME,
-];
+pub const IMAGE_FILES: [&str; 5] =
+    ["start4.elf", "fixup4.dat", "config.txt", "kernel8.img", DTB_NAME];
 /// How to get the firmware files.
 pub const FIRMWARE_HINT: &str = "install them with `apt-get install raspi-firmware` (Debian: \
     enable the `non-free-firmware` component) or copy start4.elf and fixup4.dat from the boot/ \
@@ -83,9 +78,7 @@ pub struct Options {
 /// Run the command.
 pub fn main(args: Args) -> Result<ExitCode> {
     let opts = Options {
-        out: args
-            .out
-            .unwrap_or_else(|| firmware::target_dir().join("sdcard.img")),
+        out: args.out.unwrap_or_else(|| firmware::target_dir().join("sdcard.img")),
         firmware_dir: args.firmware_dir,
         dtb: args.dtb,
         size_mib: args.size_mib,
@@ -101,11 +94,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
 
 /// Firmware files missing from `dir`.
 pub fn missing_firmware(dir: &Path) -> Vec<&'static str> {
-    FIRMWARE_FILES
-        .iter()
-        .copied()
-        .filter(|f| !dir.join(f).is_file())
-        .collect()
+    FIRMWARE_FILES.iter().copied().filter(|f| !dir.join(f).is_file()).collect()
 }
 
 /// Build the rpi4 release firmware and write the image, then list it.
@@ -140,14 +129,9 @@ pub fn card_files(
     kernel: &Path,
     dtb: Option<&Path>,
 ) -> Vec<(String, PathBuf)> {
-    let mut files: Vec<(String, PathBuf)> = FIRMWARE_FILES
-        .iter()
-        .map(|f| (f.to_string(), firmware_dir.join(f)))
-        .collect();
-    files.push((
-        "config.txt".into(),
-        firmware::project_root().join("boards/rpi4/config.txt"),
-    ));
+    let mut files: Vec<(String, PathBuf)> =
+        FIRMWARE_FILES.iter().map(|f| (f.to_string(), firmware_dir.join(f))).collect();
+    files.push(("config.txt".into(), firmware::project_root().join("boards/rpi4/config.txt")));
     files.push(("kernel8.img".into(), kernel.to_path_buf()));
     if let Some(dtb) = dtb {
         files.push((DTB_NAME.into(), dtb.to_path_buf()));
@@ -198,8 +182,7 @@ pub fn write_image(out: &Path, files: &[(String, PathBuf)], size_mib: u32) -> Re
         .with_context(ctx)?;
     file.set_len(size).with_context(ctx)?;
     let part_sectors = size / SECTOR - PART_START_LBA;
-    file.write_all(&mbr(PART_START_LBA as u32, part_sectors as u32))
-        .with_context(ctx)?;
+    file.write_all(&mbr(PART_START_LBA as u32, part_sectors as u32)).with_context(ctx)?;
 
     let part_start = PART_START_LBA * SECTOR;
     let mut part = BufStream::new(StreamSlice::new(file, part_start, size).with_context(ctx)?);
@@ -217,12 +200,10 @@ pub fn write_image(out: &Path, files: &[(String, PathBuf)], size_mib: u32) -> Re
         let fs = FileSystem::new(&mut part, FsOptions::new()).context("opening the new FAT32")?;
         let root = fs.root_dir();
         for (name, data) in &contents {
-            let mut f = root
-                .create_file(name)
-                .with_context(|| format!("creating {name} in the image"))?;
+            let mut f =
+                root.create_file(name).with_context(|| format!("creating {name} in the image"))?;
             f.truncate().with_context(ctx)?;
-            f.write_all(data)
-                .with_context(|| format!("writing {name} into the image"))?;
+            f.write_all(data).with_context(|| format!("writing {name} into the image"))?;
         }
         drop(root);
         fs.unmount().context("unmounting the FAT32")?;
@@ -272,11 +253,7 @@ fn chs(lba: u32) -> [u8; 3] {
     }
     let head = (lba / spt) % heads;
     let sector = lba % spt + 1;
-    [
-        head as u8,
-        (sector as u8) | (((cyl >> 8) as u8) << 6),
-        cyl as u8,
-    ]
+    [head as u8, (sector as u8) | (((cyl >> 8) as u8) << 6), cyl as u8]
 }
 
 /// The root directory of the image's FAT partition: (name, size).
@@ -285,21 +262,13 @@ pub fn list_image(img: &Path) -> Result<Vec<(String, u64)>> {
     let mut file = fs::File::open(img).with_context(ctx)?;
     let mut sector = [0u8; 512];
     file.read_exact(&mut sector).with_context(ctx)?;
-    ensure!(
-        sector[510..] == [0x55, 0xAA],
-        "{} has no MBR signature",
-        img.display()
-    );
+    ensure!(sector[510..] == [0x55, 0xAA], "{} has no MBR signature", img.display());
     let e = &sector[0x1BE..0x1CE];
     let start = u64::from(u32::from_le_bytes(e[8..12].try_into().expect("4 bytes")));
     let count = u64::from(u32::from_le_bytes(e[12..16].try_into().expect("4 bytes")));
     ensure!(count > 0, "{} has no first partition", img.display());
     let slice = StreamSlice::new(
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(img)
-            .with_context(ctx)?,
+        OpenOptions::new().read(true).write(true).open(img).with_context(ctx)?,
         start * SECTOR,
         (start + count) * SECTOR,
     )
@@ -316,10 +285,8 @@ pub fn list_image(img: &Path) -> Result<Vec<(String, u64)>> {
 /// `mdir -i IMG@@1M ::`: list the image's FAT partition with mtools.
 pub fn mdir(img: &Path) -> Result<String> {
     let target = format!("{}@@{}", img.display(), PART_START_LBA * SECTOR);
-    let out = Command::new("mdir")
-        .args(["-i", &target, "::"])
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .output();
+    let out =
+        Command::new("mdir").args(["-i", &target, "::"]).env("MTOOLS_SKIP_CHECK", "1").output();
     let out = match out {
         Ok(out) => out,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -372,9 +339,8 @@ mod tests {
 
         let mut listed = list_image(&img).unwrap();
         listed.sort();
-        let config_len = fs::metadata(firmware::project_root().join("boards/rpi4/config.txt"))
-            .unwrap()
-            .len();
+        let config_len =
+            fs::metadata(firmware::project_root().join("boards/rpi4/config.txt")).unwrap().len();
         let mut expected = vec![
             ("start4.elf".to_string(), 70_000),
             ("fixup4.dat".to_string(), 5),
@@ -396,19 +362,12 @@ mod tests {
         assert_eq!(&bs[0x1C..0x20], &2048u32.to_le_bytes());
 
         // Read a file back.
-        let slice = StreamSlice::new(
-            fs::File::open(&img).map(ReadOnly).unwrap(),
-            1 << 20,
-            48 << 20,
-        )
-        .unwrap();
+        let slice =
+            StreamSlice::new(fs::File::open(&img).map(ReadOnly).unwrap(), 1 << 20, 48 << 20)
+                .unwrap();
         let fs = FileSystem::new(slice, FsOptions::new()).unwrap();
         let mut data = Vec::new();
-        fs.root_dir()
-            .open_file("kernel8.img")
-            .unwrap()
-            .read_to_end(&mut data)
-            .unwrap();
+        fs.root_dir().open_file("kernel8.img").unwrap().read_to_end(&mut data).unwrap();
         assert_eq!(data, vec![0xA5; 5000]);
 
         // mtools, when installed, agrees.

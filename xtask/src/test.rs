@@ -32,12 +32,7 @@ pub struct TargetRun {
 
 /// The on-target runs, in order.
 pub const TARGET_RUNS: &[TargetRun] = &[
-    TargetRun {
-        name: "atags",
-        bootargs: "ktest",
-        dtb: None,
-        timeout_secs: 300,
-    },
+    TargetRun { name: "atags", bootargs: "ktest", dtb: None, timeout_secs: 300 },
     TargetRun {
         name: "dtb",
         bootargs: "ktest",
@@ -121,11 +116,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
     }
     println!("took {:.0} s", started.elapsed().as_secs_f64());
     println!("{} passed, {} failed", tally.passed, tally.failed);
-    Ok(if tally.failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if tally.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn section(title: &str) {
@@ -216,18 +207,13 @@ pub fn parse_ktest(message: &str) -> Option<KtestEvent> {
         Some(KtestEvent::Pass(name.to_string()))
     } else if let Some(rest) = rest.strip_prefix("FAIL ") {
         // The name is the first word (test names may contain `::`), minus a trailing `:`.
-        let (word, reason) = rest
-            .trim_start()
-            .split_once(char::is_whitespace)
-            .unwrap_or((rest.trim(), ""));
+        let (word, reason) =
+            rest.trim_start().split_once(char::is_whitespace).unwrap_or((rest.trim(), ""));
         let name = word.strip_suffix(':').unwrap_or(word);
         if name.is_empty() {
             return None;
         }
-        Some(KtestEvent::Fail {
-            name: name.to_string(),
-            reason: reason.trim().to_string(),
-        })
+        Some(KtestEvent::Fail { name: name.to_string(), reason: reason.trim().to_string() })
     } else if let Some(rest) = rest.strip_prefix("summary ") {
         let mut passed = None;
         let mut failed = None;
@@ -238,10 +224,7 @@ pub fn parse_ktest(message: &str) -> Option<KtestEvent> {
                 failed = n.parse().ok();
             }
         }
-        Some(KtestEvent::Summary {
-            passed: passed?,
-            failed: failed?,
-        })
+        Some(KtestEvent::Summary { passed: passed?, failed: failed? })
     } else {
         None
     }
@@ -264,27 +247,20 @@ pub struct RunReport {
 
 impl RunReport {
     fn new(outcome: Outcome) -> Self {
-        Self {
-            passes: Vec::new(),
-            fails: Vec::new(),
-            summary: None,
-            outcome,
-            last_line: None,
-        }
+        Self { passes: Vec::new(), fails: Vec::new(), summary: None, outcome, last_line: None }
     }
 
     /// Why the run as a whole failed, beyond its FAIL lines (counted as one extra failure).
     pub fn run_failure(&self, timeout_secs: u64) -> Option<String> {
         let mut reasons = Vec::new();
         match self.outcome {
-            Outcome::TimedOut => reasons.push(crate::run::timeout_message(
-                timeout_secs,
-                self.last_line.as_deref(),
-            )),
+            Outcome::TimedOut => {
+                reasons.push(crate::run::timeout_message(timeout_secs, self.last_line.as_deref()))
+            }
             Outcome::Signalled => reasons.push("QEMU was killed by a signal".to_string()),
-            Outcome::Exited(code) if code != 0 && self.fails.is_empty() => reasons.push(format!(
-                "firmware exited with status {code} without a FAIL line"
-            )),
+            Outcome::Exited(code) if code != 0 && self.fails.is_empty() => {
+                reasons.push(format!("firmware exited with status {code} without a FAIL line"))
+            }
             Outcome::Exited(_) => {}
         }
         match self.summary {
@@ -377,11 +353,7 @@ fn target_tests(runs: &[&TargetRun], verbose: bool, tally: &mut Tally) {
             run.name,
             report.passes.len(),
             report.fails.len() + usize::from(extra.is_some()),
-            if extra.is_some() {
-                " incl. the run itself"
-            } else {
-                ""
-            },
+            if extra.is_some() { " incl. the run itself" } else { "" },
             match report.outcome {
                 Outcome::Exited(c) => format!("exit status {c}"),
                 Outcome::Signalled => "killed by a signal".to_string(),
@@ -429,11 +401,9 @@ fn boot_once(
         tail.push_back(line.rendered.clone());
         report.last_line = Some(line.rendered);
     };
-    let outcome = qemu::run(
-        cfg,
-        Some(Duration::from_secs(run.timeout_secs)),
-        &mut |bytes| decoder.feed(bytes, &mut on_line),
-    )?;
+    let outcome = qemu::run(cfg, Some(Duration::from_secs(run.timeout_secs)), &mut |bytes| {
+        decoder.feed(bytes, &mut on_line)
+    })?;
     decoder.finish(&mut on_line);
     report.outcome = outcome;
     Ok(report)
@@ -451,11 +421,7 @@ fn sdcard_check() -> Result<Option<String>> {
     }
     let root = firmware::project_root();
     let dtb = root.join(DTB_FIXTURE);
-    ensure!(
-        dtb.is_file(),
-        "the DTB fixture {} is missing",
-        dtb.display()
-    );
+    ensure!(dtb.is_file(), "the DTB fixture {} is missing", dtb.display());
     let out: PathBuf = firmware::target_dir().join("xtask-test-sdcard.img");
     sdcard::make(&sdcard::Options {
         out: out.clone(),
@@ -471,11 +437,7 @@ fn sdcard_check() -> Result<Option<String>> {
         .filter(|name| !sdcard::mdir_lists(&listing, name))
         .collect();
     if !missing.is_empty() {
-        bail!(
-            "mdir does not list {} in {}:\n{listing}",
-            missing.join(", "),
-            out.display()
-        );
+        bail!("mdir does not list {} in {}:\n{listing}", missing.join(", "), out.display());
     }
     Ok(None)
 }
@@ -515,17 +477,11 @@ mod tests {
         );
         assert_eq!(
             parse_ktest("ktest: FAIL boot no colon here"),
-            Some(KtestEvent::Fail {
-                name: "boot".into(),
-                reason: "no colon here".into()
-            })
+            Some(KtestEvent::Fail { name: "boot".into(), reason: "no colon here".into() })
         );
         assert_eq!(
             parse_ktest("ktest: summary passed=10 failed=2"),
-            Some(KtestEvent::Summary {
-                passed: 10,
-                failed: 2
-            })
+            Some(KtestEvent::Summary { passed: 10, failed: 2 })
         );
         assert_eq!(parse_ktest("ktest: summary passed=10"), None);
         assert_eq!(parse_ktest("booting pi4-hvo"), None);
@@ -544,30 +500,16 @@ mod tests {
 
     #[test]
     fn run_verdicts() {
-        assert_eq!(
-            report(3, 0, Some((3, 0)), Outcome::Exited(0)).run_failure(9),
-            None
-        );
+        assert_eq!(report(3, 0, Some((3, 0)), Outcome::Exited(0)).run_failure(9), None);
         // FAIL lines and a non-zero exit: the FAIL lines carry it.
-        assert_eq!(
-            report(2, 1, Some((2, 1)), Outcome::Exited(1)).run_failure(9),
-            None
-        );
-        let r = report(2, 0, Some((2, 0)), Outcome::Exited(3))
-            .run_failure(9)
-            .unwrap();
+        assert_eq!(report(2, 1, Some((2, 1)), Outcome::Exited(1)).run_failure(9), None);
+        let r = report(2, 0, Some((2, 0)), Outcome::Exited(3)).run_failure(9).unwrap();
         assert!(r.contains("status 3"), "{r}");
-        let r = report(2, 0, None, Outcome::Exited(0))
-            .run_failure(9)
-            .unwrap();
+        let r = report(2, 0, None, Outcome::Exited(0)).run_failure(9).unwrap();
         assert!(r.contains("no `ktest: summary`"), "{r}");
-        let r = report(2, 0, Some((3, 0)), Outcome::Exited(0))
-            .run_failure(9)
-            .unwrap();
+        let r = report(2, 0, Some((3, 0)), Outcome::Exited(0)).run_failure(9).unwrap();
         assert!(r.contains("passed=3"), "{r}");
-        let r = report(1, 0, None, Outcome::TimedOut)
-            .run_failure(9)
-            .unwrap();
+        let r = report(1, 0, None, Outcome::TimedOut).run_failure(9).unwrap();
         assert_eq!(r, "firmware did not finish within 9 s; last log line: last");
     }
 
@@ -577,8 +519,6 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), TARGET_RUNS.len());
-        assert!(TARGET_RUNS
-            .iter()
-            .all(|r| r.timeout_secs > 0 && r.bootargs.contains("ktest")));
+        assert!(TARGET_RUNS.iter().all(|r| r.timeout_secs > 0 && r.bootargs.contains("ktest")));
     }
 }

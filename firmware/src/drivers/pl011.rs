@@ -79,9 +79,7 @@ pub struct Pl011 {
 impl Pl011 {
     /// A UART not yet pointed at its registers.
     pub const fn new() -> Self {
-        Pl011 {
-            base: AtomicUsize::new(0),
-        }
+        Pl011 { base: AtomicUsize::new(0) }
     }
 
     fn regs(&self) -> Option<&Registers> {

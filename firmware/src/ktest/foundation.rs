@@ -32,11 +32,7 @@ pub fn undefined_instruction() -> TestResult {
     let f = match probe::undefined_instruction() {
         Err(f) => f,
         Ok(()) => {
-            return Err(super::Failure {
-                file: file!(),
-                line: line!(),
-                what: "UDF did not trap",
-            })
+            return Err(super::Failure { file: file!(), line: line!(), what: "UDF did not trap" })
         }
     };
     ensure_eq!(f.syndrome.class, ExceptionClass::Unknown);
@@ -51,10 +47,7 @@ pub fn timer_advances() -> TestResult {
     timer::Delay.delay_ms(2);
     let t1 = timer::ticks();
     ensure!(t1 > t0, "the counter advances");
-    ensure!(
-        t1 - t0 >= 2 * f / 1000,
-        "a 2 ms delay waits at least 2 ms of ticks"
-    );
+    ensure!(t1 - t0 >= 2 * f / 1000, "a 2 ms delay waits at least 2 ms of ticks");
     Ok(())
 }
 
@@ -76,10 +69,7 @@ pub fn timer_oneshot() -> TestResult {
         }
     }
     timer::oneshot_disarm();
-    ensure!(
-        timer::ticks() - start >= f / 1000 - 1,
-        "not before its time"
-    );
+    ensure!(timer::ticks() - start >= f / 1000 - 1, "not before its time");
     Ok(())
 }
 

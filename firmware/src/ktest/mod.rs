@@ -9,6 +9,7 @@
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 mod foundation;
+mod kernel_map;
 
 /// Why a test failed: where, and what did not hold.
 #[derive(Clone, Copy, Debug)]
@@ -40,11 +41,7 @@ macro_rules! ensure {
     };
     ($cond:expr, $what:expr) => {
         if !$cond {
-            return Err($crate::ktest::Failure {
-                file: file!(),
-                line: line!(),
-                what: $what,
-            });
+            return Err($crate::ktest::Failure { file: file!(), line: line!(), what: $what });
         }
     };
 }
@@ -66,28 +63,28 @@ macro_rules! ensure_eq {
     }};
 }
 
+const fn case(name: &'static str, run: fn() -> TestResult) -> Case {
+    Case { name, run }
+}
+
 /// Every on-target test, in the order they run.
 pub static CASES: &[Case] = &[
-    Case {
-        name: "exception_data_abort_decoded",
-        run: foundation::data_abort_decoded,
-    },
-    Case {
-        name: "exception_undefined_instruction",
-        run: foundation::undefined_instruction,
-    },
-    Case {
-        name: "timer_advances",
-        run: foundation::timer_advances,
-    },
-    Case {
-        name: "timer_oneshot_fires",
-        run: foundation::timer_oneshot,
-    },
-    Case {
-        name: "uart_loopback_round_trip",
-        run: foundation::uart_round_trip,
-    },
+    case("exception_data_abort_decoded", foundation::data_abort_decoded),
+    case("exception_undefined_instruction", foundation::undefined_instruction),
+    case("timer_advances", foundation::timer_advances),
+    case("timer_oneshot_fires", foundation::timer_oneshot),
+    case("uart_loopback_round_trip", foundation::uart_round_trip),
+    case("kmap_rodata_write_faults", kernel_map::rodata_write_faults),
+    case("kmap_text_write_faults", kernel_map::text_write_faults),
+    case("kmap_data_exec_faults", kernel_map::data_exec_faults),
+    case(
+        "kmap_linear_alias_of_text_not_executable",
+        kernel_map::linear_alias_of_text_not_executable,
+    ),
+    case("kmap_hole_and_guard_page_fault", kernel_map::hole_and_guard_page_fault),
+    case("kmap_wx_audit_clean", kernel_map::wx_audit_clean),
+    case("kmap_linear_map_uses_2m_blocks", kernel_map::linear_map_uses_2m_blocks),
+    case("kmap_mmio_through_kernel_map", kernel_map::mmio_through_kernel_map),
 ];
 
 static PASSED: AtomicUsize = AtomicUsize::new(0);
@@ -115,13 +112,7 @@ pub fn run(filter: Option<&str>) -> usize {
             }
             Err(f) => {
                 FAILED.fetch_add(1, Ordering::Relaxed);
-                crate::error!(
-                    "ktest: FAIL {}: {} at {}:{}",
-                    case.name,
-                    f.what,
-                    f.file,
-                    f.line
-                );
+                crate::error!("ktest: FAIL {}: {} at {}:{}", case.name, f.what, f.file, f.line);
             }
         }
     }

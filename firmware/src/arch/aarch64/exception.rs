@@ -146,11 +146,7 @@ pub fn report(kind: VectorKind, frame: &TrapFrame) {
             fault.level(),
             if s.write { "write" } else { "read" },
             frame.far,
-            if s.far_not_valid {
-                " (FAR not valid)"
-            } else {
-                ""
-            },
+            if s.far_not_valid { " (FAR not valid)" } else { "" },
             kcore::layout::Region::of(kcore::addr::VirtAddr(frame.far)).name()
         );
     }
