@@ -3,14 +3,58 @@
 
 use crate::arch::{cpu, exception, mmu, semihosting};
 use crate::board::Board;
+use crate::drivers::mailbox;
 use crate::drivers::{gpio, timer};
 use crate::kernel_map::{self, KernelMap};
 use crate::sync::{InitOnce, SpinMutex};
+use core::sync::atomic::AtomicU64;
 use core::sync::atomic::{AtomicPtr, Ordering};
 use kcore::addr::PhysAddr;
-use kcore::memblock::{Memblock, RegionList, ReservedKind, MAX_MEMORY_REGIONS};
+use kcore::bootinfo::{self, BootInfo, MapWarning};
+use kcore::cmdline::{self, Cmdline};
+use kcore::layout::{KIMAGE_VOFFSET, PAGE_OFFSET};
+use kcore::memblock::{MemRegion, Memblock, RegionList, ReservedKind, MAX_MEMORY_REGIONS};
 
 static BOARD: AtomicPtr<Board> = AtomicPtr::new(core::ptr::null_mut());
+/// Physical address of the boot blob (DTB or ATAGs), 0 if unusable.
+static BOOT_BLOB: AtomicU64 = AtomicU64::new(0);
+/// The most bytes of boot blob read (a DTB is far smaller).
+const BOOT_BLOB_MAX: u64 = 1 << 20;
+/// The kernel command line, parsed.
+static CMDLINE: InitOnce<Cmdline<'static>> = InitOnce::new();
+
+/// The kernel command line (empty until parsed at boot).
+pub fn cmdline() -> Cmdline<'static> {
+    CMDLINE.get().copied().unwrap_or_default()
+}
+
+fn board_ram_table(board: &Board) -> [MemRegion; 8] {
+    let mut t = [MemRegion::default(); 8];
+    for (slot, b) in t.iter_mut().zip(board.ram) {
+        *slot = MemRegion::new(b.base, b.size);
+    }
+    t
+}
+
+/// Parses the command line from the boot blob, now through the linear map, and reports it.
+fn parse_cmdline() {
+    let pa = BOOT_BLOB.load(Ordering::Acquire);
+    let line: &'static str = if pa == 0 {
+        ""
+    } else {
+        // SAFETY: the blob is reserved in memblock (never reused) and the linear map covers it.
+        match unsafe { bootinfo::from_x0((pa + PAGE_OFFSET) as usize, BOOT_BLOB_MAX as usize) } {
+            Ok(BootInfo { cmdline, .. }) => cmdline,
+            Err(_) => "",
+        }
+    };
+    crate::info!("command line: \"{}\"", line);
+    let c = CMDLINE.set(cmdline::parse(line));
+    for w in c.warnings() {
+        crate::warn!("command line: ignored: {:?}", w);
+    }
+    crate::info!("command line: {:?}", c);
+}
 
 /// The kernel map built at boot.
 pub static KERNEL_MAP: InitOnce<KernelMap> = InitOnce::new();
@@ -70,16 +114,93 @@ pub fn kernel_main(board: &'static Board, boot_info: u64, entry_el: u64) -> ! {
     crate::info!("entered at EL{}, running at EL1, core {}", entry_el, cpu::core_id());
     crate::info!("CNTFRQ {} Hz, boot info at {:#x}", timer::frequency(), boot_info);
 
+    // The boot blob is read through the identity map now and through the linear map later.
+    let blob_max =
+        (kernel_map::IDENTITY_LIMIT.saturating_sub(boot_info)).min(BOOT_BLOB_MAX) as usize;
+    // SAFETY: x0 points at RAM below the identity-map limit (or is rejected by the parser); the
+    // blob is reserved below before anything could overwrite it.
+    let info = unsafe { bootinfo::from_x0(boot_info as usize, blob_max) };
+    match &info {
+        Ok(i) => {
+            crate::info!("boot info: {:?} of {} bytes, model {:?}", i.source, i.blob_len, i.model)
+        }
+        Err(e) => crate::warn!("boot info at {:#x} unusable: {:?}", boot_info, e),
+    }
+    let board_table = board_ram_table(board);
+    let need_mailbox =
+        !board.prefer_board_table && info.as_ref().map_or(true, |i| i.memory.is_err());
+    let mut mailbox_banks = [MemRegion::default(); 1];
+    let mailbox = if need_mailbox {
+        // SAFETY: the mailbox registers are device memory under the identity map; the message
+        // buffer's physical address is its identity-mapped address minus KIMAGE_VOFFSET.
+        match unsafe {
+            mailbox::arm_memory(board.mailbox_base as usize, |va| va as u64 - KIMAGE_VOFFSET)
+        } {
+            Ok((base, size)) => {
+                crate::info!("mailbox: ARM memory {:#x}+{:#x}", base, size);
+                mailbox_banks[0] = MemRegion::new(base, size);
+                Some(&mailbox_banks[..])
+            }
+            Err(e) => {
+                crate::warn!("mailbox: no memory map: {:?}", e);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let map = bootinfo::memory_map(
+        &board_table[..board.ram.len()],
+        info.as_ref(),
+        mailbox,
+        board.prefer_board_table,
+    );
+    for w in map.warnings() {
+        match w {
+            // Expected on QEMU: its -dtb/ATAGs report 960 MiB of the 2 GiB it has.
+            MapWarning::BoardTableOverrides { boot_bytes, board_bytes } => crate::info!(
+                "memory map: board table ({} MiB) overrides the boot blob's ({} MiB)",
+                board_bytes >> 20,
+                boot_bytes >> 20
+            ),
+            other => crate::warn!("memory map: {:?}", other),
+        }
+    }
+    crate::info!("memory: {} region(s) from {:?}", map.regions.len(), map.source);
+    for r in map.regions.iter() {
+        crate::info!("  RAM {:#x}..{:#x} ({} MiB)", r.base.0, r.end(), r.size >> 20);
+    }
+
     let mut mb = Memblock::default();
-    for bank in board.ram {
-        if let Err(e) = mb.add_memory(PhysAddr(bank.base), bank.size) {
-            crate::warn!("board RAM bank {:#x}+{:#x} refused: {:?}", bank.base, bank.size, e);
+    for r in map.regions.iter() {
+        if let Err(e) = mb.add_memory(r.base, r.size) {
+            crate::warn!("RAM bank {:?} refused: {:?}", r, e);
         }
     }
     for r in board.firmware_reserved {
         if let Err(e) = mb.reserve(PhysAddr(r.base), r.size, ReservedKind::Firmware) {
             crate::warn!("firmware range {:#x}+{:#x} not reserved: {:?}", r.base, r.size, e);
         }
+    }
+    if let Ok(i) = &info {
+        for r in i.reserved.iter() {
+            if let Err(e) = mb.reserve(r.base, r.size, ReservedKind::Firmware) {
+                crate::warn!("boot-info reservation {:?} not reserved: {:?}", r, e);
+            }
+        }
+        // QEMU's ATAGs sit inside the reserved boot-stub page already; a DTB needs its own.
+        let inside = mb
+            .reserved()
+            .iter()
+            .any(|r| r.region.covers(&MemRegion::new(boot_info, i.blob_len as u64)));
+        if !inside {
+            if let Err(e) =
+                mb.reserve(PhysAddr(boot_info), i.blob_len as u64, ReservedKind::DeviceTree)
+            {
+                crate::warn!("boot blob {:#x}+{:#x} not reserved: {:?}", boot_info, i.blob_len, e);
+            }
+        }
+        BOOT_BLOB.store(boot_info, Ordering::Release);
     }
     match RegionList::from_slice(mb.memory()) {
         Ok(l) => {
@@ -120,8 +241,22 @@ extern "C" fn kernel_main_on_stack(_: u64) -> ! {
     let km = KERNEL_MAP.get().expect("kernel map set");
     mmu::disable_ttbr0(km.empty_root);
     crate::memory::set_init_mm(km.root);
+    parse_cmdline();
+    let cmd = cmdline();
+    if cmd.ptdump {
+        crate::ptdump::dump_kernel();
+    }
     crate::info!("identity map dropped; on core 0's stack below {:#x}", km.stack_tops[0]);
 
-    let failed = if cfg!(feature = "ktest") { crate::ktest::run(None) } else { 0 };
+    let failed = match cmd.ktest {
+        Some(filter) if cfg!(feature = "ktest") => {
+            crate::ktest::run(if filter.is_empty() { None } else { Some(filter) })
+        }
+        Some(_) => {
+            crate::warn!("ktest: this image was built without the on-target tests (feature ktest)");
+            0
+        }
+        None => 0,
+    };
     exit(if failed == 0 { 0 } else { 1 })
 }
