@@ -104,7 +104,10 @@ impl ExceptionClass {
     pub const fn is_abort(self) -> bool {
         matches!(
             self,
-            Self::InstrAbortLower | Self::InstrAbortSame | Self::DataAbortLower | Self::DataAbortSame
+            Self::InstrAbortLower
+                | Self::InstrAbortSame
+                | Self::DataAbortLower
+                | Self::DataAbortSame
         )
     }
 }
@@ -166,9 +169,10 @@ impl FaultKind {
     /// The translation level the fault was taken at, where the code has one.
     pub const fn level(self) -> Option<u8> {
         match self {
-            Self::AddressSize(l) | Self::Translation(l) | Self::AccessFlag(l) | Self::Permission(l) => {
-                Some(l)
-            }
+            Self::AddressSize(l)
+            | Self::Translation(l)
+            | Self::AccessFlag(l)
+            | Self::Permission(l) => Some(l),
             _ => None,
         }
     }
@@ -200,15 +204,26 @@ pub const fn decode(esr: u64) -> Syndrome {
     let class = ExceptionClass::from_bits(ec);
     let iss = esr & 0x1ff_ffff;
     let is_abort = class.is_abort();
-    let is_data = matches!(class, ExceptionClass::DataAbortLower | ExceptionClass::DataAbortSame);
+    let is_data = matches!(
+        class,
+        ExceptionClass::DataAbortLower | ExceptionClass::DataAbortSame
+    );
     Syndrome {
         esr,
         class,
         il: esr & (1 << 25) != 0,
-        fault: if is_abort { Some(FaultKind::from_fsc((iss & 0x3f) as u8)) } else { None },
+        fault: if is_abort {
+            Some(FaultKind::from_fsc((iss & 0x3f) as u8))
+        } else {
+            None
+        },
         write: is_data && iss & (1 << 6) != 0,
         far_not_valid: is_abort && iss & (1 << 10) != 0,
-        svc_imm: if matches!(class, ExceptionClass::Svc64) { Some((iss & 0xffff) as u16) } else { None },
+        svc_imm: if matches!(class, ExceptionClass::Svc64) {
+            Some((iss & 0xffff) as u16)
+        } else {
+            None
+        },
     }
 }
 

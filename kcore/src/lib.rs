@@ -21,6 +21,19 @@
 #![warn(missing_docs)]
 
 pub mod addr;
+pub mod bootinfo;
+pub mod buddy;
+pub mod cmdline;
 pub mod esr;
+pub mod hugetlb;
 pub mod layout;
+pub mod mapper;
+pub mod memblock;
+pub mod mm;
+pub mod page;
+pub mod pagewalk;
+pub mod pgtable;
 pub mod phys;
+pub mod ptdump;
+pub mod tlb;
+pub mod vmemmap;
