@@ -214,7 +214,7 @@ pub fn kernel_main(board: &'static Board, boot_info: u64, entry_el: u64) -> ! {
         fatal("cannot reserve the kernel image");
     }
 
-    let km = match kernel_map::build(&mut mb, |_, _| Ok(())) {
+    let km = match kernel_map::build(&mut mb) {
         Ok(km) => km,
         Err(e) => {
             crate::error!("kernel map: {:?}", e);
@@ -231,6 +231,11 @@ pub fn kernel_main(board: &'static Board, boot_info: u64, entry_el: u64) -> ! {
     // SAFETY: `km` is a complete kernel map from `kernel_map::build`.
     unsafe { kernel_map::switch(&km, board.uart.base) };
     crate::info!("MMU: running on the kernel map (TTBR1 root {:#x})", km.root.0);
+    crate::info!(
+        "vmemmap: {} x 2M block(s) mapping {} MiB of descriptors",
+        km.vmemmap_blocks,
+        km.vmemmap_bytes >> 20
+    );
     *MEMBLOCK.lock() = Some(mb);
     let km = KERNEL_MAP.set(km);
     // SAFETY: core 0's stack was mapped by the kernel map; nothing else uses it.
@@ -243,6 +248,14 @@ extern "C" fn kernel_main_on_stack(_: u64) -> ! {
     crate::memory::set_init_mm(km.root);
     parse_cmdline();
     let cmd = cmdline();
+    {
+        let mb = MEMBLOCK.lock();
+        if let Err(e) = crate::memory::init(mb.as_ref().expect("memblock"), &cmd) {
+            crate::error!("page allocator: {:?}", e);
+            fatal("cannot start the page allocator");
+        }
+    }
+    crate::memory::meminfo();
     if cmd.ptdump {
         crate::ptdump::dump_kernel();
     }

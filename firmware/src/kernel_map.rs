@@ -13,7 +13,7 @@
 //! console moves to the MMIO window, core 0 moves to its guarded stack, and TTBR0 walks stop.
 
 use crate::arch::mmu;
-use kcore::addr::{PhysAddr, VirtAddr, PAGE_SIZE};
+use kcore::addr::{PhysAddr, VirtAddr, PAGE_SIZE, PMD_SIZE};
 use kcore::layout::{
     self, KIMAGE_VOFFSET, MMIO_PBASE, MMIO_SIZE, MMIO_VBASE, PAGE_OFFSET, STACK_SIZE,
 };
@@ -22,6 +22,14 @@ use kcore::memblock::{Memblock, MemblockError, ReservedKind};
 use kcore::pgtable::{Attrs, Level};
 use kcore::phys::OffsetWindow;
 use kcore::tlb::HwMmu;
+use kcore::vmemmap::VmemmapError;
+
+/// Sections (128 MiB of RAM each) whose vmemmap the boot can map: 8 GiB, the largest Pi 4.
+const MAX_VMEMMAP_BLOCKS: usize = 64;
+
+/// More RAM sections than [`MAX_VMEMMAP_BLOCKS`].
+#[derive(Debug)]
+struct TooManySections;
 
 /// Physical memory as the code sees it before the switch: the boot identity map (0..3 GiB RAM).
 pub const IDENTITY: OffsetWindow = OffsetWindow { offset: 0 };
@@ -43,6 +51,12 @@ pub enum KernelMapError {
     },
     /// No frame for a table, stack or the empty root.
     NoMemory(MemblockError),
+    /// The vmemmap could not be populated (no frame, or more sections than the firmware
+    /// supports) after `sections` blocks.
+    Vmemmap {
+        /// Blocks placed before the failure.
+        sections: usize,
+    },
 }
 
 /// Table pages from memblock, reserved as early tables.
@@ -112,6 +126,10 @@ pub struct KernelMap {
     pub image: MapStats,
     /// Top of each core's stack.
     pub stack_tops: [u64; layout::MAX_CPUS],
+    /// 2 MiB block entries mapping the vmemmap.
+    pub vmemmap_blocks: u64,
+    /// RAM backing the vmemmap.
+    pub vmemmap_bytes: u64,
 }
 
 fn map(
@@ -143,13 +161,13 @@ fn map(
     .map_err(|error| KernelMapError::Map { region, error })
 }
 
-/// Builds the kernel map for RAM `ram`, with the extra mappings `extra` adds (the vmemmap).
-pub fn build(
-    mb: &mut Memblock,
-    extra: impl FnOnce(PhysAddr, &mut Memblock) -> Result<(), KernelMapError>,
-) -> Result<KernelMap, KernelMapError> {
-    // Table frames must be reachable through the identity map while we build.
+/// Builds the kernel map for the RAM in `mb`.
+pub fn build(mb: &mut Memblock) -> Result<KernelMap, KernelMapError> {
+    // Table frames must be reachable through the identity map while we build. Early frames
+    // come bottom-up, just above the image, as Linux's memblock does: the top of RAM (the
+    // 1 GiB bank at 0x4000_0000 on a 2 GiB board) stays whole for gigantic pages.
     mb.set_current_limit(PhysAddr(IDENTITY_LIMIT));
+    mb.set_bottom_up(true);
     let alloc_zeroed = |mb: &mut Memblock| -> Result<PhysAddr, KernelMapError> {
         let pa = mb
             .alloc(PAGE_SIZE, PAGE_SIZE, ReservedKind::EarlyTables)
@@ -223,7 +241,37 @@ pub fn build(
         )?;
         km.stack_tops[cpu] = top.0;
     }
-    extra(root, mb)?;
+    // The vmemmap: `populate` picks a 2 MiB frame per section holding RAM while it holds the
+    // memblock; the blocks are mapped right after, before any descriptor is touched (the kernel
+    // map is not live yet, so nothing can look at them in between).
+    let mut blocks = [(VirtAddr(0), PhysAddr(0)); MAX_VMEMMAP_BLOCKS];
+    let mut n = 0;
+    let ram = *crate::init::ram_regions();
+    // SAFETY: every block recorded here is mapped read-write below, before `build` returns and
+    // long before the map goes live; a block that cannot be recorded fails `populate`.
+    let stats = unsafe {
+        crate::memory::VMEMMAP.populate(ram.as_slice(), mb, |va, pa| {
+            let slot = blocks.get_mut(n).ok_or(TooManySections)?;
+            *slot = (va, pa);
+            n += 1;
+            Ok(())
+        })
+    }
+    .map_err(|_: VmemmapError<TooManySections>| KernelMapError::Vmemmap { sections: n })?;
+    for &(va, pa) in &blocks[..n] {
+        let s = map(
+            "vmemmap",
+            root,
+            mb,
+            va.0,
+            pa.0,
+            PMD_SIZE,
+            Attrs::kernel_data(),
+            BlockPolicy::AllowBlocks { max: Level::L2 },
+        )?;
+        km.vmemmap_blocks += s.blocks_l2;
+    }
+    km.vmemmap_bytes = stats.backing_bytes;
     Ok(km)
 }
 

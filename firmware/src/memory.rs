@@ -1,15 +1,37 @@
-//! The firmware's memory-management state: `init_mm` and, as they come up, the vmemmap, the
-//! buddy allocator and the HugeTLB pools. The algorithms are in `kcore`; this module owns the
-//! single live instances and the order in which boot brings them up.
+//! The firmware's memory-management state: `init_mm`, the vmemmap, the buddy allocator and the
+//! HugeTLB pool. The algorithms are in `kcore`; this module owns the single live instances and
+//! the order in which boot brings them up:
+//! 1. before the kernel map is live, memblock hands out frames (tables, stacks, vmemmap blocks);
+//! 2. after the switch, [`init`] initialises every descriptor, gives the free RAM to the buddy
+//!    allocator (Linux's `memblock_free_all`) and pre-allocates the HugeTLB pools.
 
-use crate::sync::InitOnce;
-use kcore::addr::PhysAddr;
+use crate::sync::{InitOnce, SpinMutex};
+use kcore::addr::{PhysAddr, PAGE_SIZE};
+use kcore::buddy::{self, Buddy, BuddyError, Census, ConservationError};
+use kcore::cmdline::Cmdline;
+use kcore::hugetlb::{HugePageSize, HugepageRequest, HugetlbPool, NoHooks};
+use kcore::mapper::FrameAlloc;
+use kcore::memblock::Memblock;
 use kcore::mm::{Kernel, Mm};
-use kcore::phys::OffsetWindow;
+use kcore::page::PageState;
+use kcore::phys::{OffsetWindow, PhysMem};
+use kcore::vmemmap::Vmemmap;
 
 pub use crate::kernel_map::LINEAR;
 
 static INIT_MM: InitOnce<Mm<Kernel>> = InitOnce::new();
+
+/// The kernel's memmap at `VMEMMAP_START`.
+// SAFETY: sections are marked present only by `Vmemmap::populate`, called from
+// `kernel_map::build` with a closure that maps each 2 MiB block read-write in the kernel map,
+// which stays live for the rest of the run.
+pub static VMEMMAP: Vmemmap = unsafe { Vmemmap::kernel() };
+
+/// The page allocator.
+pub static BUDDY: SpinMutex<Buddy> = SpinMutex::new(Buddy::new());
+
+/// The HugeTLB pools.
+pub static HUGETLB: SpinMutex<HugetlbPool> = SpinMutex::new(HugetlbPool::new());
 
 /// Records the kernel map's root as `init_mm` (once, after the TTBR1 switch).
 pub fn set_init_mm(root: PhysAddr) {
@@ -26,4 +48,109 @@ pub fn init_mm() -> &'static Mm<Kernel> {
 /// How the kernel reaches physical memory once the linear map is live.
 pub const fn phys() -> &'static OffsetWindow {
     &LINEAR
+}
+
+/// Table pages from the buddy allocator, zeroed, with their descriptors marked as page tables.
+pub struct BuddyTables;
+
+impl FrameAlloc for BuddyTables {
+    fn alloc_table(&mut self) -> Option<PhysAddr> {
+        let pfn = BUDDY.lock().alloc(&VMEMMAP, 0).ok()?;
+        VMEMMAP.page(pfn).set_state(PageState::PageTable);
+        let pa = pfn.addr();
+        // SAFETY: a frame we just allocated, reached through the linear map.
+        unsafe { core::ptr::write_bytes(LINEAR.ptr(pa), 0, PAGE_SIZE as usize) };
+        Some(pa)
+    }
+    fn free_table(&mut self, pa: PhysAddr) {
+        let pfn = kcore::addr::Pfn::containing(pa);
+        VMEMMAP.page(pfn).set_state(PageState::Allocated);
+        if let Err(e) = BUDDY.lock().free(&VMEMMAP, pfn, 0) {
+            crate::error!("freeing table page {:#x}: {:?}", pa.0, e);
+        }
+    }
+}
+
+/// Counts every RAM frame by state and checks the sum against RAM and the buddy's free count.
+pub fn check_conservation() -> Result<Census, ConservationError> {
+    let buddy = BUDDY.lock();
+    buddy::check_conservation(&VMEMMAP, crate::init::ram_regions().as_slice(), &buddy)
+}
+
+/// Brings up the descriptors, the buddy allocator and the HugeTLB pools.
+pub fn init(mb: &Memblock, cmd: &Cmdline<'_>) -> Result<(), BuddyError> {
+    let ram = crate::init::ram_regions();
+    let t0 = crate::drivers::timer::ticks();
+    let n = VMEMMAP.init_descriptors(ram.as_slice());
+    let freed = BUDDY.lock().free_memblock(&VMEMMAP, mb)?;
+    let us = crate::drivers::timer::ticks_to_ns(crate::drivers::timer::ticks() - t0) / 1000;
+    crate::info!(
+        "memmap: {} descriptors of {} bytes in {} present section(s), initialised in {} us",
+        n,
+        kcore::page::PAGE_DESC_SIZE,
+        VMEMMAP.nr_present_sections(),
+        us
+    );
+    crate::info!("buddy: {} pages free of {} managed", freed, BUDDY.lock().managed_pages());
+
+    // Gigantic (1 GiB) pages first, as Linux allocates them early at boot before smaller
+    // pages can fragment the memory they need.
+    let mut requests = [HugepageRequest { size: HugePageSize::Size2M, count: 0 }; 2];
+    let n = cmd.hugepage_requests().len().min(2);
+    requests[..n].copy_from_slice(&cmd.hugepage_requests()[..n]);
+    requests[..n].sort_unstable_by_key(|r| core::cmp::Reverse(r.size.bytes()));
+    let report = {
+        let mut buddy = BUDDY.lock();
+        HUGETLB.lock().preallocate(&requests[..n], &mut buddy, &VMEMMAP, &mut NoHooks)
+    };
+    for s in report.sizes {
+        if s.requested == 0 {
+            continue;
+        }
+        if s.allocated < s.requested {
+            crate::warn!(
+                "HugeTLB: allocating {} of {} hugepages of size {} failed: memory allows only {}",
+                s.requested - s.allocated,
+                s.requested,
+                s.size.name(),
+                s.allocated
+            );
+        } else {
+            crate::info!(
+                "HugeTLB: {} hugepages of size {} pre-allocated",
+                s.allocated,
+                s.size.name()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Logs a `/proc/meminfo`-like summary.
+pub fn meminfo() {
+    let free = BUDDY.lock().free_pages();
+    let ram = buddy::ram_pages(crate::init::ram_regions().as_slice());
+    let census = kcore::buddy::conservation(&VMEMMAP, crate::init::ram_regions().as_slice());
+    crate::info!("meminfo: MemTotal:      {} kB", ram * 4);
+    crate::info!("meminfo: MemFree:       {} kB", free * 4);
+    crate::info!(
+        "meminfo: Memmap:        {} kB ({} pages of vmemmap)",
+        census.vmemmap * 4,
+        census.vmemmap
+    );
+    crate::info!("meminfo: PageTables:    {} kB", census.page_table * 4);
+    crate::info!("meminfo: KernelImage:   {} kB", census.kernel_image * 4);
+    crate::info!("meminfo: Reserved:      {} kB", census.reserved * 4);
+    let pool = HUGETLB.lock();
+    for size in HugePageSize::ALL {
+        let c = pool.counts(size);
+        crate::info!(
+            "meminfo: HugePages {}: total {} free {} ({} kB)",
+            size.name(),
+            c.nr_hugepages,
+            c.free_hugepages,
+            c.nr_hugepages * size.bytes() / 1024
+        );
+    }
+    crate::info!("meminfo: Hugetlb:       {} kB", census.hugetlb * 4);
 }

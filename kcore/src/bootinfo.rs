@@ -842,7 +842,7 @@ mod tests {
         if let Some(c) = cmdline {
             let mut bytes = c.as_bytes().to_vec();
             bytes.push(0);
-            while bytes.len() % 4 != 0 {
+            while !bytes.len().is_multiple_of(4) {
                 bytes.push(0);
             }
             push(2 + bytes.len() as u32 / 4);

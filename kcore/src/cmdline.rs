@@ -456,7 +456,7 @@ pub fn parse(s: &str) -> Cmdline<'_> {
             },
             "memhp_reserve" => match value.map(parse_size) {
                 Some(Ok(0)) => c.memhp_reserve = None,
-                Some(Ok(n)) if n % MEMHP_GRANULE == 0 => c.memhp_reserve = Some(n),
+                Some(Ok(n)) if n.is_multiple_of(MEMHP_GRANULE) => c.memhp_reserve = Some(n),
                 Some(Ok(_)) => c.malformed(tok, MalformedReason::NotSectionAligned),
                 Some(Err(e)) => c.malformed(tok, e.into()),
                 None => c.malformed(tok, MalformedReason::MissingValue),

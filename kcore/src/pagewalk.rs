@@ -338,8 +338,9 @@ impl<M: PhysMem, O: PageWalkOps> Walker<'_, M, O> {
                 match self.call(&entry)? {
                     WalkAction::Again => continue,
                     WalkAction::Break(v) => return Ok(ControlFlow::Break(v)),
-                    WalkAction::Continue => break,
-                    WalkAction::Subtree => {
+                    WalkAction::Continue => {}
+                    #[allow(unreachable_patterns)] WalkAction::Continue => break,
+                    WalkAction::Subtree | WalkAction::Continue => {
                         // Re-read: the callback may have turned a block into a table.
                         let now = entry.reread();
                         if now.kind(level) == DescKind::Table && O::INTERESTS.below(level) {

@@ -548,7 +548,10 @@ mod host {
             let lo = self.vm.section_va(self.sections.start).0;
             let hi = self.vm.section_va(self.sections.end).0;
             move |va, _pa| {
-                if va.0 >= lo && va.0 + VMEMMAP_BLOCK_SIZE <= hi && va.0 % VMEMMAP_BLOCK_SIZE == 0 {
+                if va.0 >= lo
+                    && va.0 + VMEMMAP_BLOCK_SIZE <= hi
+                    && va.0.is_multiple_of(VMEMMAP_BLOCK_SIZE)
+                {
                     Ok(())
                 } else {
                     Err(va)
@@ -662,7 +665,7 @@ mod tests {
         for (va, pa) in &mapped {
             assert!(pa.is_aligned(VMEMMAP_BLOCK_SIZE));
             assert_eq!(mb.reserved_kind(*pa), Some(ReservedKind::Vmemmap));
-            assert!(va.0 % VMEMMAP_BLOCK_SIZE == 0);
+            assert!(va.0.is_multiple_of(VMEMMAP_BLOCK_SIZE));
         }
         assert_eq!(vm.init_descriptors(&ram), 16 * PAGES_PER_SECTION);
         // Second populate: nothing needed.

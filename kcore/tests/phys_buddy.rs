@@ -70,7 +70,7 @@ impl Model {
     }
     fn insert(&mut self, ram: &[MemRegion], pfn: u64, order: u8) -> Result<(), String> {
         let end = pfn + (1 << order);
-        if pfn % (1 << order) != 0 {
+        if !pfn.is_multiple_of(1 << order) {
             return Err(format!("misaligned {pfn:#x} order {order}"));
         }
         if !ram.iter().any(|r| r.pfns().start <= pfn && end <= r.pfns().end) {

@@ -97,7 +97,7 @@ proptest! {
                 Op::Grow(big) => {
                     if let Ok(f) = pool.alloc_pool_folio(size(big), &mut b, &vm, &mut NoHooks) {
                         prop_assert_eq!(f.size(), size(big));
-                        prop_assert!(f.head_pfn().0 % f.nr_pages() == 0);
+                        prop_assert!(f.head_pfn().0.is_multiple_of(f.nr_pages()));
                         held.push(f);
                     }
                 }
