@@ -36,6 +36,39 @@ fn board_ram_table(board: &Board) -> [MemRegion; 8] {
     t
 }
 
+/// Reserves `r` unless an existing reservation already covers it (the firmware's own table and
+/// the boot blob's list often name the same first page).
+fn reserve_unless_covered(mb: &mut Memblock, r: MemRegion, kind: ReservedKind, what: &str) {
+    if mb.reserved().iter().any(|x| x.region.covers(&r)) {
+        return;
+    }
+    if let Err(e) = mb.reserve(r.base, r.size, kind) {
+        crate::warn!("{} {:?} not reserved: {:?}", what, r, e);
+    }
+}
+
+/// A DTB from QEMU or the Pi firmware has NOP tokens where nodes were deleted; squeeze them out
+/// (the blob is ours) so the parser accepts it.
+fn compact_dtb(x0: u64, max: usize) {
+    if x0 == 0 || x0 % 8 != 0 || max < 8 {
+        return;
+    }
+    // SAFETY: x0 is below the identity-map limit and `max` bytes from it are RAM under the
+    // identity map (checked by the caller); only the header is read here.
+    let head = unsafe { core::slice::from_raw_parts(x0 as *const u8, 8) };
+    if head[..4] != bootinfo::FDT_MAGIC.to_be_bytes() {
+        return;
+    }
+    let total = (u32::from_be_bytes([head[4], head[5], head[6], head[7]]) as usize).min(max);
+    // SAFETY: as above; nothing else references the blob yet.
+    let blob = unsafe { core::slice::from_raw_parts_mut(x0 as *mut u8, total) };
+    match bootinfo::compact_fdt_nops(blob) {
+        Ok(0) => {}
+        Ok(n) => crate::info!("device tree: {} NOP token(s) compacted away", n),
+        Err(e) => crate::warn!("device tree: not compacted: {:?}", e),
+    }
+}
+
 /// Parses the command line from the boot blob, now through the linear map, and reports it.
 fn parse_cmdline() {
     let pa = BOOT_BLOB.load(Ordering::Acquire);
@@ -117,6 +150,7 @@ pub fn kernel_main(board: &'static Board, boot_info: u64, entry_el: u64) -> ! {
     // The boot blob is read through the identity map now and through the linear map later.
     let blob_max =
         (kernel_map::IDENTITY_LIMIT.saturating_sub(boot_info)).min(BOOT_BLOB_MAX) as usize;
+    compact_dtb(boot_info, blob_max);
     // SAFETY: x0 points at RAM below the identity-map limit (or is rejected by the parser); the
     // blob is reserved below before anything could overwrite it.
     let info = unsafe { bootinfo::from_x0(boot_info as usize, blob_max) };
@@ -184,22 +218,11 @@ pub fn kernel_main(board: &'static Board, boot_info: u64, entry_el: u64) -> ! {
     }
     if let Ok(i) = &info {
         for r in i.reserved.iter() {
-            if let Err(e) = mb.reserve(r.base, r.size, ReservedKind::Firmware) {
-                crate::warn!("boot-info reservation {:?} not reserved: {:?}", r, e);
-            }
+            reserve_unless_covered(&mut mb, *r, ReservedKind::Firmware, "boot-info reservation");
         }
         // QEMU's ATAGs sit inside the reserved boot-stub page already; a DTB needs its own.
-        let inside = mb
-            .reserved()
-            .iter()
-            .any(|r| r.region.covers(&MemRegion::new(boot_info, i.blob_len as u64)));
-        if !inside {
-            if let Err(e) =
-                mb.reserve(PhysAddr(boot_info), i.blob_len as u64, ReservedKind::DeviceTree)
-            {
-                crate::warn!("boot blob {:#x}+{:#x} not reserved: {:?}", boot_info, i.blob_len, e);
-            }
-        }
+        let blob = MemRegion::new(boot_info, i.blob_len as u64);
+        reserve_unless_covered(&mut mb, blob, ReservedKind::DeviceTree, "boot blob");
         BOOT_BLOB.store(boot_info, Ordering::Release);
     }
     match RegionList::from_slice(mb.memory()) {

@@ -334,6 +334,90 @@ pub unsafe fn from_x0(x0: usize, max_len: usize) -> Result<BootInfo<'static>, Bo
     BootInfo::parse(bytes)
 }
 
+/// Removes the `FDT_NOP` tokens from a device tree's structure block, in place.
+///
+/// Boot loaders delete nodes by overwriting them with NOPs (QEMU does for the devices it does not
+/// model, libfdt's `fdt_nop_node`), and the `fdt` crate cannot skip a NOP between two sibling
+/// nodes, so [`BootInfo::parse`] refuses such a blob as [`DtbDefect::Misplaced`]. Compacting the
+/// structure block first (the blob is the firmware's own copy, reserved for it) makes it
+/// parseable without changing its meaning. The header's `size_dt_struct` is updated and the freed
+/// tail of the block zeroed.
+///
+/// The whole structure block is checked before anything is moved: on error the blob is left
+/// untouched. Returns the number of NOP tokens removed.
+pub fn compact_fdt_nops(blob: &mut [u8]) -> Result<usize, BootInfoError> {
+    if be32(blob, 0) != Some(FDT_MAGIC) {
+        return Err(BootInfoError::BadMagic { found: be32(blob, 0).unwrap_or(0) });
+    }
+    if blob.len() < FDT_HEADER_LEN {
+        return Err(BootInfoError::Truncated { needed: FDT_HEADER_LEN, have: blob.len() });
+    }
+    let word = |d: &[u8], i: usize| be32(d, i * 4).unwrap_or(0) as usize;
+    let (totalsize, off_struct, size_struct) = (word(blob, 1), word(blob, 2), word(blob, 9));
+    if totalsize > blob.len() {
+        return Err(BootInfoError::Truncated { needed: totalsize, have: blob.len() });
+    }
+    let end = off_struct
+        .checked_add(size_struct)
+        .filter(|&e| e <= totalsize)
+        .ok_or(malformed(off_struct, DtbDefect::BlockOutOfBounds))?;
+    // One token at `pos` (relative to the block): its length in bytes, or a defect.
+    let token_len = |d: &[u8], pos: usize| -> Result<(u32, usize), BootInfoError> {
+        let at = off_struct + pos;
+        let tok =
+            be32(d, at).filter(|_| at + 4 <= end).ok_or(malformed(at, DtbDefect::MissingEnd))?;
+        let len = match tok {
+            FDT_BEGIN_NODE => {
+                let name = &d[(at + 4).min(end)..end];
+                let nul = name
+                    .iter()
+                    .position(|&b| b == 0)
+                    .ok_or(malformed(at, DtbDefect::BadNodeName))?;
+                4 + align4(nul + 1)
+            }
+            FDT_PROP => {
+                let len = be32(d, at + 4)
+                    .filter(|_| at + 12 <= end)
+                    .ok_or(malformed(at, DtbDefect::BadProperty))?;
+                12 + align4(len as usize)
+            }
+            FDT_END_NODE | FDT_NOP | FDT_END => 4,
+            token => return Err(malformed(at, DtbDefect::BadToken { token })),
+        };
+        if pos + len > size_struct {
+            return Err(malformed(at, DtbDefect::MissingEnd));
+        }
+        Ok((tok, len))
+    };
+    // Pass 1: check every token fits, find FDT_END.
+    let mut pos = 0;
+    loop {
+        let (tok, len) = token_len(blob, pos)?;
+        pos += len;
+        if tok == FDT_END {
+            break;
+        }
+    }
+    // Pass 2: slide every token but NOPs down.
+    let (mut rd, mut wr, mut removed) = (0, 0, 0);
+    loop {
+        let (tok, len) = token_len(blob, rd)?;
+        if tok == FDT_NOP {
+            removed += 1;
+        } else {
+            blob.copy_within(off_struct + rd..off_struct + rd + len, off_struct + wr);
+            wr += len;
+        }
+        rd += len;
+        if tok == FDT_END {
+            break;
+        }
+    }
+    blob[off_struct + wr..off_struct + rd].fill(0);
+    blob[36..40].copy_from_slice(&(wr as u32).to_be_bytes());
+    Ok(removed)
+}
+
 fn malformed(offset: usize, defect: DtbDefect) -> BootInfoError {
     BootInfoError::MalformedDtb { offset, defect }
 }

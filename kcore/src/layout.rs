@@ -50,6 +50,12 @@ pub const USER_BASE: u64 = 0x0000_0000_0040_0000;
 /// End of the TTBR0 range (48-bit).
 pub const USER_END: u64 = 1 << 48;
 
+// The regions are in ascending order and do not overlap (checked at compile time).
+const _: () = assert!(PAGE_OFFSET + LINEAR_MAP_SIZE <= KIMAGE_VOFFSET);
+const _: () = assert!(KIMAGE_VOFFSET + KIMAGE_WINDOW <= MMIO_VBASE);
+const _: () = assert!(MMIO_VBASE + MMIO_SIZE <= STACKS_VBASE);
+const _: () = assert!(STACKS_VBASE + STACK_SLOT * MAX_CPUS as u64 <= VMEMMAP_START);
+
 /// Linear-map address of a physical address.
 #[inline]
 pub const fn phys_to_virt(pa: PhysAddr) -> VirtAddr {
@@ -148,23 +154,13 @@ mod tests {
     #[test]
     fn regions_do_not_overlap_and_classify() {
         assert_eq!(Region::of(VirtAddr(PAGE_OFFSET)), Region::LinearMap);
-        assert_eq!(
-            Region::of(VirtAddr(KIMAGE_VOFFSET + 0x80000)),
-            Region::KernelImage
-        );
+        assert_eq!(Region::of(VirtAddr(KIMAGE_VOFFSET + 0x80000)), Region::KernelImage);
         assert_eq!(Region::of(mmio_virt(0xFE20_1000).unwrap()), Region::Mmio);
         assert_eq!(Region::of(stack_range(3).0), Region::Stacks);
         assert_eq!(Region::of(VirtAddr(VMEMMAP_START + 64)), Region::Vmemmap);
         assert_eq!(Region::of(VirtAddr(USER_BASE)), Region::User);
-        assert!(PAGE_OFFSET + LINEAR_MAP_SIZE <= KIMAGE_VOFFSET);
-        assert!(KIMAGE_VOFFSET + KIMAGE_WINDOW <= MMIO_VBASE);
-        assert!(MMIO_VBASE + MMIO_SIZE <= STACKS_VBASE);
-        assert!(STACKS_VBASE + STACK_SLOT * MAX_CPUS as u64 <= VMEMMAP_START);
         assert_eq!(mmio_virt(0x1000), None);
-        assert_eq!(
-            virt_to_phys(phys_to_virt(PhysAddr(0x1234))),
-            PhysAddr(0x1234)
-        );
+        assert_eq!(virt_to_phys(phys_to_virt(PhysAddr(0x1234))), PhysAddr(0x1234));
     }
 
     #[test]

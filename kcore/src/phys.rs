@@ -53,17 +53,12 @@ mod arena {
     impl Arena {
         /// A zeroed arena standing for physical memory `[base, base + size)`.
         pub fn new(base: PhysAddr, size: u64) -> Self {
-            assert!(base.is_aligned(PAGE_SIZE) && size % PAGE_SIZE == 0 && size > 0);
+            assert!(base.is_aligned(PAGE_SIZE) && size.is_multiple_of(PAGE_SIZE) && size > 0);
             let layout = Layout::from_size_align(size as usize, PAGE_SIZE as usize).unwrap();
             // SAFETY: the layout has a non-zero size.
             let mem = unsafe { alloc_zeroed(layout) };
             assert!(!mem.is_null(), "arena allocation of {size:#x} bytes failed");
-            Arena {
-                base,
-                size,
-                mem,
-                layout,
-            }
+            Arena { base, size, mem, layout }
         }
         /// First physical address covered.
         pub fn base(&self) -> PhysAddr {
