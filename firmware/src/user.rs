@@ -166,3 +166,124 @@ pub fn handle_lower_el(kind: VectorKind, frame: &mut TrapFrame) {
     LAST_FAULT[2].store(frame.elr, Ordering::Release);
     back_to_kernel(EXIT_TAG_FAULTED)
 }
+
+/// A user address space with the user program mapped at `USER_BASE` and one stack page.
+pub struct UserSpace {
+    /// The address space (TTBR0 + ASID).
+    pub mm: kcore::mm::Mm<kcore::mm::User>,
+    /// First user VA of the program.
+    pub entry: u64,
+    /// Initial user stack pointer.
+    pub sp: u64,
+    stack: kcore::addr::Pfn,
+}
+
+/// Where the user stack page goes.
+pub const USER_STACK_PAGE: u64 = 0x0000_7fff_ffff_0000;
+
+/// Why a user address space could not be made.
+#[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "defmt-log", derive(defmt::Format))]
+pub enum UserSpaceError {
+    /// No frame for the root table or the stack.
+    NoMemory,
+    /// Mapping failed.
+    Map(kcore::mapper::MapError),
+}
+
+impl UserSpace {
+    /// Builds an address space with ASID `asid`: the program's pages user-executable and
+    /// read-only (PXN: never executable by the kernel), a user stack page RW and XN.
+    pub fn new(asid: u16) -> Result<UserSpace, UserSpaceError> {
+        use crate::memory::{BuddyTables, LINEAR, VMEMMAP};
+        use kcore::addr::{PhysAddr, VirtAddr, PAGE_SIZE};
+        use kcore::mapper::{BlockPolicy, FrameAlloc};
+        use kcore::pgtable::Attrs;
+        use kcore::tlb::HwMmu;
+
+        let root = BuddyTables.alloc_table().ok_or(UserSpaceError::NoMemory)?;
+        // SAFETY: a fresh zeroed table page, reached through the linear map; ASIDs are handed
+        // out by the caller, one live space each.
+        let mm = unsafe { kcore::mm::Mm::new_user(root, asid) };
+        let stack =
+            crate::memory::BUDDY.lock().alloc(&VMEMMAP, 0).map_err(|_| UserSpaceError::NoMemory)?;
+        // SAFETY: a frame just allocated to us; zeroed so no kernel data reaches EL0.
+        unsafe {
+            core::ptr::write_bytes(
+                kcore::phys::PhysMem::ptr(&LINEAR, stack.addr()),
+                0,
+                PAGE_SIZE as usize,
+            )
+        };
+        let (start, end) = program_image();
+        {
+            let mut g = mm.mmap_write();
+            let mut mmu = HwMmu::new();
+            g.map_range(
+                &LINEAR,
+                &mut BuddyTables,
+                &mut mmu,
+                VirtAddr(kcore::layout::USER_BASE),
+                PhysAddr(start - kcore::layout::KIMAGE_VOFFSET),
+                end - start,
+                Attrs::user_text(),
+                BlockPolicy::PagesOnly,
+            )
+            .map_err(UserSpaceError::Map)?;
+            g.map_range(
+                &LINEAR,
+                &mut BuddyTables,
+                &mut mmu,
+                VirtAddr(USER_STACK_PAGE),
+                stack.addr(),
+                PAGE_SIZE,
+                Attrs::user_data(),
+                BlockPolicy::PagesOnly,
+            )
+            .map_err(UserSpaceError::Map)?;
+        }
+        Ok(UserSpace {
+            mm,
+            entry: kcore::layout::USER_BASE,
+            sp: USER_STACK_PAGE + PAGE_SIZE,
+            stack,
+        })
+    }
+
+    /// Runs the user program in this address space with `x0 = arg`.
+    pub fn run(&self, task_id: u64, arg: u64) -> UserExit {
+        crate::arch::mmu::set_ttbr0(self.mm.root(), self.mm.asid());
+        // SAFETY: TTBR0 now holds this space, which maps the program and the stack.
+        let r = unsafe { run(task_id, self.entry, self.sp, arg) };
+        let km = crate::init::KERNEL_MAP.get().expect("kernel map");
+        crate::arch::mmu::disable_ttbr0(km.empty_root);
+        r
+    }
+}
+
+impl Drop for UserSpace {
+    fn drop(&mut self) {
+        use crate::memory::{BuddyTables, LINEAR, VMEMMAP};
+        use kcore::addr::VirtAddr;
+        use kcore::tlb::HwMmu;
+        let mut mmu = HwMmu::new();
+        // SAFETY: this space is not installed (run() restores the empty TTBR0) and owns its
+        // tables; unmapping issues the TLB invalidation for its ASID.
+        let r = unsafe {
+            kcore::mapper::unmap_range(
+                self.mm.root(),
+                &LINEAR,
+                &mut BuddyTables,
+                &mut mmu,
+                VirtAddr(0),
+                kcore::layout::USER_END,
+                self.mm.tlb_scope(),
+            )
+        };
+        if let Err(e) = r {
+            crate::error!("user space teardown: {:?}", e);
+        }
+        kcore::mapper::FrameAlloc::free_table(&mut BuddyTables, self.mm.root());
+        let _ = crate::memory::BUDDY.lock().free(&VMEMMAP, self.stack, 0);
+    }
+}

@@ -10,6 +10,8 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 mod foundation;
 mod kernel_map;
+mod memory;
+mod user;
 
 /// Why a test failed: where, and what did not hold.
 #[derive(Clone, Copy, Debug)]
@@ -85,6 +87,16 @@ pub static CASES: &[Case] = &[
     case("kmap_wx_audit_clean", kernel_map::wx_audit_clean),
     case("kmap_linear_map_uses_2m_blocks", kernel_map::linear_map_uses_2m_blocks),
     case("kmap_mmio_through_kernel_map", kernel_map::mmio_through_kernel_map),
+    case("mem_pfn_to_page_round_trip", memory::pfn_to_page_round_trip),
+    case("mem_conservation_at_boot", memory::conservation_at_boot),
+    case("mem_whole_2m_pool_alloc_free_exact", memory::whole_2m_pool_alloc_free_exact),
+    case("mem_gigantic_1g_folio", memory::gigantic_1g_folio),
+    case("mem_bad_frees_detected", memory::bad_frees_detected),
+    case("user_el0_task_syscalls", user::el0_task_syscalls),
+    case("user_el0_read_of_kernel_faults", user::el0_read_of_kernel_faults),
+    case("user_el0_read_of_vmemmap_faults", user::el0_read_of_vmemmap_faults),
+    case("user_kernel_cannot_execute_user_pages", user::kernel_cannot_execute_user_pages),
+    case("user_walk_user_mm_with_write_lock", user::walk_user_mm_with_write_lock),
 ];
 
 static PASSED: AtomicUsize = AtomicUsize::new(0);
