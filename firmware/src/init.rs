@@ -50,7 +50,7 @@ fn reserve_unless_covered(mb: &mut Memblock, r: MemRegion, kind: ReservedKind, w
 /// A DTB from QEMU or the Pi firmware has NOP tokens where nodes were deleted; squeeze them out
 /// (the blob is ours) so the parser accepts it.
 fn compact_dtb(x0: u64, max: usize) {
-    if x0 == 0 || x0 % 8 != 0 || max < 8 {
+    if x0 == 0 || !x0.is_multiple_of(8) || max < 8 {
         return;
     }
     // SAFETY: x0 is below the identity-map limit and `max` bytes from it are RAM under the

@@ -132,16 +132,17 @@ pub struct KernelMap {
     pub vmemmap_bytes: u64,
 }
 
-fn map(
+/// A mapping to add to the map under construction.
+struct Mapping {
     region: &'static str,
-    root: PhysAddr,
-    mb: &mut Memblock,
     va: u64,
     pa: u64,
     size: u64,
     attrs: Attrs,
     policy: BlockPolicy,
-) -> Result<MapStats, KernelMapError> {
+}
+
+fn map(root: PhysAddr, mb: &mut Memblock, m: Mapping) -> Result<MapStats, KernelMapError> {
     let mut mmu = HwMmu::new();
     // SAFETY: `root` and every table below it were allocated from memblock for this map and are
     // reached through the identity window; the tables are not live yet.
@@ -151,14 +152,14 @@ fn map(
             &IDENTITY,
             &mut MemblockTables(mb),
             &mut mmu,
-            VirtAddr(va),
-            PhysAddr(pa),
-            size,
-            attrs,
-            policy,
+            VirtAddr(m.va),
+            PhysAddr(m.pa),
+            m.size,
+            m.attrs,
+            m.policy,
         )
     }
-    .map_err(|error| KernelMapError::Map { region, error })
+    .map_err(|error| KernelMapError::Map { region: m.region, error })
 }
 
 /// Builds the kernel map for the RAM in `mb`.
@@ -187,14 +188,16 @@ pub fn build(mb: &mut Memblock) -> Result<KernelMap, KernelMapError> {
     }
     for &(base, size) in &ram[..n] {
         let s = map(
-            "linear map",
             root,
             mb,
-            PAGE_OFFSET + base,
-            base,
-            size,
-            Attrs::kernel_data(),
-            BlockPolicy::AllowBlocks { max: Level::L2 },
+            Mapping {
+                region: "linear map",
+                va: PAGE_OFFSET + base,
+                pa: base,
+                size,
+                attrs: Attrs::kernel_data(),
+                policy: BlockPolicy::AllowBlocks { max: Level::L2 },
+            },
         )?;
         km.linear.blocks_l2 += s.blocks_l2;
         km.linear.pages += s.pages;
@@ -202,27 +205,31 @@ pub fn build(mb: &mut Memblock) -> Result<KernelMap, KernelMapError> {
     }
     for (name, start, end, attrs) in image_sections() {
         let s = map(
-            name,
             root,
             mb,
-            start,
-            start - KIMAGE_VOFFSET,
-            end - start,
-            attrs,
-            BlockPolicy::PagesOnly,
+            Mapping {
+                region: name,
+                va: start,
+                pa: start - KIMAGE_VOFFSET,
+                size: end - start,
+                attrs,
+                policy: BlockPolicy::PagesOnly,
+            },
         )?;
         km.image.pages += s.pages;
         km.image.tables_allocated += s.tables_allocated;
     }
     map(
-        "mmio",
         root,
         mb,
-        MMIO_VBASE,
-        MMIO_PBASE,
-        MMIO_SIZE,
-        Attrs::device(),
-        BlockPolicy::AllowBlocks { max: Level::L2 },
+        Mapping {
+            region: "mmio",
+            va: MMIO_VBASE,
+            pa: MMIO_PBASE,
+            size: MMIO_SIZE,
+            attrs: Attrs::device(),
+            policy: BlockPolicy::AllowBlocks { max: Level::L2 },
+        },
     )?;
     for cpu in 0..layout::MAX_CPUS {
         let frames = mb
@@ -230,14 +237,16 @@ pub fn build(mb: &mut Memblock) -> Result<KernelMap, KernelMapError> {
             .map_err(KernelMapError::NoMemory)?;
         let (bottom, top) = layout::stack_range(cpu);
         map(
-            "stack",
             root,
             mb,
-            bottom.0,
-            frames.0,
-            STACK_SIZE,
-            Attrs::kernel_data(),
-            BlockPolicy::PagesOnly,
+            Mapping {
+                region: "stack",
+                va: bottom.0,
+                pa: frames.0,
+                size: STACK_SIZE,
+                attrs: Attrs::kernel_data(),
+                policy: BlockPolicy::PagesOnly,
+            },
         )?;
         km.stack_tops[cpu] = top.0;
     }
@@ -260,14 +269,16 @@ pub fn build(mb: &mut Memblock) -> Result<KernelMap, KernelMapError> {
     .map_err(|_: VmemmapError<TooManySections>| KernelMapError::Vmemmap { sections: n })?;
     for &(va, pa) in &blocks[..n] {
         let s = map(
-            "vmemmap",
             root,
             mb,
-            va.0,
-            pa.0,
-            PMD_SIZE,
-            Attrs::kernel_data(),
-            BlockPolicy::AllowBlocks { max: Level::L2 },
+            Mapping {
+                region: "vmemmap",
+                va: va.0,
+                pa: pa.0,
+                size: PMD_SIZE,
+                attrs: Attrs::kernel_data(),
+                policy: BlockPolicy::AllowBlocks { max: Level::L2 },
+            },
         )?;
         km.vmemmap_blocks += s.blocks_l2;
     }
