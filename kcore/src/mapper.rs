@@ -386,32 +386,15 @@ pub unsafe fn map_range(
     attrs: Attrs,
     policy: BlockPolicy,
 ) -> Result<MapStats, MapError> {
-    let req = MapRequest {
-        va,
-        pa: Some(pa),
-        size,
-    };
+    let req = MapRequest { va, pa: Some(pa), size };
     let (half, s, e) = validate(req)?;
     // SAFETY: forwarded from the caller.
     let needed = match unsafe { plan(mem, Some(root), Level::L0, s, e, pa.0, policy) } {
         Ok(n) => n,
-        Err(off) => {
-            return Err(MapError::Overlap {
-                req,
-                existing: half.va(off),
-            })
-        }
+        Err(off) => return Err(MapError::Overlap { req, existing: half.va(off) }),
     };
     let pool = Pool::fill(mem, alloc, needed).ok_or(MapError::OutOfTables { req, needed })?;
-    let mut ctx = MapCtx {
-        mem,
-        mmu,
-        half,
-        attrs,
-        policy,
-        pool,
-        stats: MapStats::default(),
-    };
+    let mut ctx = MapCtx { mem, mmu, half, attrs, policy, pool, stats: MapStats::default() };
     // SAFETY: forwarded from the caller; `plan` checked the whole range.
     unsafe { ctx.map(root, Level::L0, s, e, pa.0) };
     debug_assert!(ctx.pool.head.is_none(), "plan() and map() disagree");
@@ -510,9 +493,11 @@ impl<M: PhysMem, O: MmuOps, A: FrameAlloc> UnmapCtx<'_, M, O, A> {
             while bits != 0 {
                 let idx = w * 64 + bits.trailing_zeros() as usize;
                 bits &= bits - 1;
-                // One TLBI by VA per cleared entry: a block's TLB entry matches any VA inside
-                // it, and a non-last-level TLBI also drops walk-cache entries for the table a
-                // cleared table entry pointed to.
+                // TLBI by VA, one per cleared entry, so no TLB keeps the old translation
+                // (ARM ARM "Using break-before-make when updating translation table entries"):
+                // a block's TLB entry matches any VA inside it, and a non-last-level TLBI also
+                // drops the walk-cache entries of a table a cleared table entry pointed to
+                // (its own leaves were invalidated before it was detached).
                 let va = self.half.va(table_base + idx as u64 * level.size());
                 self.mmu.tlbi_va(va, self.scope);
             }
@@ -606,20 +591,9 @@ pub unsafe fn unmap_range(
     let (half, s, e) = validate(req)?;
     // SAFETY: forwarded from the caller.
     if let Some((block, level)) = unsafe { find_partial_block(mem, root, Level::L0, s, e) } {
-        return Err(MapError::PartialBlock {
-            req,
-            block: half.va(block),
-            level,
-        });
+        return Err(MapError::PartialBlock { req, block: half.va(block), level });
     }
-    let mut ctx = UnmapCtx {
-        mem,
-        mmu,
-        alloc,
-        half,
-        scope,
-        stats: UnmapStats::default(),
-    };
+    let mut ctx = UnmapCtx { mem, mmu, alloc, half, scope, stats: UnmapStats::default() };
     // SAFETY: forwarded from the caller; checked for partial blocks just above.
     unsafe { ctx.unmap(root, Level::L0, s, e) };
     let stats = ctx.stats;

@@ -49,10 +49,7 @@ unsafe impl<T: ?Sized + Send> Send for RwSpinLock<T> {}
 impl<T> RwSpinLock<T> {
     /// An unlocked lock around `data`.
     pub const fn new(data: T) -> Self {
-        RwSpinLock {
-            state: AtomicU32::new(0),
-            data: UnsafeCell::new(data),
-        }
+        RwSpinLock { state: AtomicU32::new(0), data: UnsafeCell::new(data) }
     }
 }
 
@@ -157,8 +154,7 @@ impl<'a, T: ?Sized> RwWriteGuard<'a, T> {
         let lock = self.lock;
         core::mem::forget(self);
         // WRITER -> one reader, keeping WRITER_WAITING.
-        lock.state
-            .fetch_add(1u32.wrapping_sub(WRITER), Ordering::Release);
+        lock.state.fetch_add(1u32.wrapping_sub(WRITER), Ordering::Release);
         RwReadGuard { lock }
     }
 }
@@ -185,11 +181,14 @@ impl<T: ?Sized> Drop for RwWriteGuard<'_, T> {
 }
 
 mod sealed {
-    pub trait Sealed {}
+    /// Seals [`super::MmKind`].
+    pub trait Kind {}
+    /// Seals [`super::WalkLock`]: only the guards this module names may walk.
+    pub trait Lock {}
 }
 
 /// The kind of an address space: [`Kernel`] or [`User`]. Sealed.
-pub trait MmKind: sealed::Sealed + 'static {
+pub trait MmKind: sealed::Kind + 'static {
     /// The VA half the address space lives in.
     const HALF: VaHalf;
     /// Are its mappings global (not tagged with an ASID)?
@@ -205,8 +204,8 @@ pub enum Kernel {}
 #[derive(Debug)]
 pub enum User {}
 
-impl sealed::Sealed for Kernel {}
-impl sealed::Sealed for User {}
+impl sealed::Kind for Kernel {}
+impl sealed::Kind for User {}
 impl MmKind for Kernel {
     const HALF: VaHalf = VaHalf::Upper;
     const GLOBAL: bool = true;
@@ -234,12 +233,7 @@ impl Mm<Kernel> {
     /// [`PhysMem`] later passed with this mm (to walks, maps, translations) must reach it and
     /// every table linked from it. Only one `Mm` may own a given root.
     pub const unsafe fn new_kernel(root: PhysAddr) -> Self {
-        Mm {
-            root,
-            asid: 0,
-            mmap_lock: RwSpinLock::new(()),
-            _kind: PhantomData,
-        }
+        Mm { root, asid: 0, mmap_lock: RwSpinLock::new(()), _kind: PhantomData }
     }
 }
 
@@ -249,12 +243,7 @@ impl Mm<User> {
     /// # Safety
     /// As for [`Mm::new_kernel`]; besides, no other live address space may use `asid`.
     pub const unsafe fn new_user(root: PhysAddr, asid: u16) -> Self {
-        Mm {
-            root,
-            asid,
-            mmap_lock: RwSpinLock::new(()),
-            _kind: PhantomData,
-        }
+        Mm { root, asid, mmap_lock: RwSpinLock::new(()), _kind: PhantomData }
     }
 }
 
@@ -284,25 +273,19 @@ impl<K: MmKind> Mm<K> {
     }
 
     /// The value for `TTBRx_EL1`: root table address and, for a user mm, the ASID in
-    /// bits [63:48].
+    /// bits `[63:48]`.
     pub const fn ttbr(&self) -> u64 {
         self.root.0 | ((self.asid as u64) << 48)
     }
 
     /// Takes `mmap_lock` for read.
     pub fn mmap_read(&self) -> MmapReadGuard<'_, K> {
-        MmapReadGuard {
-            mm: self,
-            _g: self.mmap_lock.read(),
-        }
+        MmapReadGuard { mm: self, _g: self.mmap_lock.read() }
     }
 
     /// Takes `mmap_lock` for write.
     pub fn mmap_write(&self) -> MmapWriteGuard<'_, K> {
-        MmapWriteGuard {
-            mm: self,
-            _g: self.mmap_lock.write(),
-        }
+        MmapWriteGuard { mm: self, _g: self.mmap_lock.write() }
     }
 
     /// Is `mmap_lock` held in a way that allows walking this mm's tables: for write for a user
@@ -319,11 +302,7 @@ impl<K: MmKind> Mm<K> {
     /// [`Mm::walk_locked`].
     #[track_caller]
     pub fn assert_walk_locked(&self) {
-        debug_assert!(
-            self.walk_locked(),
-            "{} walked without the mmap_lock it needs",
-            K::NAME
-        );
+        debug_assert!(self.walk_locked(), "{} walked without the mmap_lock it needs", K::NAME);
     }
 
     /// The lock itself, for diagnostics.
@@ -373,10 +352,7 @@ impl<'a, K: MmKind> MmapWriteGuard<'a, K> {
 
     /// Downgrades to a read lock with no writer in between (Linux `mmap_write_downgrade`).
     pub fn downgrade(self) -> MmapReadGuard<'a, K> {
-        MmapReadGuard {
-            mm: self.mm,
-            _g: self._g.downgrade(),
-        }
+        MmapReadGuard { mm: self.mm, _g: self._g.downgrade() }
     }
 
     /// Software translation of `va` (see [`mapper::translate`]).
@@ -395,10 +371,7 @@ impl<'a, K: MmKind> MmapWriteGuard<'a, K> {
     fn check_half(&self, req: MapRequest) -> Result<(), MapError> {
         match VaHalf::of(req.va) {
             Some(h) if h == K::HALF => Ok(()),
-            _ => Err(MapError::WrongHalf {
-                req,
-                expected: K::HALF,
-            }),
+            _ => Err(MapError::WrongHalf { req, expected: K::HALF }),
         }
     }
 
@@ -416,11 +389,7 @@ impl<'a, K: MmKind> MmapWriteGuard<'a, K> {
         attrs: Attrs,
         policy: BlockPolicy,
     ) -> Result<MapStats, MapError> {
-        self.check_half(MapRequest {
-            va,
-            pa: Some(pa),
-            size,
-        })?;
+        self.check_half(MapRequest { va, pa: Some(pa), size })?;
         let attrs = attrs.with_ng(!K::GLOBAL);
         // SAFETY: `Mm::new_*`'s contract makes the root and its tables reachable through `mem`;
         // we hold mmap_lock for write. Adding a mapping cannot invalidate existing references.
@@ -450,16 +419,16 @@ impl<'a, K: MmKind> MmapWriteGuard<'a, K> {
 /// A lock guard under which an address space's page tables may be walked without VMAs. Sealed:
 /// implemented only for `MmapReadGuard<'_, Kernel>`, `MmapWriteGuard<'_, Kernel>` and
 /// `MmapWriteGuard<'_, User>` (see the module documentation for why a user mm needs write).
-pub trait WalkLock: sealed::Sealed {
+pub trait WalkLock: sealed::Lock {
     /// The root table of the locked address space.
     fn walk_root(&self) -> PhysAddr;
     /// The VA half the address space covers.
     fn walk_half(&self) -> VaHalf;
 }
 
-impl sealed::Sealed for MmapReadGuard<'_, Kernel> {}
-impl sealed::Sealed for MmapWriteGuard<'_, Kernel> {}
-impl sealed::Sealed for MmapWriteGuard<'_, User> {}
+impl sealed::Lock for MmapReadGuard<'_, Kernel> {}
+impl sealed::Lock for MmapWriteGuard<'_, Kernel> {}
+impl sealed::Lock for MmapWriteGuard<'_, User> {}
 
 impl WalkLock for MmapReadGuard<'_, Kernel> {
     fn walk_root(&self) -> PhysAddr {
@@ -527,10 +496,7 @@ mod tests {
         while l.state.load(Ordering::Relaxed) & WRITER_WAITING == 0 {
             std::thread::yield_now();
         }
-        assert!(
-            l.try_read().is_none(),
-            "a waiting writer must hold off new readers"
-        );
+        assert!(l.try_read().is_none(), "a waiting writer must hold off new readers");
         drop(r);
         t.join().unwrap();
         assert_eq!(*l.read(), 1);

@@ -338,9 +338,8 @@ impl<M: PhysMem, O: PageWalkOps> Walker<'_, M, O> {
                 match self.call(&entry)? {
                     WalkAction::Again => continue,
                     WalkAction::Break(v) => return Ok(ControlFlow::Break(v)),
-                    WalkAction::Continue => {}
-                    #[allow(unreachable_patterns)] WalkAction::Continue => break,
-                    WalkAction::Subtree | WalkAction::Continue => {
+                    WalkAction::Continue => break,
+                    WalkAction::Subtree => {
                         // Re-read: the callback may have turned a block into a table.
                         let now = entry.reread();
                         if now.kind(level) == DescKind::Table && O::INTERESTS.below(level) {
@@ -447,13 +446,7 @@ mod tests {
             range_offsets(VaHalf::Lower, VirtAddr(0), VirtAddr(1 << 48)),
             Some((0, 1 << 48))
         );
-        assert_eq!(
-            range_offsets(VaHalf::Lower, VirtAddr(0x2000), VirtAddr(0x1000)),
-            None
-        );
-        assert_eq!(
-            range_offsets(VaHalf::Lower, VirtAddr(0x1001), VirtAddr(0x2000)),
-            None
-        );
+        assert_eq!(range_offsets(VaHalf::Lower, VirtAddr(0x2000), VirtAddr(0x1000)), None);
+        assert_eq!(range_offsets(VaHalf::Lower, VirtAddr(0x1001), VirtAddr(0x2000)), None);
     }
 }

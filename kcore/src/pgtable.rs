@@ -12,7 +12,7 @@
 //! | 0      | valid = 1           | valid = 1                                        |
 //! | 1      | 1 = table           | 0 = block (L1/L2), 1 = page (L3)                 |
 //! | 4:2    |                     | AttrIndx: index into `MAIR_EL1`                  |
-//! | 7:6    |                     | AP[2:1]                                          |
+//! | 7:6    |                     | `AP[2:1]`: data access permissions               |
 //! | 9:8    |                     | SH: shareability                                 |
 //! | 10     |                     | AF: access flag                                  |
 //! | 11     |                     | nG: not global (tagged with the ASID)            |
@@ -59,17 +59,17 @@ pub mod bits {
     pub const VALID: u64 = 1 << 0;
     /// Table (levels 0..=2) or page (level 3).
     pub const TABLE_OR_PAGE: u64 = 1 << 1;
-    /// Shift of AttrIndx[2:0].
+    /// Shift of `AttrIndx[2:0]`.
     pub const ATTR_INDX_SHIFT: u32 = 2;
-    /// Mask of AttrIndx[2:0].
+    /// Mask of `AttrIndx[2:0]`.
     pub const ATTR_INDX_MASK: u64 = 0b111 << ATTR_INDX_SHIFT;
-    /// AP[1]: EL0 access.
+    /// `AP[1]`: EL0 access.
     pub const AP_EL0: u64 = 1 << 6;
-    /// AP[2]: read-only.
+    /// `AP[2]`: read-only.
     pub const AP_RO: u64 = 1 << 7;
-    /// Shift of SH[1:0].
+    /// Shift of `SH[1:0]`.
     pub const SH_SHIFT: u32 = 8;
-    /// Mask of SH[1:0].
+    /// Mask of `SH[1:0]`.
     pub const SH_MASK: u64 = 0b11 << SH_SHIFT;
     /// Access flag.
     pub const AF: u64 = 1 << 10;
@@ -251,7 +251,7 @@ impl MemType {
     }
 }
 
-/// Data access permissions, AP[2:1].
+/// Data access permissions, `AP[2:1]`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum AccessPerm {
@@ -295,7 +295,7 @@ impl AccessPerm {
     }
 }
 
-/// Shareability, SH[1:0].
+/// Shareability, `SH[1:0]`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Shareability {
@@ -355,15 +355,7 @@ pub struct Attrs {
 
 impl Attrs {
     const fn normal(ap: AccessPerm, pxn: bool, uxn: bool, ng: bool) -> Attrs {
-        Attrs {
-            mem: MemType::Normal,
-            ap,
-            sh: Shareability::InnerShareable,
-            af: true,
-            ng,
-            pxn,
-            uxn,
-        }
+        Attrs { mem: MemType::Normal, ap, sh: Shareability::InnerShareable, af: true, ng, pxn, uxn }
     }
 
     /// Kernel code: read-only, executable at EL1 only.
@@ -380,10 +372,7 @@ impl Attrs {
     }
     /// MMIO: Device-nGnRE, read/write at EL1, never executable.
     pub const fn device() -> Attrs {
-        Attrs {
-            mem: MemType::Device,
-            ..Attrs::normal(AccessPerm::RwEl1, true, true, false)
-        }
+        Attrs { mem: MemType::Device, ..Attrs::normal(AccessPerm::RwEl1, true, true, false) }
     }
     /// User code: read-only at EL0 and EL1, executable at EL0 only, non-global.
     pub const fn user_text() -> Attrs {
@@ -426,7 +415,7 @@ impl Attrs {
     pub const fn with_uxn(self, uxn: bool) -> Attrs {
         Attrs { uxn, ..self }
     }
-    /// The same attributes, read-only (AP[2] set), keeping EL0 access as it was.
+    /// The same attributes, read-only (`AP[2]` set), keeping EL0 access as it was.
     pub const fn read_only(self) -> Attrs {
         let ap = match self.ap {
             AccessPerm::RwEl1 | AccessPerm::RoEl1 => AccessPerm::RoEl1,
@@ -435,7 +424,7 @@ impl Attrs {
         Attrs { ap, ..self }
     }
 
-    /// Writable (AP[2] clear)?
+    /// Writable (`AP[2]` clear)?
     pub const fn is_writable(&self) -> bool {
         self.ap.is_writable()
     }
@@ -554,10 +543,7 @@ impl Descriptor {
     /// A descriptor pointing to the next-level table at `table` (levels 0..=2).
     pub const fn table(level: Level, table: PhysAddr) -> Result<Descriptor, EncodeError> {
         if !level.allows_table() {
-            return Err(EncodeError::WrongLevel {
-                level,
-                kind: DescKind::Table,
-            });
+            return Err(EncodeError::WrongLevel { level, kind: DescKind::Table });
         }
         if table.0 & !bits::ADDR_MASK != 0 {
             return Err(EncodeError::BadAddress { level, pa: table });
@@ -568,19 +554,12 @@ impl Descriptor {
     /// A block (levels 1, 2) or page (level 3) descriptor mapping `oa` with `attrs`.
     pub const fn leaf(level: Level, oa: PhysAddr, attrs: Attrs) -> Result<Descriptor, EncodeError> {
         if !level.allows_leaf() {
-            return Err(EncodeError::WrongLevel {
-                level,
-                kind: DescKind::Block,
-            });
+            return Err(EncodeError::WrongLevel { level, kind: DescKind::Block });
         }
         if oa.0 & !bits::ADDR_MASK != 0 || !oa.is_aligned(level.size()) {
             return Err(EncodeError::BadAddress { level, pa: oa });
         }
-        let ty = if level.allows_page() {
-            bits::TABLE_OR_PAGE
-        } else {
-            0
-        };
+        let ty = if level.allows_page() { bits::TABLE_OR_PAGE } else { 0 };
         Ok(Descriptor(oa.0 | attrs.to_bits() | ty | bits::VALID))
     }
 
@@ -741,18 +720,12 @@ mod tests {
     fn encode_errors() {
         assert_eq!(
             Descriptor::leaf(Level::L0, PhysAddr(0), Attrs::kernel_data()),
-            Err(EncodeError::WrongLevel {
-                level: Level::L0,
-                kind: DescKind::Block
-            })
+            Err(EncodeError::WrongLevel { level: Level::L0, kind: DescKind::Block })
         );
         assert!(Descriptor::table(Level::L3, PhysAddr(0x1000)).is_err());
         assert_eq!(
             Descriptor::leaf(Level::L2, PhysAddr(0x1000), Attrs::kernel_data()),
-            Err(EncodeError::BadAddress {
-                level: Level::L2,
-                pa: PhysAddr(0x1000)
-            })
+            Err(EncodeError::BadAddress { level: Level::L2, pa: PhysAddr(0x1000) })
         );
         assert!(Descriptor::leaf(Level::L3, PhysAddr(1 << 48), Attrs::kernel_data()).is_err());
     }
@@ -774,36 +747,22 @@ mod tests {
         assert!(ud.is_writable() && !ud.is_executable_el0() && ud.ng);
         assert_eq!(Attrs::kernel_data().read_only().ap, AccessPerm::RoEl1);
         // Bits as Linux's PROT_NORMAL would set them (plus PXN/UXN), with no contiguous hint.
-        let bits = Descriptor::leaf(Level::L3, PhysAddr(0x4000), d)
-            .unwrap()
-            .bits();
+        let bits = Descriptor::leaf(Level::L3, PhysAddr(0x4000), d).unwrap().bits();
         assert_eq!(bits, 0x0060_0000_0000_4703);
     }
 
     #[test]
     fn va_halves() {
         assert_eq!(VaHalf::of(VirtAddr(0x1000)), Some(VaHalf::Lower));
-        assert_eq!(
-            VaHalf::of(VirtAddr(0xFFFF_0000_0000_0000)),
-            Some(VaHalf::Upper)
-        );
+        assert_eq!(VaHalf::of(VirtAddr(0xFFFF_0000_0000_0000)), Some(VaHalf::Upper));
         assert_eq!(VaHalf::of(VirtAddr(0x0001_0000_0000_0000)), None);
         assert_eq!(
             VaHalf::split_range(VirtAddr(0xFFFF_FFFF_FFFF_F000), 0x1000),
             Some((VaHalf::Upper, VA_MASK - 0xfff, 1 << 48))
         );
-        assert_eq!(
-            VaHalf::split_range(VirtAddr(0xFFFF_FFFF_FFFF_F000), 0x2000),
-            None
-        );
-        assert_eq!(
-            VaHalf::split_range(VirtAddr(0xFFFF_F000_0000_0000), 0),
-            None
-        );
-        assert_eq!(
-            VaHalf::split_range(VirtAddr((1 << 48) - 0x1000), 0x2000),
-            None
-        );
+        assert_eq!(VaHalf::split_range(VirtAddr(0xFFFF_FFFF_FFFF_F000), 0x2000), None);
+        assert_eq!(VaHalf::split_range(VirtAddr(0xFFFF_F000_0000_0000), 0), None);
+        assert_eq!(VaHalf::split_range(VirtAddr((1 << 48) - 0x1000), 0x2000), None);
         assert_eq!(VaHalf::Upper.va(0x1000), VirtAddr(0xFFFF_0000_0000_1000));
         assert_eq!(VaHalf::Upper.va(1 << 48), VirtAddr(0));
         assert_eq!(VaHalf::Lower.va(1 << 48), VirtAddr(1 << 48));

@@ -29,7 +29,7 @@ pub struct PtdumpLine {
     pub size: u64,
     /// Level of the entries: 1 = 1 GiB blocks, 2 = 2 MiB blocks, 3 = 4 KiB pages.
     pub level: Level,
-    /// Writable (AP[2] clear).
+    /// Writable (`AP[2]` clear).
     pub writable: bool,
     /// Accessible from EL0.
     pub el0: bool,
@@ -203,11 +203,7 @@ pub fn ptdump<L: WalkLock, M: PhysMem>(
     end: VirtAddr,
     sink: impl FnMut(&PtdumpLine),
 ) -> Result<PtdumpCounts, WalkError<Infallible>> {
-    let mut d = Dumper {
-        cur: None,
-        counts: PtdumpCounts::default(),
-        sink,
-    };
+    let mut d = Dumper { cur: None, counts: PtdumpCounts::default(), sink };
     walk_page_range_novma(guard, mem, start, end, &mut d)?;
     d.flush();
     Ok(d.counts)
@@ -310,9 +306,7 @@ pub fn wx_audit<L: WalkLock, M: PhysMem>(
     start: VirtAddr,
     end: VirtAddr,
 ) -> Result<WxReport, WalkError<Infallible>> {
-    let mut a = WxAudit {
-        report: WxReport::default(),
-    };
+    let mut a = WxAudit { report: WxReport::default() };
     walk_page_range_novma(guard, mem, start, end, &mut a)?;
     Ok(a.report)
 }

@@ -3,8 +3,8 @@
 //! Every store to a translation table entry that a table walker may be using, every barrier and
 //! every TLB invalidation in `kcore` goes through the [`MmuOps`] trait. On the target the
 //! implementation is [`HwMmu`], which executes the instructions; on the host, tests use
-//! [`RecordingMmu`], which performs the store and records the sequence so that
-//! [`check_break_before_make`] can verify it.
+//! `RecordingMmu`, which performs the store and records the sequence so that
+//! `check_break_before_make` can verify it.
 //!
 //! Both implementations count what they execute ([`MmuStats`]); the firmware reports these
 //! counts as measurements.
@@ -152,10 +152,12 @@ pub unsafe fn break_before_make(
     // DSB ISHST: make the invalid entry visible to the table walkers before the TLBI
     // (ARM ARM "Using break-before-make when updating translation table entries").
     mmu.dsb_ishst();
+    // TLBI: remove every cached copy of the old translation (break-before-make step 2). Leaf
+    // entries cached from under an old table could be for any page of its span, so a table is
+    // flushed whole; a block's TLB entry is hit by any VA inside it, so one TLBI by VA removes it.
     match (old.kind(level), scope) {
         (DescKind::Table, TlbScope::AllAsids) => mmu.tlbi_vmalle1is(),
         (DescKind::Table, TlbScope::Asid(asid)) => mmu.tlbi_aside1is(asid),
-        // A TLB entry for a block is hit by any VA inside it, so one TLBI by VA removes it.
         _ => mmu.tlbi_va(va, scope),
     }
     // DSB ISH: wait for the TLBI to complete on every CPU of the inner shareable domain before
@@ -173,7 +175,7 @@ pub unsafe fn break_before_make(
 /// The hardware backend: volatile stores and real barriers / TLB maintenance instructions.
 ///
 /// Only meaningful on AArch64 at EL1 with the MMU set up; on any other architecture every
-/// method panics (host tests use [`RecordingMmu`]).
+/// method panics (host tests use `RecordingMmu`).
 #[derive(Default, Debug)]
 pub struct HwMmu {
     stats: MmuStats,
@@ -182,18 +184,11 @@ pub struct HwMmu {
 impl HwMmu {
     /// A backend with zeroed counters.
     pub const fn new() -> HwMmu {
-        HwMmu {
-            stats: MmuStats {
-                tlbi: 0,
-                dsb: 0,
-                isb: 0,
-                entry_writes: 0,
-            },
-        }
+        HwMmu { stats: MmuStats { tlbi: 0, dsb: 0, isb: 0, entry_writes: 0 } }
     }
 }
 
-/// The operand of `TLBI VA*`: VA[55:12] in bits [43:0], ASID in bits [63:48].
+/// The operand of `TLBI VA*`: `VA[55:12]` in bits `[43:0]`, ASID in bits `[63:48]`.
 #[inline]
 pub const fn tlbi_va_operand(va: VirtAddr, asid: u16) -> u64 {
     ((va.0 >> 12) & ((1 << 44) - 1)) | ((asid as u64) << 48)
@@ -345,7 +340,7 @@ impl TlbiKind {
     }
 }
 
-/// One recorded step of a [`RecordingMmu`].
+/// One recorded step of a `RecordingMmu`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum MmuEvent {
     /// A store to a translation table entry.
@@ -425,13 +420,7 @@ mod recording {
             // SAFETY: as above.
             unsafe { core::ptr::write_volatile(slot, new.0) };
             self.stats.entry_writes += 1;
-            self.push(MmuEvent::Write {
-                slot: slot as usize,
-                va,
-                level,
-                old,
-                new,
-            });
+            self.push(MmuEvent::Write { slot: slot as usize, va, level, old, new });
         }
         fn dsb_ishst(&mut self) {
             self.stats.dsb += 1;
@@ -447,31 +436,19 @@ mod recording {
         }
         fn tlbi_vaae1is(&mut self, va: VirtAddr) {
             self.stats.tlbi += 1;
-            self.push(MmuEvent::Tlbi {
-                kind: TlbiKind::VaAllAsids,
-                va,
-            });
+            self.push(MmuEvent::Tlbi { kind: TlbiKind::VaAllAsids, va });
         }
         fn tlbi_vae1is(&mut self, va: VirtAddr, asid: u16) {
             self.stats.tlbi += 1;
-            self.push(MmuEvent::Tlbi {
-                kind: TlbiKind::Va { asid },
-                va,
-            });
+            self.push(MmuEvent::Tlbi { kind: TlbiKind::Va { asid }, va });
         }
         fn tlbi_aside1is(&mut self, asid: u16) {
             self.stats.tlbi += 1;
-            self.push(MmuEvent::Tlbi {
-                kind: TlbiKind::Asid { asid },
-                va: VirtAddr(0),
-            });
+            self.push(MmuEvent::Tlbi { kind: TlbiKind::Asid { asid }, va: VirtAddr(0) });
         }
         fn tlbi_vmalle1is(&mut self) {
             self.stats.tlbi += 1;
-            self.push(MmuEvent::Tlbi {
-                kind: TlbiKind::All,
-                va: VirtAddr(0),
-            });
+            self.push(MmuEvent::Tlbi { kind: TlbiKind::All, va: VirtAddr(0) });
         }
         fn stats(&self) -> MmuStats {
             self.stats
@@ -495,7 +472,7 @@ pub enum BbmMissing {
     DsbAfterWrite,
 }
 
-/// A break-before-make violation found by [`check_break_before_make`].
+/// A break-before-make violation found by `check_break_before_make`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct BbmViolation {
@@ -591,13 +568,7 @@ pub fn check_break_before_make(events: &[MmuEvent]) -> Result<(), BbmViolation> 
     let mut pages: BTreeMap<usize, BTreeSet<u64>> = BTreeMap::new();
     for (i, e) in events.iter().enumerate() {
         match *e {
-            MmuEvent::Write {
-                slot,
-                va,
-                level,
-                old,
-                new,
-            } => {
+            MmuEvent::Write { slot, va, level, old, new } => {
                 let va = va.align_down(level.size());
                 let old_valid = old.kind(level) != DescKind::Invalid;
                 let new_valid = new.kind(level) != DescKind::Invalid;
@@ -760,16 +731,7 @@ pub fn check_published(events: &[MmuEvent]) -> Result<(), BbmViolation> {
         }
     }
     match pending {
-        Some((
-            i,
-            MmuEvent::Write {
-                slot,
-                va,
-                level,
-                old,
-                new,
-            },
-        )) => Err(BbmViolation {
+        Some((i, MmuEvent::Write { slot, va, level, old, new })) => Err(BbmViolation {
             event: i,
             slot,
             va,
@@ -797,19 +759,10 @@ mod tests {
         Descriptor::table(Level::L2, PhysAddr(pa)).unwrap()
     }
     fn w(old: Descriptor, new: Descriptor) -> MmuEvent {
-        MmuEvent::Write {
-            slot: 0x1000,
-            va: VA,
-            level: Level::L2,
-            old,
-            new,
-        }
+        MmuEvent::Write { slot: 0x1000, va: VA, level: Level::L2, old, new }
     }
     fn tlbi(va: VirtAddr) -> MmuEvent {
-        MmuEvent::Tlbi {
-            kind: TlbiKind::VaAllAsids,
-            va,
-        }
+        MmuEvent::Tlbi { kind: TlbiKind::VaAllAsids, va }
     }
 
     fn good_split() -> std::vec::Vec<MmuEvent> {
@@ -834,10 +787,7 @@ mod tests {
     fn rejects_missing_steps() {
         let mut no_tlbi = good_split();
         no_tlbi.remove(2);
-        assert_eq!(
-            check_break_before_make(&no_tlbi).unwrap_err().missing,
-            BbmMissing::Tlbi
-        );
+        assert_eq!(check_break_before_make(&no_tlbi).unwrap_err().missing, BbmMissing::Tlbi);
         let mut no_dsb = good_split();
         no_dsb.remove(1);
         assert_eq!(
@@ -857,10 +807,7 @@ mod tests {
         // A TLBI of a VA outside the block does not count.
         let mut wrong_va = good_split();
         wrong_va[2] = tlbi(VA + (2 << 20));
-        assert_eq!(
-            check_break_before_make(&wrong_va).unwrap_err().missing,
-            BbmMissing::Tlbi
-        );
+        assert_eq!(check_break_before_make(&wrong_va).unwrap_err().missing, BbmMissing::Tlbi);
         // TLBI before the DSB does not count.
         let early = [
             w(block(0x4000_0000), Descriptor::INVALID),
@@ -875,20 +822,14 @@ mod tests {
         );
         // ASIDE1IS leaves global entries in the TLB.
         let mut asid = good_split();
-        asid[2] = MmuEvent::Tlbi {
-            kind: TlbiKind::Asid { asid: 3 },
-            va: VirtAddr(0),
-        };
+        asid[2] = MmuEvent::Tlbi { kind: TlbiKind::Asid { asid: 3 }, va: VirtAddr(0) };
         assert!(check_break_before_make(&asid).is_err());
     }
 
     #[test]
     fn permission_changes_need_no_break() {
         let ro = block(0x4000_0000).with_attrs(Attrs::kernel_rodata());
-        assert_eq!(
-            check_break_before_make(&[w(block(0x4000_0000), ro)]),
-            Ok(())
-        );
+        assert_eq!(check_break_before_make(&[w(block(0x4000_0000), ro)]), Ok(()));
         // Re-mapping the same descriptor after an incomplete break is harmless too.
         let again = [
             w(block(0x4000_0000), Descriptor::INVALID),
@@ -907,13 +848,7 @@ mod tests {
         Descriptor::leaf(Level::L3, PhysAddr(pa), Attrs::kernel_data()).unwrap()
     }
     fn pte_write(old: Descriptor, new: Descriptor) -> MmuEvent {
-        MmuEvent::Write {
-            slot: 0x8000,
-            va: VA + 0x7000,
-            level: Level::L3,
-            old,
-            new,
-        }
+        MmuEvent::Write { slot: 0x8000, va: VA + 0x7000, level: Level::L3, old, new }
     }
 
     #[test]
@@ -927,10 +862,7 @@ mod tests {
             MmuEvent::DsbIsh,
             w(Descriptor::INVALID, block(0x4000_0000)),
         ];
-        assert_eq!(
-            check_break_before_make(&seq).unwrap_err().missing,
-            BbmMissing::Tlbi
-        );
+        assert_eq!(check_break_before_make(&seq).unwrap_err().missing, BbmMissing::Tlbi);
         let mut all = std::vec![
             pte_write(Descriptor::INVALID, pte(0x4000_7000)),
             w(table(0x8000), Descriptor::INVALID),
@@ -946,10 +878,7 @@ mod tests {
             pte_write(Descriptor::INVALID, pte(0x4000_7000)),
             w(table(0x8000), Descriptor::INVALID),
             MmuEvent::DsbIshst,
-            MmuEvent::Tlbi {
-                kind: TlbiKind::All,
-                va: VirtAddr(0),
-            },
+            MmuEvent::Tlbi { kind: TlbiKind::All, va: VirtAddr(0) },
             MmuEvent::DsbIsh,
             w(Descriptor::INVALID, block(0x4000_0000)),
         ];
@@ -977,10 +906,7 @@ mod tests {
     #[test]
     fn unpublished_write_is_reported() {
         let seq = [w(Descriptor::INVALID, block(0x4000_0000))];
-        assert_eq!(
-            check_published(&seq).unwrap_err().missing,
-            BbmMissing::DsbAfterWrite
-        );
+        assert_eq!(check_published(&seq).unwrap_err().missing, BbmMissing::DsbAfterWrite);
     }
 
     #[test]
@@ -1001,22 +927,11 @@ mod tests {
         assert_eq!(slot, table(0x8000).0);
         assert_eq!(check_break_before_make(mmu.events()), Ok(()));
         assert_eq!(check_published(mmu.events()), Ok(()));
-        assert_eq!(
-            mmu.stats(),
-            MmuStats {
-                tlbi: 1,
-                dsb: 3,
-                isb: 1,
-                entry_writes: 2
-            }
-        );
+        assert_eq!(mmu.stats(), MmuStats { tlbi: 1, dsb: 3, isb: 1, entry_writes: 2 });
     }
 
     #[test]
     fn tlbi_operand_encoding() {
-        assert_eq!(
-            tlbi_va_operand(VirtAddr(0xFFFF_FC00_0020_3000), 5),
-            0x0005_0FFF_C000_0203
-        );
+        assert_eq!(tlbi_va_operand(VirtAddr(0xFFFF_FC00_0020_3000), 5), 0x0005_0FFF_C000_0203);
     }
 }

@@ -30,12 +30,7 @@ impl Fixture {
         let arena = Arena::new(ARENA_BASE, arena_size);
         let mut alloc = VecFrameAlloc::new(ARENA_BASE, arena_size / PAGE_SIZE);
         let root = kcore::mapper::FrameAlloc::alloc_table(&mut alloc).unwrap();
-        Fixture {
-            arena,
-            alloc,
-            mmu: RecordingMmu::new(),
-            root,
-        }
+        Fixture { arena, alloc, mmu: RecordingMmu::new(), root }
     }
 
     fn map(
@@ -107,10 +102,7 @@ impl Model {
             .filter(|(s, l)| **s + l.size > va)
             .map(|(s, _)| *s)
             .unwrap_or(va);
-        self.leaves
-            .range(first..end)
-            .map(|(s, l)| (*s, *l))
-            .collect()
+        self.leaves.range(first..end).map(|(s, l)| (*s, *l)).collect()
     }
 
     fn lookup(&self, va: u64) -> Option<(PhysAddr, Attrs, Level)> {
@@ -139,7 +131,10 @@ impl Model {
                 .into_iter()
                 .find(|l| {
                     let sz = l.size();
-                    policy.allows(*l) && pos % sz == 0 && p % sz == 0 && end - pos >= sz
+                    policy.allows(*l)
+                        && pos.is_multiple_of(sz)
+                        && p.is_multiple_of(sz)
+                        && end - pos >= sz
                 })
                 .unwrap_or(Level::L3);
             match level {
@@ -147,15 +142,7 @@ impl Model {
                 Level::L2 => stats.blocks_l2 += 1,
                 _ => stats.pages += 1,
             }
-            self.leaves.insert(
-                pos,
-                Leaf {
-                    size: level.size(),
-                    pa: p,
-                    attrs,
-                    level,
-                },
-            );
+            self.leaves.insert(pos, Leaf { size: level.size(), pa: p, attrs, level });
             pos += level.size();
         }
         Ok(stats)
@@ -183,17 +170,8 @@ impl Model {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Map {
-        off: u64,
-        pa: u64,
-        size: u64,
-        attrs: Attrs,
-        policy: BlockPolicy,
-    },
-    Unmap {
-        off: u64,
-        size: u64,
-    },
+    Map { off: u64, pa: u64, size: u64, attrs: Attrs, policy: BlockPolicy },
+    Unmap { off: u64, size: u64 },
 }
 
 /// Offsets aligned to 1 GiB, 2 MiB or 4 KiB, inside `gib` GiB.
@@ -359,8 +337,7 @@ proptest! {
 fn failed_operations_write_nothing() {
     let mut f = Fixture::new(1 << 20);
     let va = 0xFFFF_8000_0000_0000;
-    f.map(va + MIB2, 0x4000_0000, MIB2, Attrs::kernel_data(), BlockPolicy::ALL_BLOCKS)
-        .unwrap();
+    f.map(va + MIB2, 0x4000_0000, MIB2, Attrs::kernel_data(), BlockPolicy::ALL_BLOCKS).unwrap();
     let writes = f.mmu.stats().entry_writes;
     let tables = f.alloc.allocated();
     // Overlap at the very end of a long range: nothing of the head may be mapped.
@@ -368,11 +345,7 @@ fn failed_operations_write_nothing() {
     assert_eq!(
         r,
         Err(MapError::Overlap {
-            req: MapRequest {
-                va: VirtAddr(va),
-                pa: Some(PhysAddr(0x1000_0000)),
-                size: 3 * MIB2
-            },
+            req: MapRequest { va: VirtAddr(va), pa: Some(PhysAddr(0x1000_0000)), size: 3 * MIB2 },
             existing: VirtAddr(va + MIB2)
         })
     );
@@ -389,9 +362,7 @@ fn block_choice_and_edges() {
     let start = va + GIB - MIB2 - PAGE_SIZE;
     let size = PAGE_SIZE + MIB2 + GIB + MIB2 + PAGE_SIZE;
     let pa = 0x10_0000_0000 + GIB - MIB2 - PAGE_SIZE;
-    let s = f
-        .map(start, pa, size, Attrs::kernel_data(), BlockPolicy::ALL_BLOCKS)
-        .unwrap();
+    let s = f.map(start, pa, size, Attrs::kernel_data(), BlockPolicy::ALL_BLOCKS).unwrap();
     assert_eq!((s.blocks_l1, s.blocks_l2, s.pages), (1, 2, 2));
     assert_eq!(f.translate(va + GIB).unwrap().2, Level::L1);
     assert_eq!(f.translate(va + GIB - MIB2).unwrap().2, Level::L2);
@@ -400,20 +371,13 @@ fn block_choice_and_edges() {
     assert_eq!(f.translate(start + size), None);
     // Misaligned PA (mod 2 MiB): pages only.
     let mut g = Fixture::new(1 << 20);
-    let s = g
-        .map(va, 0x1000, 2 * MIB2, Attrs::kernel_data(), BlockPolicy::ALL_BLOCKS)
-        .unwrap();
+    let s = g.map(va, 0x1000, 2 * MIB2, Attrs::kernel_data(), BlockPolicy::ALL_BLOCKS).unwrap();
     assert_eq!((s.blocks_l1, s.blocks_l2, s.pages), (0, 0, 1024));
     // The very top of the address space.
     let top = 0xFFFF_FFFF_FFE0_0000;
-    let s = g
-        .map(top, 0x4000_0000, MIB2, Attrs::kernel_data(), BlockPolicy::ALL_BLOCKS)
-        .unwrap();
+    let s = g.map(top, 0x4000_0000, MIB2, Attrs::kernel_data(), BlockPolicy::ALL_BLOCKS).unwrap();
     assert_eq!(s.blocks_l2, 1);
-    assert_eq!(
-        g.translate(u64::MAX & !0xfff).unwrap().0,
-        PhysAddr(0x4000_0000 + MIB2 - PAGE_SIZE)
-    );
+    assert_eq!(g.translate(!0xfff).unwrap().0, PhysAddr(0x4000_0000 + MIB2 - PAGE_SIZE));
     g.unmap(top, MIB2).unwrap();
     assert_eq!(g.translate(top), None);
 }
@@ -423,11 +387,8 @@ fn errors_name_the_range() {
     let mut f = Fixture::new(1 << 20);
     let k = Attrs::kernel_data();
     let p = BlockPolicy::ALL_BLOCKS;
-    let req = |va: u64, pa: u64, size: u64| MapRequest {
-        va: VirtAddr(va),
-        pa: Some(PhysAddr(pa)),
-        size,
-    };
+    let req =
+        |va: u64, pa: u64, size: u64| MapRequest { va: VirtAddr(va), pa: Some(PhysAddr(pa)), size };
     let va = 0xFFFF_8000_0000_0000;
     assert_eq!(
         f.map(va + 1, 0, PAGE_SIZE, k, p),
@@ -437,10 +398,7 @@ fn errors_name_the_range() {
         f.map(va, 0x800, PAGE_SIZE, k, p),
         Err(MapError::Unaligned(req(va, 0x800, PAGE_SIZE)))
     );
-    assert_eq!(
-        f.map(va, 0, 100, k, p),
-        Err(MapError::Unaligned(req(va, 0, 100)))
-    );
+    assert_eq!(f.map(va, 0, 100, k, p), Err(MapError::Unaligned(req(va, 0, 100))));
     assert_eq!(f.map(va, 0, 0, k, p), Err(MapError::ZeroSize(req(va, 0, 0))));
     // Wraps past the top of the space.
     assert_eq!(
@@ -466,22 +424,14 @@ fn errors_name_the_range() {
     // Unmap errors.
     assert_eq!(
         f.unmap(va, 0),
-        Err(MapError::ZeroSize(MapRequest {
-            va: VirtAddr(va),
-            pa: None,
-            size: 0
-        }))
+        Err(MapError::ZeroSize(MapRequest { va: VirtAddr(va), pa: None, size: 0 }))
     );
     f.map(va, 0x4000_0000, GIB, k, p).unwrap();
     let e = f.unmap(va + MIB2, MIB2).unwrap_err();
     assert_eq!(
         e,
         MapError::PartialBlock {
-            req: MapRequest {
-                va: VirtAddr(va + MIB2),
-                pa: None,
-                size: MIB2
-            },
+            req: MapRequest { va: VirtAddr(va + MIB2), pa: None, size: MIB2 },
             block: VirtAddr(va),
             level: Level::L1
         }
@@ -496,26 +446,19 @@ fn out_of_tables_rolls_back() {
     let mut f = Fixture::new(1 << 20);
     let va = 0xFFFF_8000_0000_0000;
     // Root + L1 + L2 exist after this.
-    f.map(va, 0x4000_0000, PAGE_SIZE, Attrs::kernel_data(), BlockPolicy::PagesOnly)
-        .unwrap();
+    f.map(va, 0x4000_0000, PAGE_SIZE, Attrs::kernel_data(), BlockPolicy::PagesOnly).unwrap();
     assert_eq!(f.alloc.allocated(), 4);
     f.alloc.set_limit(Some(5));
     let writes = f.mmu.stats().entry_writes;
     // 3 MiB of pages from va + 2 MiB needs two more L3 tables: only one is available.
-    let r = f.map(
-        va + MIB2,
-        0x5000_0000,
-        (3 << 20),
-        Attrs::kernel_data(),
-        BlockPolicy::PagesOnly,
-    );
+    let r = f.map(va + MIB2, 0x5000_0000, 3 << 20, Attrs::kernel_data(), BlockPolicy::PagesOnly);
     assert_eq!(
         r,
         Err(MapError::OutOfTables {
             req: MapRequest {
                 va: VirtAddr(va + MIB2),
                 pa: Some(PhysAddr(0x5000_0000)),
-                size: (3 << 20)
+                size: 3 << 20
             },
             needed: 2
         })
@@ -526,7 +469,7 @@ fn out_of_tables_rolls_back() {
     // With room for exactly what is needed, it succeeds.
     f.alloc.set_limit(Some(6));
     let s = f
-        .map(va + MIB2, 0x5000_0000, (3 << 20), Attrs::kernel_data(), BlockPolicy::PagesOnly)
+        .map(va + MIB2, 0x5000_0000, 3 << 20, Attrs::kernel_data(), BlockPolicy::PagesOnly)
         .unwrap();
     assert_eq!(s.tables_allocated, 2);
 }
@@ -535,10 +478,8 @@ fn out_of_tables_rolls_back() {
 fn unmap_issues_tlbi_per_entry_and_frees_tables() {
     let mut f = Fixture::new(1 << 20);
     let va = 0xFFFF_8000_0000_0000;
-    f.map(va, 0x4000_0000, 4 * PAGE_SIZE, Attrs::kernel_data(), BlockPolicy::PagesOnly)
-        .unwrap();
-    f.map(va + MIB2, 0x4020_0000, MIB2, Attrs::kernel_data(), BlockPolicy::ALL_BLOCKS)
-        .unwrap();
+    f.map(va, 0x4000_0000, 4 * PAGE_SIZE, Attrs::kernel_data(), BlockPolicy::PagesOnly).unwrap();
+    f.map(va + MIB2, 0x4020_0000, MIB2, Attrs::kernel_data(), BlockPolicy::ALL_BLOCKS).unwrap();
     f.mmu.take_events();
     let before = f.mmu.stats();
     let s = f.unmap(va, 2 * MIB2).unwrap();
@@ -551,10 +492,7 @@ fn unmap_issues_tlbi_per_entry_and_frees_tables() {
     assert_eq!((d.dsb, d.isb), (8, 1));
     let ev = f.mmu.events();
     // Every TLBI comes after a DSB that follows the writes it covers.
-    let first_tlbi = ev
-        .iter()
-        .position(|e| matches!(e, MmuEvent::Tlbi { .. }))
-        .unwrap();
+    let first_tlbi = ev.iter().position(|e| matches!(e, MmuEvent::Tlbi { .. })).unwrap();
     assert!(matches!(ev[first_tlbi - 1], MmuEvent::DsbIshst));
     assert_eq!(ev.last(), Some(&MmuEvent::Isb));
     assert_eq!(f.alloc.allocated(), 1);

@@ -33,30 +33,14 @@ impl Fixture {
         let arena = Arena::new(ARENA_BASE, size);
         let mut alloc = VecFrameAlloc::new(ARENA_BASE, size / PAGE_SIZE);
         let root = alloc.alloc_table().unwrap();
-        (
-            Fixture {
-                arena,
-                alloc,
-                mmu: RecordingMmu::new(),
-            },
-            root,
-        )
+        (Fixture { arena, alloc, mmu: RecordingMmu::new() }, root)
     }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Visit {
-    Entry {
-        level: Level,
-        addr: u64,
-        next: u64,
-        kind: DescKind,
-    },
-    Hole {
-        depth: Level,
-        start: u64,
-        end: u64,
-    },
+    Entry { level: Level, addr: u64, next: u64, kind: DescKind },
+    Hole { depth: Level, start: u64, end: u64 },
 }
 
 /// Which action each visit gets: a pure function of the visit, shared by the walker's ops and
@@ -73,9 +57,8 @@ impl Policy {
         if self.break_at == Some(n) {
             return WalkAction::Break(n);
         }
-        let h = (addr >> 12)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .wrapping_add(self.seed ^ level as u64);
+        let h =
+            (addr >> 12).wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(self.seed ^ level as u64);
         if (h >> 59) == 0 {
             WalkAction::Continue
         } else {
@@ -106,9 +89,7 @@ impl<const I: u8> Recorder<I> {
             next: e.next().0,
             kind: e.kind(),
         });
-        Ok(self
-            .policy
-            .action(self.visits.len(), e.level(), e.addr().0))
+        Ok(self.policy.action(self.visits.len(), e.level(), e.addr().0))
     }
 }
 
@@ -135,11 +116,7 @@ impl<const I: u8> PageWalkOps for Recorder<I> {
         end: VirtAddr,
         depth: Level,
     ) -> Result<ControlFlow<usize>, ()> {
-        self.visits.push(Visit::Hole {
-            depth,
-            start: start.0,
-            end: end.0,
-        });
+        self.visits.push(Visit::Hole { depth, start: start.0, end: end.0 });
         Ok(self.policy.hole(self.visits.len()))
     }
 }
@@ -172,11 +149,7 @@ fn reference(
         let kind = d.kind(level);
         if kind == DescKind::Invalid {
             if interests & Interests::HOLE.bits() != 0 {
-                out.push(Visit::Hole {
-                    depth: level,
-                    start: va(a),
-                    end: va(n),
-                });
+                out.push(Visit::Hole { depth: level, start: va(a), end: va(n) });
                 if let ControlFlow::Break(b) = policy.hole(out.len()) {
                     return Some(b);
                 }
@@ -184,12 +157,7 @@ fn reference(
             continue;
         }
         let action = if interests & (1 << level as u8) != 0 {
-            out.push(Visit::Entry {
-                level,
-                addr: va(a),
-                next: va(n),
-                kind,
-            });
+            out.push(Visit::Entry { level, addr: va(a), next: va(n), kind });
             policy.action(out.len(), level, va(a))
         } else {
             WalkAction::Subtree
@@ -201,17 +169,8 @@ fn reference(
                 // Descend if some deeper callback or pte_hole is wanted.
                 if kind == DescKind::Table && interests >> (level as u8 + 1) != 0 {
                     let sub = Level::from_u8(level as u8 + 1).unwrap();
-                    let r = reference(
-                        mem,
-                        d.table_address(),
-                        sub,
-                        es,
-                        a,
-                        n,
-                        interests,
-                        policy,
-                        out,
-                    );
+                    let r =
+                        reference(mem, d.table_address(), sub, es, a, n, interests, policy, out);
                     if r.is_some() {
                         return r;
                     }
@@ -242,11 +201,7 @@ fn map_op() -> impl Strategy<Value = (u64, u64, BlockPolicy)> {
     ];
     (offset(WSIZE / GIB), size, policy).prop_map(|(off, size, policy)| {
         let size = size.min(WSIZE - off);
-        let policy = if size > 4 * MIB2 {
-            BlockPolicy::ALL_BLOCKS
-        } else {
-            policy
-        };
+        let policy = if size > 4 * MIB2 { BlockPolicy::ALL_BLOCKS } else { policy };
         (off, size, policy)
     })
 }
@@ -288,13 +243,10 @@ fn compare<const I: u8>(
     (start, end): (u64, u64),
     policy: Policy,
 ) -> Result<(), TestCaseError> {
-    let mut rec = Recorder::<I> {
-        policy,
-        visits: Vec::new(),
-    };
+    let mut rec = Recorder::<I> { policy, visits: Vec::new() };
     let guard = mm.mmap_read();
-    let got = walk_page_range_novma(&guard, &f.arena, VirtAddr(start), VirtAddr(end), &mut rec)
-        .unwrap();
+    let got =
+        walk_page_range_novma(&guard, &f.arena, VirtAddr(start), VirtAddr(end), &mut rec).unwrap();
     let mut want = Vec::new();
     let (s, e) = (start & ((1 << 48) - 1), if end == 0 { 1 << 48 } else { end & ((1 << 48) - 1) });
     let want_r = reference(&f.arena, mm.root(), Level::L0, 0, s, e, I, &policy, &mut want);
@@ -362,10 +314,7 @@ impl PageWalkOps for Splitter<'_> {
             let slot = self.mem.ptr(table + i * 8) as *mut u64;
             let pte = Descriptor::leaf(Level::L3, pa + i * PAGE_SIZE, attrs).unwrap();
             // SAFETY: `table` is a fresh page from the allocator, not yet reachable.
-            unsafe {
-                self.mmu
-                    .write_entry(slot, e.span_start() + i * PAGE_SIZE, Level::L3, pte)
-            };
+            unsafe { self.mmu.write_entry(slot, e.span_start() + i * PAGE_SIZE, Level::L3, pte) };
         }
         // DSB ISHST: the new PTEs are visible to the walkers before the table is linked.
         self.mmu.dsb_ishst();
@@ -373,11 +322,7 @@ impl PageWalkOps for Splitter<'_> {
         // SAFETY: nothing uses this (test) vmemmap range while the entry is invalid.
         unsafe { e.replace_bbm(self.mmu, td, TlbScope::AllAsids) };
         self.splits += 1;
-        Ok(if self.again {
-            WalkAction::Again
-        } else {
-            WalkAction::Subtree
-        })
+        Ok(if self.again { WalkAction::Again } else { WalkAction::Subtree })
     }
 
     fn pte_entry(&mut self, e: &Entry) -> Result<WalkAction<()>, &'static str> {
@@ -539,11 +484,7 @@ fn errors_and_ranges() {
         walk_page_range_novma(&g, &f.arena, VirtAddr(s), VirtAddr(e), &mut Count(0))
     };
     let inv = |s: u64, e: u64| {
-        Err(WalkError::InvalidRange {
-            start: VirtAddr(s),
-            end: VirtAddr(e),
-            half: VaHalf::Upper,
-        })
+        Err(WalkError::InvalidRange { start: VirtAddr(s), end: VirtAddr(e), half: VaHalf::Upper })
     };
     assert_eq!(bad(0x1000, 0x2000), inv(0x1000, 0x2000));
     assert_eq!(bad(va + 1, va + 0x2000), inv(va + 1, va + 0x2000));
@@ -602,16 +543,15 @@ fn user_mm_walks_under_the_write_lock() {
     walk_page_range_novma(&w, &f.arena, VirtAddr(0), VirtAddr(1 << 48), &mut c).unwrap();
     assert_eq!(c.0, 3);
     // SAFETY: nothing uses the (fake) user memory.
-    let u = unsafe { w.unmap_range(&f.arena, &mut f.alloc, &mut f.mmu, VirtAddr(0x40_0000), 3 * PAGE_SIZE) }
-        .unwrap();
+    let u = unsafe {
+        w.unmap_range(&f.arena, &mut f.alloc, &mut f.mmu, VirtAddr(0x40_0000), 3 * PAGE_SIZE)
+    }
+    .unwrap();
     assert_eq!(u.pages, 3);
     // User unmaps invalidate by ASID.
     assert!(f.mmu.events().iter().any(|e| matches!(
         e,
-        kcore::tlb::MmuEvent::Tlbi {
-            kind: kcore::tlb::TlbiKind::Va { asid: 5 },
-            ..
-        }
+        kcore::tlb::MmuEvent::Tlbi { kind: kcore::tlb::TlbiKind::Va { asid: 5 }, .. }
     )));
     assert_eq!(f.alloc.allocated(), 1);
 }

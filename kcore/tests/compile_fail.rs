@@ -1,0 +1,11 @@
+//! Compile-time rules of the page walker, checked with trybuild: a user address space cannot be
+//! walked under `mmap_lock` held for read, and nothing outside `kcore` can declare a new
+//! `WalkLock`.
+
+#[test]
+fn walk_lock_rules() {
+    let t = trybuild::TestCases::new();
+    t.pass("tests/ui/walk_lock_ok.rs");
+    t.compile_fail("tests/ui/walk_user_read_guard.rs");
+    t.compile_fail("tests/ui/walk_lock_is_sealed.rs");
+}
