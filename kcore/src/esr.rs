@@ -204,19 +204,12 @@ pub const fn decode(esr: u64) -> Syndrome {
     let class = ExceptionClass::from_bits(ec);
     let iss = esr & 0x1ff_ffff;
     let is_abort = class.is_abort();
-    let is_data = matches!(
-        class,
-        ExceptionClass::DataAbortLower | ExceptionClass::DataAbortSame
-    );
+    let is_data = matches!(class, ExceptionClass::DataAbortLower | ExceptionClass::DataAbortSame);
     Syndrome {
         esr,
         class,
         il: esr & (1 << 25) != 0,
-        fault: if is_abort {
-            Some(FaultKind::from_fsc((iss & 0x3f) as u8))
-        } else {
-            None
-        },
+        fault: if is_abort { Some(FaultKind::from_fsc((iss & 0x3f) as u8)) } else { None },
         write: is_data && iss & (1 << 6) != 0,
         far_not_valid: is_abort && iss & (1 << 10) != 0,
         svc_imm: if matches!(class, ExceptionClass::Svc64) {
