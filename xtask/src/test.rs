@@ -28,22 +28,60 @@ pub struct TargetRun {
     pub dtb: Option<&'static str>,
     /// Kill QEMU after this many seconds.
     pub timeout_secs: u64,
+    /// Text the decoded log must contain; each is counted as one test (`<run>/log: <text>`).
+    /// A run whose boot arguments lack `ktest` is a demonstration boot: it is judged by these
+    /// and its exit status only.
+    pub expect: &'static [&'static str],
+}
+
+impl TargetRun {
+    /// Does this run execute the on-target test cases?
+    pub fn is_ktest(&self) -> bool {
+        self.bootargs.split_whitespace().any(|a| a == "ktest" || a.starts_with("ktest="))
+    }
 }
 
 /// The on-target runs, in order.
 pub const TARGET_RUNS: &[TargetRun] = &[
-    TargetRun { name: "atags", bootargs: "ktest", dtb: None, timeout_secs: 300 },
+    TargetRun { name: "atags", bootargs: "ktest", dtb: None, timeout_secs: 300, expect: &[] },
     TargetRun {
         name: "dtb",
         bootargs: "ktest",
         dtb: Some("../shared/fixtures/bcm2711-rpi-4-b.dtb"),
         timeout_secs: 300,
+        expect: &["boot info: Dtb of", "device tree: "],
     },
     TargetRun {
         name: "hugetlb",
         bootargs: "ktest hugepagesz=2M hugepages=64 hugepagesz=1G hugepages=1",
         dtb: None,
         timeout_secs: 300,
+        expect: &[],
+    },
+    // Demonstration boots: what `cargo xtask run -- ARGS` prints, checked.
+    TargetRun {
+        name: "bootargs",
+        bootargs: "hugepages=8 bogus==",
+        dtb: None,
+        timeout_secs: 300,
+        expect: &[
+            "command line: \"hugepages=8 bogus==\"",
+            "command line: ignored: Unknown { option: \"bogus==\" }",
+            "HugeTLB: 8 hugepages of size 2M pre-allocated",
+        ],
+    },
+    TargetRun {
+        name: "ptdump",
+        bootargs: "ptdump",
+        dtb: None,
+        timeout_secs: 300,
+        expect: &[
+            "---[ Linear Mapping ]---",
+            "      2G BLK 2M RW     PXN UXN    Normal [Linear Mapping]",
+            "PTE 4K ro     x   UXN    Normal [Kernel Image]",
+            "PTE 4K RW     PXN UXN    Normal [Kernel Image]",
+            "BLK 2M RW     PXN UXN    Device [MMIO]",
+        ],
     },
 ];
 
@@ -243,15 +281,24 @@ pub struct RunReport {
     pub outcome: Outcome,
     /// The last log line.
     pub last_line: Option<String>,
+    /// For each of the run's `expect` strings: was it in the log?
+    pub found: Vec<bool>,
 }
 
 impl RunReport {
     fn new(outcome: Outcome) -> Self {
-        Self { passes: Vec::new(), fails: Vec::new(), summary: None, outcome, last_line: None }
+        Self {
+            passes: Vec::new(),
+            fails: Vec::new(),
+            summary: None,
+            outcome,
+            last_line: None,
+            found: Vec::new(),
+        }
     }
 
     /// Why the run as a whole failed, beyond its FAIL lines (counted as one extra failure).
-    pub fn run_failure(&self, timeout_secs: u64) -> Option<String> {
+    pub fn run_failure(&self, timeout_secs: u64, ktest: bool) -> Option<String> {
         let mut reasons = Vec::new();
         match self.outcome {
             Outcome::TimedOut => {
@@ -263,7 +310,11 @@ impl RunReport {
             }
             Outcome::Exited(_) => {}
         }
+        if ktest && self.passes.is_empty() && self.fails.is_empty() && self.summary.is_some() {
+            reasons.push("no test case ran (check the ktest filter)".to_string());
+        }
         match self.summary {
+            None if !ktest => {}
             None if self.outcome != Outcome::TimedOut => {
                 reasons.push("no `ktest: summary` line".to_string())
             }
@@ -338,7 +389,15 @@ fn target_tests(runs: &[&TargetRun], verbose: bool, tally: &mut Tally) {
             tally.failed += 1;
             tally.failures.push(format!("{}/{name}", run.name));
         }
-        let extra = report.run_failure(run.timeout_secs);
+        for (text, found) in run.expect.iter().zip(&report.found) {
+            let name = format!("{}/log: {text}", run.name);
+            if *found {
+                tally.pass(name.trim_end());
+            } else {
+                tally.fail(name.trim_end(), "not in the log");
+            }
+        }
+        let extra = report.run_failure(run.timeout_secs, run.is_ktest());
         if let Some(reason) = &extra {
             if !verbose && !tail.is_empty() {
                 println!("last {} log lines of run {}:", tail.len(), run.name);
@@ -376,10 +435,14 @@ fn boot_once(
     tail: &mut VecDeque<String>,
 ) -> Result<RunReport> {
     let mut report = RunReport::new(Outcome::Signalled);
+    report.found = vec![false; run.expect.len()];
     let mut decoder = info.decoder();
     let mut on_line = |line: LogLine| {
         if verbose {
             println!("  | {}", line.rendered);
+        }
+        for (text, found) in run.expect.iter().zip(report.found.iter_mut()) {
+            *found |= line.message.contains(text);
         }
         match parse_ktest(&line.message) {
             Some(KtestEvent::Pass(name)) => {
@@ -495,22 +558,29 @@ mod tests {
             summary,
             outcome: o,
             last_line: Some("last".into()),
+            found: Vec::new(),
         }
     }
 
     #[test]
     fn run_verdicts() {
-        assert_eq!(report(3, 0, Some((3, 0)), Outcome::Exited(0)).run_failure(9), None);
+        assert_eq!(report(3, 0, Some((3, 0)), Outcome::Exited(0)).run_failure(9, true), None);
         // FAIL lines and a non-zero exit: the FAIL lines carry it.
-        assert_eq!(report(2, 1, Some((2, 1)), Outcome::Exited(1)).run_failure(9), None);
-        let r = report(2, 0, Some((2, 0)), Outcome::Exited(3)).run_failure(9).unwrap();
+        assert_eq!(report(2, 1, Some((2, 1)), Outcome::Exited(1)).run_failure(9, true), None);
+        let r = report(2, 0, Some((2, 0)), Outcome::Exited(3)).run_failure(9, true).unwrap();
         assert!(r.contains("status 3"), "{r}");
-        let r = report(2, 0, None, Outcome::Exited(0)).run_failure(9).unwrap();
+        let r = report(2, 0, None, Outcome::Exited(0)).run_failure(9, true).unwrap();
         assert!(r.contains("no `ktest: summary`"), "{r}");
-        let r = report(2, 0, Some((3, 0)), Outcome::Exited(0)).run_failure(9).unwrap();
+        let r = report(2, 0, Some((3, 0)), Outcome::Exited(0)).run_failure(9, true).unwrap();
         assert!(r.contains("passed=3"), "{r}");
-        let r = report(1, 0, None, Outcome::TimedOut).run_failure(9).unwrap();
+        let r = report(1, 0, None, Outcome::TimedOut).run_failure(9, true).unwrap();
         assert_eq!(r, "firmware did not finish within 9 s; last log line: last");
+        let r = report(0, 0, Some((0, 0)), Outcome::Exited(0)).run_failure(9, true).unwrap();
+        assert!(r.contains("no test case ran"), "{r}");
+        // A demonstration boot has no summary line, but must still exit 0.
+        assert_eq!(report(0, 0, None, Outcome::Exited(0)).run_failure(9, false), None);
+        let r = report(0, 0, None, Outcome::Exited(2)).run_failure(9, false).unwrap();
+        assert!(r.contains("status 2"), "{r}");
     }
 
     #[test]
@@ -519,6 +589,8 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), TARGET_RUNS.len());
-        assert!(TARGET_RUNS.iter().all(|r| r.timeout_secs > 0 && r.bootargs.contains("ktest")));
+        assert!(TARGET_RUNS.iter().all(|r| r.timeout_secs > 0));
+        // Every run checks something: test cases, or lines of its log.
+        assert!(TARGET_RUNS.iter().all(|r| r.is_ktest() || !r.expect.is_empty()));
     }
 }
