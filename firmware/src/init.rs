@@ -7,11 +7,12 @@ use crate::drivers::mailbox;
 use crate::drivers::{gpio, timer};
 use crate::kernel_map::{self, KernelMap};
 use crate::sync::{InitOnce, SpinMutex};
+use aarch64_cpu::registers::Readable;
 use core::sync::atomic::AtomicU64;
 use core::sync::atomic::{AtomicPtr, Ordering};
 use kcore::addr::PhysAddr;
 use kcore::bootinfo::{self, BootInfo, MapWarning};
-use kcore::cmdline::{self, Cmdline};
+use kcore::cmdline::{self, Cmdline, Crash};
 use kcore::layout::{KIMAGE_VOFFSET, PAGE_OFFSET};
 use kcore::memblock::{MemRegion, Memblock, RegionList, ReservedKind, MAX_MEMORY_REGIONS};
 
@@ -34,6 +35,26 @@ fn board_ram_table(board: &Board) -> [MemRegion; 8] {
         *slot = MemRegion::new(b.base, b.size);
     }
     t
+}
+
+/// `crash=`: ends the boot the way a bug would, to show the reports (decoded fault, panic
+/// location and message) and the failing exit status.
+fn crash_now(crash: Crash) -> ! {
+    crate::warn!("crash={:?} requested: failing on purpose", crash);
+    match crash {
+        Crash::Panic => panic!("crash=panic on the command line"),
+        Crash::Fault => {
+            // SAFETY: deliberately reads an unmapped kernel address; the fault handler reports it
+            // and stops the firmware (there is no fixup for this access).
+            let v = unsafe { core::ptr::read_volatile(0xFFFF_EE00_0000_0040 as *const u64) };
+            panic!("read of an unmapped address returned {:#x}", v)
+        }
+        Crash::Udf => {
+            // SAFETY: an undefined instruction outside any probe: the handler reports it and stops.
+            unsafe { core::arch::asm!("udf #0x4242") };
+            panic!("UDF returned")
+        }
+    }
 }
 
 /// Reserves `r` unless an existing reservation already covers it (the firmware's own table and
@@ -146,6 +167,15 @@ pub fn kernel_main(board: &'static Board, boot_info: u64, entry_el: u64) -> ! {
     crate::info!("pi4-hvo {} on board {}", env!("CARGO_PKG_VERSION"), board.name);
     crate::info!("entered at EL{}, running at EL1, core {}", entry_el, cpu::core_id());
     crate::info!("CNTFRQ {} Hz, boot info at {:#x}", timer::frequency(), boot_info);
+    crate::info!(
+        "CPU: MIDR {:#x}, PAN {}",
+        aarch64_cpu::registers::MIDR_EL1.get(),
+        if cpu::has_pan() {
+            "implemented"
+        } else {
+            "not implemented (ARMv8.0): EL1 reaches user memory only through copy_from_user"
+        }
+    );
 
     // The boot blob is read through the identity map now and through the linear map later.
     let blob_max =
@@ -284,6 +314,9 @@ extern "C" fn kernel_main_on_stack(_: u64) -> ! {
     }
     crate::info!("identity map dropped; on core 0's stack below {:#x}", km.stack_tops[0]);
 
+    if let Some(crash) = cmd.crash {
+        crash_now(crash);
+    }
     let failed = match cmd.ktest {
         Some(filter) if cfg!(feature = "ktest") => {
             crate::ktest::run(if filter.is_empty() { None } else { Some(filter) })

@@ -14,6 +14,7 @@
 //! | `ktest` / `ktest=FILTER` | run the in-kernel tests (all, or those matching `FILTER`) |
 //! | `loglevel=N` | console log level, 0..=8 |
 //! | `memhp_reserve=SIZE` | ours: see below |
+//! | `crash=panic\|fault\|udf` | ours: end the boot with a panic, an unexpected data abort or an undefined instruction, to show the reporting path |
 //!
 //! The `hugepages` rules follow `mm/hugetlb.c`: `hugepages=` right after an unsupported
 //! `hugepagesz=` is ignored ("does not follow a valid hugepagesz"); `hugepagesz=` twice for one
@@ -75,6 +76,20 @@ pub enum MalformedReason {
     NotSectionAligned,
     /// The option takes no value.
     UnexpectedValue,
+    /// Not one of the values the option accepts.
+    UnknownValue,
+}
+
+/// How `crash=` ends the boot (a demonstration of the fault and panic reports).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Crash {
+    /// `crash=panic`: a Rust panic.
+    Panic,
+    /// `crash=fault`: a read of an unmapped kernel address (an unexpected data abort).
+    Fault,
+    /// `crash=udf`: an undefined instruction outside any probe.
+    Udf,
 }
 
 /// A problem with one option; the option was ignored.
@@ -114,6 +129,8 @@ pub struct Cmdline<'a> {
     pub loglevel: Option<u8>,
     /// `memhp_reserve=` in bytes (non-zero, multiple of 128 MiB).
     pub memhp_reserve: Option<u64>,
+    /// `crash=`: fail deliberately at the end of boot.
+    pub crash: Option<Crash>,
     warnings: [Warning<'a>; MAX_WARNINGS],
     nr_warnings: usize,
 }
@@ -129,6 +146,7 @@ impl Default for Cmdline<'_> {
             ktest: None,
             loglevel: None,
             memhp_reserve: None,
+            crash: None,
             warnings: [Warning::TooMany; MAX_WARNINGS],
             nr_warnings: 0,
         }
@@ -140,7 +158,7 @@ impl defmt::Format for Cmdline<'_> {
     fn format(&self, f: defmt::Formatter<'_>) {
         defmt::write!(
             f,
-            "Cmdline {{ hugepages: {=[?]}, default_hugepagesz: {}, hugetlb_free_vmemmap: {}, ptdump: {}, ktest: {}, loglevel: {}, memhp_reserve: {}, warnings: {=[?]} }}",
+            "Cmdline {{ hugepages: {=[?]}, default_hugepagesz: {}, hugetlb_free_vmemmap: {}, ptdump: {}, ktest: {}, loglevel: {}, memhp_reserve: {}, crash: {}, warnings: {=[?]} }}",
             self.hugepage_requests(),
             self.default_hugepagesz,
             self.hugetlb_free_vmemmap,
@@ -148,6 +166,7 @@ impl defmt::Format for Cmdline<'_> {
             self.ktest,
             self.loglevel,
             self.memhp_reserve,
+            self.crash,
             self.warnings()
         )
     }
@@ -448,6 +467,13 @@ pub fn parse(s: &str) -> Cmdline<'_> {
                 Some(None) => c.malformed(tok, MalformedReason::BadBool),
             },
             "ktest" => c.ktest = Some(value.unwrap_or("")),
+            "crash" => match value {
+                Some("panic") => c.crash = Some(Crash::Panic),
+                Some("fault") => c.crash = Some(Crash::Fault),
+                Some("udf") => c.crash = Some(Crash::Udf),
+                Some(_) => c.malformed(tok, MalformedReason::UnknownValue),
+                None => c.malformed(tok, MalformedReason::MissingValue),
+            },
             "loglevel" => match value.map(parse_u64) {
                 Some(Ok(n)) if n <= MAX_LOGLEVEL as u64 => c.loglevel = Some(n as u8),
                 Some(Ok(_)) => c.malformed(tok, MalformedReason::OutOfRange),
@@ -650,6 +676,10 @@ mod tests {
             ]
         );
         assert_eq!(parse("memhp_reserve=0").memhp_reserve, None);
+        assert_eq!(parse("crash=fault").crash, Some(Crash::Fault));
+        let c = parse("crash=sometimes crash");
+        assert_eq!(c.crash, None);
+        assert_eq!(c.warnings().len(), 2);
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct TargetRun {
     /// A run whose boot arguments lack `ktest` is a demonstration boot: it is judged by these
     /// and its exit status only.
     pub expect: &'static [&'static str],
+    /// The exit status a demonstration boot must end with (ktest runs: 0 when all pass).
+    pub status: i32,
 }
 
 impl TargetRun {
@@ -43,13 +45,21 @@ impl TargetRun {
 
 /// The on-target runs, in order.
 pub const TARGET_RUNS: &[TargetRun] = &[
-    TargetRun { name: "atags", bootargs: "ktest", dtb: None, timeout_secs: 300, expect: &[] },
+    TargetRun {
+        name: "atags",
+        bootargs: "ktest",
+        dtb: None,
+        timeout_secs: 300,
+        expect: &[],
+        status: 0,
+    },
     TargetRun {
         name: "dtb",
         bootargs: "ktest",
         dtb: Some("../shared/fixtures/bcm2711-rpi-4-b.dtb"),
         timeout_secs: 300,
         expect: &["boot info: Dtb of", "device tree: "],
+        status: 0,
     },
     TargetRun {
         name: "hugetlb",
@@ -57,6 +67,7 @@ pub const TARGET_RUNS: &[TargetRun] = &[
         dtb: None,
         timeout_secs: 300,
         expect: &[],
+        status: 0,
     },
     // Demonstration boots: what `cargo xtask run -- ARGS` prints, checked.
     TargetRun {
@@ -69,6 +80,7 @@ pub const TARGET_RUNS: &[TargetRun] = &[
             "command line: ignored: Unknown { option: \"bogus==\" }",
             "HugeTLB: 8 hugepages of size 2M pre-allocated",
         ],
+        status: 0,
     },
     TargetRun {
         name: "ptdump",
@@ -82,6 +94,35 @@ pub const TARGET_RUNS: &[TargetRun] = &[
             "PTE 4K RW     PXN UXN    Normal [Kernel Image]",
             "BLK 2M RW     PXN UXN    Device [MMIO]",
         ],
+        status: 0,
+    },
+    TargetRun {
+        name: "crash-fault",
+        bootargs: "crash=fault",
+        dtb: None,
+        timeout_secs: 300,
+        expect: &[
+            "exception: SyncCurrent class=data abort at current EL (0x25) ESR=0x96000004",
+            "translation fault level=Some(0) read FAR=0xffffee0000000040",
+            "panicked at firmware/src/arch/aarch64/exception.rs",
+        ],
+        status: 101,
+    },
+    TargetRun {
+        name: "crash-udf",
+        bootargs: "crash=udf",
+        dtb: None,
+        timeout_secs: 300,
+        expect: &["class=unknown/undefined instruction (0x0) ESR=0x2000000"],
+        status: 101,
+    },
+    TargetRun {
+        name: "crash-panic",
+        bootargs: "crash=panic",
+        dtb: None,
+        timeout_secs: 300,
+        expect: &["panicked at firmware/src/init.rs:", "crash=panic on the command line"],
+        status: 101,
     },
 ];
 
@@ -298,14 +339,17 @@ impl RunReport {
     }
 
     /// Why the run as a whole failed, beyond its FAIL lines (counted as one extra failure).
-    pub fn run_failure(&self, timeout_secs: u64, ktest: bool) -> Option<String> {
+    pub fn run_failure(&self, timeout_secs: u64, ktest: bool, status: i32) -> Option<String> {
         let mut reasons = Vec::new();
         match self.outcome {
             Outcome::TimedOut => {
                 reasons.push(crate::run::timeout_message(timeout_secs, self.last_line.as_deref()))
             }
             Outcome::Signalled => reasons.push("QEMU was killed by a signal".to_string()),
-            Outcome::Exited(code) if code != 0 && self.fails.is_empty() => {
+            Outcome::Exited(code) if !ktest && code != status => {
+                reasons.push(format!("firmware exited with status {code}, expected {status}"))
+            }
+            Outcome::Exited(code) if ktest && code != 0 && self.fails.is_empty() => {
                 reasons.push(format!("firmware exited with status {code} without a FAIL line"))
             }
             Outcome::Exited(_) => {}
@@ -397,7 +441,7 @@ fn target_tests(runs: &[&TargetRun], verbose: bool, tally: &mut Tally) {
                 tally.fail(name.trim_end(), "not in the log");
             }
         }
-        let extra = report.run_failure(run.timeout_secs, run.is_ktest());
+        let extra = report.run_failure(run.timeout_secs, run.is_ktest(), run.status);
         if let Some(reason) = &extra {
             if !verbose && !tail.is_empty() {
                 println!("last {} log lines of run {}:", tail.len(), run.name);
@@ -564,23 +608,26 @@ mod tests {
 
     #[test]
     fn run_verdicts() {
-        assert_eq!(report(3, 0, Some((3, 0)), Outcome::Exited(0)).run_failure(9, true), None);
+        assert_eq!(report(3, 0, Some((3, 0)), Outcome::Exited(0)).run_failure(9, true, 0), None);
         // FAIL lines and a non-zero exit: the FAIL lines carry it.
-        assert_eq!(report(2, 1, Some((2, 1)), Outcome::Exited(1)).run_failure(9, true), None);
-        let r = report(2, 0, Some((2, 0)), Outcome::Exited(3)).run_failure(9, true).unwrap();
+        assert_eq!(report(2, 1, Some((2, 1)), Outcome::Exited(1)).run_failure(9, true, 0), None);
+        let r = report(2, 0, Some((2, 0)), Outcome::Exited(3)).run_failure(9, true, 0).unwrap();
         assert!(r.contains("status 3"), "{r}");
-        let r = report(2, 0, None, Outcome::Exited(0)).run_failure(9, true).unwrap();
+        let r = report(2, 0, None, Outcome::Exited(0)).run_failure(9, true, 0).unwrap();
         assert!(r.contains("no `ktest: summary`"), "{r}");
-        let r = report(2, 0, Some((3, 0)), Outcome::Exited(0)).run_failure(9, true).unwrap();
+        let r = report(2, 0, Some((3, 0)), Outcome::Exited(0)).run_failure(9, true, 0).unwrap();
         assert!(r.contains("passed=3"), "{r}");
-        let r = report(1, 0, None, Outcome::TimedOut).run_failure(9, true).unwrap();
+        let r = report(1, 0, None, Outcome::TimedOut).run_failure(9, true, 0).unwrap();
         assert_eq!(r, "firmware did not finish within 9 s; last log line: last");
-        let r = report(0, 0, Some((0, 0)), Outcome::Exited(0)).run_failure(9, true).unwrap();
+        let r = report(0, 0, Some((0, 0)), Outcome::Exited(0)).run_failure(9, true, 0).unwrap();
         assert!(r.contains("no test case ran"), "{r}");
         // A demonstration boot has no summary line, but must still exit 0.
-        assert_eq!(report(0, 0, None, Outcome::Exited(0)).run_failure(9, false), None);
-        let r = report(0, 0, None, Outcome::Exited(2)).run_failure(9, false).unwrap();
+        assert_eq!(report(0, 0, None, Outcome::Exited(0)).run_failure(9, false, 0), None);
+        let r = report(0, 0, None, Outcome::Exited(2)).run_failure(9, false, 0).unwrap();
         assert!(r.contains("status 2"), "{r}");
+        assert_eq!(report(0, 0, None, Outcome::Exited(101)).run_failure(9, false, 101), None);
+        let r = report(0, 0, None, Outcome::Exited(0)).run_failure(9, false, 101).unwrap();
+        assert!(r.contains("expected 101"), "{r}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Small CPU helpers: identification, interrupt masking, idling.
 
-use aarch64_cpu::registers::{Readable, Writeable, DAIF, MPIDR_EL1};
+use aarch64_cpu::registers::{Readable, Writeable, DAIF, ID_AA64MMFR1_EL1, MPIDR_EL1};
 
 /// This core's number (MPIDR_EL1.Aff0: 0..=3 on the Cortex-A72 cluster of the BCM2711).
 #[inline]
@@ -27,4 +27,11 @@ pub fn park() -> ! {
     loop {
         aarch64_cpu::asm::wfe();
     }
+}
+
+/// Does the CPU implement Privileged Access Never (ID_AA64MMFR1_EL1.PAN, ARMv8.1)? The
+/// Cortex-A72 does not; the firmware then relies on its page tables alone (user pages are PXN,
+/// and the kernel touches user memory only in `copy_from_user`).
+pub fn has_pan() -> bool {
+    (ID_AA64MMFR1_EL1.get() >> 20) & 0xf != 0
 }
