@@ -284,6 +284,9 @@ pub fn kernel_main(board: &'static Board, boot_info: u64, entry_el: u64) -> ! {
     // SAFETY: `km` is a complete kernel map from `kernel_map::build`.
     unsafe { kernel_map::switch(&km, board.uart.base) };
     crate::info!("MMU: running on the kernel map (TTBR1 root {:#x})", km.root.0);
+    for r in mb.reserved() {
+        crate::info!("  reserved {:#x}..{:#x} {:?}", r.region.base.0, r.region.end(), r.kind);
+    }
     crate::info!(
         "vmemmap: {} x 2M block(s) mapping {} MiB of descriptors",
         km.vmemmap_blocks,
