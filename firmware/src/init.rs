@@ -112,12 +112,23 @@ fn parse_cmdline() {
 
 /// The kernel map built at boot.
 pub static KERNEL_MAP: InitOnce<KernelMap> = InitOnce::new();
-/// RAM as discovered at boot.
-static RAM: InitOnce<RegionList<MAX_MEMORY_REGIONS>> = InitOnce::new();
+/// RAM as discovered at boot, plus what was hot-added since.
+static RAM: SpinMutex<Option<RegionList<MAX_MEMORY_REGIONS>>> = SpinMutex::new(None);
+/// RAM held back at boot for a later hot-add (`memhp_reserve=`).
+pub static HELD_BACK: SpinMutex<Option<MemRegion>> = SpinMutex::new(None);
 
-/// RAM as discovered at boot (before any is held back for hot-plug).
-pub fn ram_regions() -> &'static RegionList<MAX_MEMORY_REGIONS> {
-    RAM.get().expect("RAM discovered at boot")
+/// The RAM the kernel manages now.
+pub fn ram_regions() -> RegionList<MAX_MEMORY_REGIONS> {
+    RAM.lock().expect("RAM discovered at boot")
+}
+
+/// Adds hot-added RAM to the list.
+pub fn add_ram(r: MemRegion) -> Result<(), kcore::memblock::ListFull> {
+    let mut ram = RAM.lock();
+    let list = ram.as_mut().expect("RAM discovered at boot");
+    list.push(r)?;
+    list.sort();
+    Ok(())
 }
 
 /// The early frame allocator (until the buddy allocator takes over).
@@ -255,10 +266,32 @@ pub fn kernel_main(board: &'static Board, boot_info: u64, entry_el: u64) -> ! {
         reserve_unless_covered(&mut mb, blob, ReservedKind::DeviceTree, "boot blob");
         BOOT_BLOB.store(boot_info, Ordering::Release);
     }
-    match RegionList::from_slice(mb.memory()) {
-        Ok(l) => {
-            RAM.set(l);
+    // memhp_reserve=: hold back the top of the first bank for a later hot-add. The command line
+    // is read here from the boot blob (still identity-mapped); it is parsed for good later.
+    let early = info.as_ref().map(|i| cmdline::parse(i.cmdline)).unwrap_or_default();
+    if let (Some(size), Some(first)) = (early.memhp_reserve, map.regions.iter().next()) {
+        match kcore::vmemmap::hotplug_holdback(first, size) {
+            Some(held) => match mb.remove_memory(held.base, held.size) {
+                Ok(()) => {
+                    crate::info!(
+                        "memory hot-plug: holding back {:#x}..{:#x} ({} MiB) to hot-add later",
+                        held.base.0,
+                        held.end(),
+                        held.size >> 20
+                    );
+                    *HELD_BACK.lock() = Some(held);
+                }
+                Err(e) => crate::warn!("memhp_reserve: cannot remove {:?}: {:?}", held, e),
+            },
+            None => crate::warn!(
+                "memhp_reserve={:#x}: does not fit in the first bank {:?}; ignored",
+                size,
+                first
+            ),
         }
+    }
+    match RegionList::from_slice(mb.memory()) {
+        Ok(l) => *RAM.lock() = Some(l),
         Err(_) => fatal("too many RAM regions"),
     }
     let (img_start, img_end) = kernel_map::image_phys();
@@ -309,6 +342,12 @@ extern "C" fn kernel_main_on_stack(_: u64) -> ! {
         if let Err(e) = crate::memory::init(mb.as_ref().expect("memblock"), &cmd) {
             crate::error!("page allocator: {:?}", e);
             fatal("cannot start the page allocator");
+        }
+    }
+    if let Some(held) = HELD_BACK.lock().take() {
+        match crate::memory::hot_add(held) {
+            Ok(()) => {}
+            Err(e) => crate::error!("memory hot-add of {:?} failed: {:?}", held, e),
         }
     }
     crate::memory::meminfo();

@@ -255,7 +255,7 @@ pub fn build(mb: &mut Memblock) -> Result<KernelMap, KernelMapError> {
     // map is not live yet, so nothing can look at them in between).
     let mut blocks = [(VirtAddr(0), PhysAddr(0)); MAX_VMEMMAP_BLOCKS];
     let mut n = 0;
-    let ram = *crate::init::ram_regions();
+    let ram = crate::init::ram_regions();
     // SAFETY: every block recorded here is mapped read-write below, before `build` returns and
     // long before the map goes live; a block that cannot be recorded fails `populate`.
     let stats = unsafe {

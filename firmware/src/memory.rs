@@ -126,6 +126,98 @@ pub fn init(mb: &Memblock, cmd: &Cmdline<'_>) -> Result<(), BuddyError> {
     Ok(())
 }
 
+/// Why a hot-add failed.
+#[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "defmt-log", derive(defmt::Format))]
+pub enum HotplugError {
+    /// Mapping the linear map or a vmemmap block failed.
+    Map(kcore::mapper::MapError),
+    /// The self-hosted vmemmap could not be set up.
+    Vmemmap,
+    /// The buddy allocator refused the new frames.
+    Buddy(BuddyError),
+    /// The RAM list is full.
+    TooManyRegions,
+}
+
+/// The hot-added ranges whose memmap lives inside themselves (memmap-on-memory).
+pub static SELF_HOSTED: SpinMutex<Option<kcore::vmemmap::SelfHosted>> = SpinMutex::new(None);
+
+/// Hot-adds `range` (whole sections) with memmap-on-memory: extends the linear map, backs the
+/// range's vmemmap with the first 2 MiB of each of its own sections (mapped as 2 MiB blocks into
+/// the live kernel map: new entries only, so no break-before-make is needed, just the DSB/ISB
+/// that publish them), initialises the descriptors and gives the rest to the buddy allocator.
+pub fn hot_add(range: kcore::memblock::MemRegion) -> Result<(), HotplugError> {
+    use kcore::addr::{PhysAddr, VirtAddr, PMD_SIZE};
+    use kcore::mapper::BlockPolicy;
+    use kcore::pgtable::{Attrs, Level};
+    use kcore::tlb::HwMmu;
+
+    let mut mmu = HwMmu::new();
+    let mut guard = init_mm().mmap_write();
+    guard
+        .map_range(
+            &LINEAR,
+            &mut BuddyTables,
+            &mut mmu,
+            VirtAddr(kcore::layout::PAGE_OFFSET + range.base.0),
+            range.base,
+            range.size,
+            Attrs::kernel_data(),
+            BlockPolicy::AllowBlocks { max: Level::L2 },
+        )
+        .map_err(HotplugError::Map)?;
+    let mut map_err = None;
+    // SAFETY: each block is mapped read-write (a new level-2 entry in the live kernel map) before
+    // `populate_self_hosted` marks its section present; the map stays for the rest of the run.
+    let sh = unsafe {
+        VMEMMAP.populate_self_hosted(range, |va: VirtAddr, pa: PhysAddr| {
+            guard
+                .map_range(
+                    &LINEAR,
+                    &mut BuddyTables,
+                    &mut mmu,
+                    va,
+                    pa,
+                    PMD_SIZE,
+                    Attrs::kernel_data(),
+                    BlockPolicy::AllowBlocks { max: Level::L2 },
+                )
+                .map(|_| ())
+                .map_err(|e| {
+                    map_err = Some(e);
+                })
+        })
+    };
+    drop(guard);
+    let sh = match (sh, map_err) {
+        (Ok(sh), _) => sh,
+        (Err(_), Some(e)) => return Err(HotplugError::Map(e)),
+        (Err(_), None) => return Err(HotplugError::Vmemmap),
+    };
+    VMEMMAP.init_self_hosted(&sh);
+    crate::init::add_ram(range).map_err(|_| HotplugError::TooManyRegions)?;
+    let mut freed = 0;
+    {
+        let mut buddy = BUDDY.lock();
+        for u in sh.usable() {
+            let p = u.pfns();
+            freed += buddy
+                .free_range(&VMEMMAP, kcore::addr::Pfn(p.start), kcore::addr::Pfn(p.end))
+                .map_err(HotplugError::Buddy)?;
+        }
+    }
+    crate::info!(
+        "memory hot-plug: added {:#x}..{:#x}: memmap on the memory itself ({} x 2M blocks), {} pages to the buddy allocator",
+        range.base.0,
+        range.end(),
+        sh.sections().len(),
+        freed
+    );
+    *SELF_HOSTED.lock() = Some(sh);
+    Ok(())
+}
+
 /// Logs a `/proc/meminfo`-like summary.
 pub fn meminfo() {
     let free = BUDDY.lock().free_pages();

@@ -47,7 +47,7 @@ impl TargetRun {
 pub const TARGET_RUNS: &[TargetRun] = &[
     TargetRun {
         name: "atags",
-        bootargs: "ktest",
+        bootargs: "ktest memhp_reserve=256M",
         dtb: None,
         timeout_secs: 300,
         expect: &[],
@@ -55,7 +55,7 @@ pub const TARGET_RUNS: &[TargetRun] = &[
     },
     TargetRun {
         name: "dtb",
-        bootargs: "ktest",
+        bootargs: "ktest memhp_reserve=256M",
         dtb: Some("../shared/fixtures/bcm2711-rpi-4-b.dtb"),
         timeout_secs: 300,
         expect: &["boot info: Dtb of", "device tree: "],
@@ -63,7 +63,7 @@ pub const TARGET_RUNS: &[TargetRun] = &[
     },
     TargetRun {
         name: "hugetlb",
-        bootargs: "ktest hugepagesz=2M hugepages=64 hugepagesz=1G hugepages=1",
+        bootargs: "ktest memhp_reserve=256M hugepagesz=2M hugepages=64 hugepagesz=1G hugepages=1",
         dtb: None,
         timeout_secs: 300,
         expect: &[],

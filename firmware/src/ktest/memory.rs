@@ -170,3 +170,36 @@ pub fn bad_frees_detected() -> TestResult {
     drop(b);
     conserved()
 }
+
+pub fn hotplug_self_hosted_memmap() -> TestResult {
+    use kcore::addr::VirtAddr;
+    use kcore::page::{PageFlags, PageState};
+    let sh = crate::memory::SELF_HOSTED.lock().ok_or(Failure {
+        file: file!(),
+        line: line!(),
+        what: "boot with memhp_reserve= hot-adds a range",
+    })?;
+    let mut sections = 0;
+    for s in sh.sections() {
+        let first = kcore::vmemmap::section_to_pfn(s);
+        // The section's descriptors are backed by the section's own first 2 MiB.
+        let va = VMEMMAP.pfn_to_va(first);
+        let mm = crate::memory::init_mm();
+        let g = mm.mmap_read();
+        let (pa, _, level) = g.translate(crate::memory::phys(), VirtAddr(va.0)).ok_or(Failure {
+            file: file!(),
+            line: line!(),
+            what: "self-hosted vmemmap mapped",
+        })?;
+        ensure_eq!(pa, first.addr());
+        ensure_eq!(level, kcore::pgtable::Level::L2);
+        let p = VMEMMAP.page(first);
+        ensure_eq!(p.state(), PageState::Vmemmap);
+        ensure!(p.test(PageFlags::VMEMMAP_SELF_HOSTED), "backing frame flagged self-hosted");
+        sections += 1;
+    }
+    ensure!(sections > 0);
+    // The hot-added range counts in RAM and conservation holds over it.
+    ensure!(crate::init::ram_regions().iter().any(|r| r.covers(&sh.range)));
+    conserved()
+}

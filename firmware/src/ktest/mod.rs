@@ -92,6 +92,7 @@ pub static CASES: &[Case] = &[
     case("mem_whole_2m_pool_alloc_free_exact", memory::whole_2m_pool_alloc_free_exact),
     case("mem_gigantic_1g_folio", memory::gigantic_1g_folio),
     case("mem_bad_frees_detected", memory::bad_frees_detected),
+    case("mem_hotplug_self_hosted_memmap", memory::hotplug_self_hosted_memmap),
     case("user_el0_task_syscalls", user::el0_task_syscalls),
     case("user_el0_read_of_kernel_faults", user::el0_read_of_kernel_faults),
     case("user_el0_read_of_vmemmap_faults", user::el0_read_of_vmemmap_faults),
