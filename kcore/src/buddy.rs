@@ -689,6 +689,19 @@ pub fn check_conservation(
     Ok(c)
 }
 
+/// Host tests: a memmap over `ram` with every section present, and a buddy allocator holding
+/// all of it.
+#[cfg(any(test, feature = "std"))]
+pub fn host_setup(ram: &[MemRegion]) -> (crate::vmemmap::HostVmemmap, Buddy) {
+    let vm = crate::vmemmap::HostVmemmap::populated(ram);
+    let mut b = Buddy::new();
+    for r in ram {
+        let p = r.pfns();
+        b.free_range(&vm, Pfn(p.start), Pfn(p.end)).expect("fresh RAM frees");
+    }
+    (vm, b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -698,13 +711,7 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     fn setup(ram: &[MemRegion]) -> (HostVmemmap, Buddy) {
-        let vm = HostVmemmap::populated(ram);
-        let mut b = Buddy::new();
-        for r in ram {
-            let p = r.pfns();
-            b.free_range(&vm, Pfn(p.start), Pfn(p.end)).unwrap();
-        }
-        (vm, b)
+        host_setup(ram)
     }
 
     #[test]

@@ -602,13 +602,7 @@ mod tests {
     use crate::vmemmap::HostVmemmap;
 
     fn setup(ram: &[MemRegion]) -> (HostVmemmap, Buddy) {
-        let vm = HostVmemmap::populated(ram);
-        let mut b = Buddy::new();
-        for r in ram {
-            let p = r.pfns();
-            b.free_range(&vm, Pfn(p.start), Pfn(p.end)).unwrap();
-        }
-        (vm, b)
+        crate::buddy::host_setup(ram)
     }
 
     #[test]

@@ -20,13 +20,7 @@ fn ram() -> [MemRegion; 2] {
 }
 
 fn setup(ram: &[MemRegion]) -> (HostVmemmap, Buddy) {
-    let vm = HostVmemmap::populated(ram);
-    let mut b = Buddy::new();
-    for r in ram {
-        let p = r.pfns();
-        b.free_range(&vm, Pfn(p.start), Pfn(p.end)).unwrap();
-    }
-    (vm, b)
+    kcore::buddy::host_setup(ram)
 }
 
 #[derive(Clone, Debug)]

@@ -16,13 +16,7 @@ use proptest::prelude::*;
 const GIB: u64 = 1 << 30;
 
 fn setup(ram: &[MemRegion]) -> (HostVmemmap, Buddy) {
-    let vm = HostVmemmap::populated(ram);
-    let mut b = Buddy::new();
-    for r in ram {
-        let p = r.pfns();
-        b.free_range(&vm, Pfn(p.start), Pfn(p.end)).unwrap();
-    }
-    (vm, b)
+    kcore::buddy::host_setup(ram)
 }
 
 #[derive(Clone, Debug)]

@@ -1,4 +1,5 @@
-//! Links the board's firmware image with the project's linker script.
+//! Build script shared by every board crate (`build = "../link.rs"`): links the firmware image
+//! with the project's linker script.
 use std::path::PathBuf;
 
 fn main() {
