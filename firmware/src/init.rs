@@ -104,6 +104,17 @@ fn parse_cmdline() {
     };
     crate::info!("command line: \"{}\"", line);
     let c = CMDLINE.set(cmdline::parse(line));
+    if let Some(level) = c.loglevel {
+        // Linux prints a message when its priority is below the console log level: err is 3,
+        // warning 4, info 6, debug 7. defmt frames are filtered at build time (DEFMT_LOG).
+        let max = match level {
+            0..=4 => crate::log::Level::Error,
+            5 => crate::log::Level::Warn,
+            6 | 7 => crate::log::Level::Info,
+            _ => crate::log::Level::Debug,
+        };
+        crate::log::PLAIN_MAX_LEVEL.store(max as u64, Ordering::Relaxed);
+    }
     for w in c.warnings() {
         crate::warn!("command line: ignored: {:?}", w);
     }
