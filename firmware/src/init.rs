@@ -361,6 +361,7 @@ extern "C" fn kernel_main_on_stack(_: u64) -> ! {
             Err(e) => crate::error!("memory hot-add of {:?} failed: {:?}", held, e),
         }
     }
+    let hvo_ok = crate::hvo::boot(&cmd);
     crate::memory::meminfo();
     if cmd.ptdump {
         crate::ptdump::dump_kernel();
@@ -378,7 +379,7 @@ extern "C" fn kernel_main_on_stack(_: u64) -> ! {
             crate::warn!("ktest: this image was built without the on-target tests (feature ktest)");
             0
         }
-        None => 0,
+        None => usize::from(!hvo_ok),
     };
     exit(if failed == 0 { 0 } else { 1 })
 }

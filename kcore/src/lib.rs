@@ -26,6 +26,7 @@ pub mod buddy;
 pub mod cmdline;
 pub mod esr;
 pub mod hugetlb;
+pub mod hugetlb_vmemmap;
 pub mod layout;
 pub mod mapper;
 pub mod memblock;

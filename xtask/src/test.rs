@@ -97,6 +97,41 @@ pub const TARGET_RUNS: &[TargetRun] = &[
         status: 0,
     },
     TargetRun {
+        name: "hvo-2m",
+        bootargs: "hugepagesz=2M hugepages=64",
+        dtb: None,
+        timeout_secs: 300,
+        expect: &[
+            "HugeTLB: 28 KiB vmemmap can be freed for a 2.00 MiB page",
+            "result: hvo size=2M folios=64 freed_pages=448 ",
+            " restore_ok=64",
+        ],
+        status: 0,
+    },
+    TargetRun {
+        name: "hvo-1g",
+        bootargs: "hugepagesz=1G hugepages=1",
+        dtb: None,
+        timeout_secs: 300,
+        expect: &[
+            "HugeTLB: 16380 KiB vmemmap can be freed for a 1.00 GiB page",
+            "result: hvo size=1G folios=1 freed_pages=4095 ",
+            " restore_ok=1",
+        ],
+        status: 0,
+    },
+    TargetRun {
+        name: "hvo-disabled",
+        bootargs: "hugetlb_free_vmemmap=off hugepagesz=2M hugepages=64",
+        dtb: None,
+        timeout_secs: 300,
+        expect: &[
+            "HugeTLB: 0 KiB vmemmap can be freed for a 2.00 MiB page",
+            "result: hvo size=2M folios=64 freed_pages=0 ",
+        ],
+        status: 0,
+    },
+    TargetRun {
         name: "crash-fault",
         bootargs: "crash=fault",
         dtb: None,

@@ -1,0 +1,433 @@
+//! HugeTLB Vmemmap Optimization in the running firmware: the glue between `kcore`'s HVO and
+//! the live allocators, and the boot demonstration with its measurements.
+//!
+//! The algorithm (split with break-before-make, remap, free, restore, batching, fake heads) is
+//! `kcore::hugetlb_vmemmap`. Here it runs on the real translation tables (`init_mm`, through
+//! the linear map), with the real barrier and TLB instructions (`HwMmu`, which counts what it
+//! executes) and the buddy allocator. Every figure printed is measured by the code doing the
+//! work: frames freed as the buddy allocator's free-count delta and as the entries HVO remapped
+//! (they must agree), vmemmap bytes from a walk of the live tables, TLBIs and DSBs from the
+//! backend, time from the generic timer.
+
+use crate::drivers::timer;
+use crate::memory::{init_mm, BUDDY, HUGETLB, LINEAR, VMEMMAP};
+use core::cell::RefCell;
+use heapless::Vec;
+use kcore::addr::{Pfn, PhysAddr, PAGE_SIZE};
+use kcore::buddy::Buddy;
+use kcore::cmdline::Cmdline;
+use kcore::hugetlb::{Folio, HugePageSize};
+use kcore::hugetlb_vmemmap::{
+    self as hv, alloc_vmemmap_frame, free_vmemmap_frame, Hvo, HvoError, HvoStats, VmemmapFrames,
+};
+use kcore::mapper::FrameAlloc;
+use kcore::page::PageState;
+use kcore::phys::{OffsetWindow, PhysMem};
+use kcore::tlb::HwMmu;
+
+/// Folios handled in one batch.
+pub const BATCH: usize = 64;
+
+/// A batch of folios.
+pub type Batch = Vec<Folio, BATCH>;
+
+/// The buddy allocator, locked once and shared by the two allocators HVO needs: frames for the
+/// vmemmap and pages for split tables.
+pub struct SharedBuddy<'a> {
+    buddy: RefCell<&'a mut Buddy>,
+    /// Fail the allocation with this index (0-based, counting frame allocations): failure
+    /// injection for tests.
+    fail_frame_at: Option<u64>,
+    frame_allocs: core::cell::Cell<u64>,
+}
+
+impl<'a> SharedBuddy<'a> {
+    /// Shares `buddy`.
+    pub fn new(buddy: &'a mut Buddy) -> Self {
+        SharedBuddy { buddy: RefCell::new(buddy), fail_frame_at: None, frame_allocs: 0.into() }
+    }
+
+    /// Makes the `n`-th frame allocation (0-based) from now fail.
+    pub fn fail_frame_allocation(&mut self, n: u64) {
+        self.fail_frame_at = Some(self.frame_allocs.get() + n);
+    }
+
+    /// Free pages in the allocator now.
+    pub fn free_pages(&self) -> u64 {
+        self.buddy.borrow().free_pages()
+    }
+}
+
+/// Vmemmap frames from a [`SharedBuddy`].
+pub struct Frames<'s, 'a>(pub &'s SharedBuddy<'a>);
+
+// SAFETY: frames come from the buddy allocator, which hands each free frame out once; they go
+// back only through `free_vmemmap_frame` once HVO no longer maps them.
+unsafe impl VmemmapFrames for Frames<'_, '_> {
+    fn alloc(&mut self) -> Option<PhysAddr> {
+        let n = self.0.frame_allocs.get();
+        self.0.frame_allocs.set(n + 1);
+        if self.0.fail_frame_at == Some(n) {
+            crate::info!("hvo: injected allocation failure at frame allocation {}", n);
+            return None;
+        }
+        alloc_vmemmap_frame(&mut self.0.buddy.borrow_mut(), &VMEMMAP).ok()
+    }
+    fn free(&mut self, pa: PhysAddr) -> bool {
+        free_vmemmap_frame(&mut self.0.buddy.borrow_mut(), &VMEMMAP, pa).is_ok()
+    }
+}
+
+/// Split-table pages from a [`SharedBuddy`], zeroed, their descriptors marked as page tables.
+pub struct Tables<'s, 'a>(pub &'s SharedBuddy<'a>);
+
+impl FrameAlloc for Tables<'_, '_> {
+    fn alloc_table(&mut self) -> Option<PhysAddr> {
+        let pfn = self.0.buddy.borrow_mut().alloc(&VMEMMAP, 0).ok()?;
+        VMEMMAP.page(pfn).set_state(PageState::PageTable);
+        // SAFETY: a frame just allocated to us, reached through the linear map.
+        unsafe { core::ptr::write_bytes(LINEAR.ptr(pfn.addr()), 0, PAGE_SIZE as usize) };
+        Some(pfn.addr())
+    }
+    fn free_table(&mut self, pa: PhysAddr) {
+        let pfn = Pfn::containing(pa);
+        VMEMMAP.page(pfn).set_state(PageState::Allocated);
+        if let Err(e) = self.0.buddy.borrow_mut().free(&VMEMMAP, pfn, 0) {
+            crate::error!("hvo: freeing table page {:#x}: {:?}", pa.0, e);
+        }
+    }
+}
+
+/// Runs `f` with an HVO instance over the live `init_mm` (mmap_lock held for read), the real
+/// MMU backend and the buddy allocator (locked for the duration). `setup` may arrange failure
+/// injection before HVO starts.
+pub fn with_hvo<R>(
+    setup: impl FnOnce(&mut SharedBuddy<'_>),
+    f: impl FnOnce(&mut Hvo<'_, OffsetWindow, HwMmu, Frames<'_, '_>, Tables<'_, '_>>) -> R,
+) -> R {
+    let mm = init_mm();
+    let guard = mm.mmap_read();
+    let mut buddy = BUDDY.lock();
+    let mut shared = SharedBuddy::new(&mut buddy);
+    setup(&mut shared);
+    let mut mmu = HwMmu::new();
+    let mut frames = Frames(&shared);
+    let mut tables = Tables(&shared);
+    // SAFETY: LINEAR reaches every RAM frame; VMEMMAP is the memmap init_mm maps at
+    // VMEMMAP_START; only this core runs and it touches no descriptor of the folios it hands to
+    // HVO while HVO runs; the folios passed in by callers are owned by them (taken off the
+    // pool's free list or allocated), and their tails are not written while optimized.
+    let mut hvo =
+        unsafe { Hvo::new(&guard, &LINEAR, &mut mmu, &VMEMMAP, &mut frames, &mut tables) };
+    f(&mut hvo)
+}
+
+/// How a folio size is named in Linux's boot line.
+pub fn linux_size_name(size: HugePageSize) -> &'static str {
+    match size {
+        HugePageSize::Size2M => "2.00 MiB",
+        HugePageSize::Size1G => "1.00 GiB",
+    }
+}
+
+/// Checks, for every pfn of `folio`, that the head/tail queries see through fake heads: the
+/// head is a head, every other pfn a tail whose compound head is the head. Returns the number
+/// of pfns with a wrong answer.
+pub fn verify_heads(folio: &Folio) -> u64 {
+    let head = folio.head_pfn();
+    let mut wrong = 0;
+    for pfn in (folio.pfn_range().start.0)..(folio.pfn_range().end.0) {
+        let pfn = Pfn(pfn);
+        let is_head = pfn == head;
+        if hv::page_is_head(&VMEMMAP, pfn) != is_head
+            || hv::page_is_tail(&VMEMMAP, pfn) == is_head
+            || hv::page_compound_head_pfn(&VMEMMAP, pfn) != head
+        {
+            if wrong < 4 {
+                crate::error!("hvo: pfn {:#x} of folio {:#x} answers wrongly", pfn.0, head.0);
+            }
+            wrong += 1;
+        }
+    }
+    wrong
+}
+
+/// Takes up to [`BATCH`] free folios of `size` off the pool's free list.
+pub fn take_from_pool(size: HugePageSize, max: usize) -> Batch {
+    let mut out = Batch::new();
+    let mut pool = HUGETLB.lock();
+    while out.len() < max.min(BATCH) {
+        match pool.dequeue(size, &VMEMMAP) {
+            Some(f) => {
+                if let Err(f) = out.push(f) {
+                    pool.enqueue(f, &VMEMMAP);
+                    break;
+                }
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+/// Puts folios back on the pool's free list.
+pub fn return_to_pool(batch: Batch) {
+    let mut pool = HUGETLB.lock();
+    for f in batch {
+        pool.enqueue(f, &VMEMMAP);
+    }
+}
+
+/// One size's measured run.
+#[derive(Clone, Copy, Debug, Default)]
+#[cfg_attr(feature = "defmt-log", derive(defmt::Format))]
+pub struct SizeRun {
+    /// Folios in the pool at the start.
+    pub folios: u64,
+    /// Folios optimized.
+    pub optimized: u64,
+    /// Buddy free-count delta across the remapping (phase 2).
+    pub buddy_delta: i64,
+    /// Buddy pages taken by the splits (phase 1): the page tables.
+    pub split_tables_delta: i64,
+    /// HVO's counts for the optimization.
+    pub stats: HvoStats,
+    /// Vmemmap bytes in use (walk of init_mm) before and after.
+    pub vmemmap_before: u64,
+    /// After.
+    pub vmemmap_after: u64,
+    /// Counter ticks spent optimizing.
+    pub ticks: u64,
+    /// pfns whose head/tail answer was wrong after optimizing.
+    pub wrong_answers: u64,
+    /// Folios restored and verified (descriptors as before, every pfn's answer right).
+    pub restore_ok: u64,
+    /// Buddy free-count delta across the restore (negative: frames taken back).
+    pub restore_delta: i64,
+}
+
+fn vmemmap_bytes() -> u64 {
+    let mm = init_mm();
+    let g = mm.mmap_read();
+    hv::vmemmap_bytes_in_use(&g, &LINEAR)
+}
+
+/// Batches of folios: up to `BATCH * MAX_BATCHES` folios (enough for 2 GiB of 2M pages).
+pub type Batches = Vec<Batch, MAX_BATCHES>;
+/// Batches held at once.
+pub const MAX_BATCHES: usize = 16;
+
+/// Takes every free folio of `size` off the pool, in batches.
+pub fn take_all(size: HugePageSize) -> Batches {
+    let mut all = Batches::new();
+    while !all.is_full() {
+        let b = take_from_pool(size, BATCH);
+        if b.is_empty() {
+            break;
+        }
+        let _ = all.push(b);
+    }
+    all
+}
+
+/// Puts every folio back on the pool's free list.
+pub fn return_all(all: Batches) {
+    for b in all {
+        return_to_pool(b);
+    }
+}
+
+/// Optimizes every pool folio of `size` (batched), measures, verifies every pfn, restores them
+/// all (batched) and verifies, then optimizes them again so the pool stays optimized, as
+/// Linux keeps pool folios.
+pub fn measure_size(size: HugePageSize) -> Result<SizeRun, HvoError> {
+    let all = take_all(size);
+    let mut run =
+        SizeRun { folios: all.iter().map(|b| b.len() as u64).sum(), ..Default::default() };
+    let r = measure_batches(&all, &mut run);
+    return_all(all);
+    r.map(|()| run)
+}
+
+fn measure_batches(all: &Batches, run: &mut SizeRun) -> Result<(), HvoError> {
+    let enabled = hv::hvo_enabled();
+    run.vmemmap_before = vmemmap_bytes();
+    // Phase 1, split-only (same walker, split strategy): the 2 MiB vmemmap blocks become page
+    // tables. The table pages it takes are measured here, so that phase 2's buddy delta is the
+    // frames the remapping freed and nothing else.
+    let free_before_split = BUDDY.lock().free_pages();
+    let t0 = timer::ticks();
+    if enabled {
+        for batch in all {
+            let stats = with_hvo(
+                |_| {},
+                |hvo| {
+                    for f in batch {
+                        hvo.split_folio(f)?;
+                    }
+                    Ok::<_, HvoError>(hvo.stats())
+                },
+            )?;
+            accumulate(&mut run.stats, &stats);
+        }
+    }
+    run.split_tables_delta = free_before_split as i64 - BUDDY.lock().free_pages() as i64;
+    // Phase 2, optimize, batched: one break-before-make for all entries of a batch.
+    for batch in all {
+        let free0 = BUDDY.lock().free_pages();
+        let (n, stats) = with_hvo(
+            |_| {},
+            |hvo| {
+                let n = if enabled { hvo.optimize_folios(batch)? } else { 0 };
+                Ok::<_, HvoError>((n, hvo.stats()))
+            },
+        )?;
+        run.buddy_delta += BUDDY.lock().free_pages() as i64 - free0 as i64;
+        run.optimized += n;
+        accumulate(&mut run.stats, &stats);
+    }
+    run.ticks += timer::ticks() - t0;
+    for batch in all {
+        run.wrong_answers += batch.iter().map(verify_heads).sum::<u64>();
+    }
+    run.vmemmap_after = vmemmap_bytes();
+    for batch in all {
+        let free0 = BUDDY.lock().free_pages();
+        let restored = with_hvo(|_| {}, |hvo| hvo.restore_folios(batch))?;
+        run.restore_delta += BUDDY.lock().free_pages() as i64 - free0 as i64;
+        for f in batch {
+            let ok = !hv::folio_is_optimized(&VMEMMAP, f)
+                && kcore::hugetlb::check_folio(f, &VMEMMAP).is_ok()
+                && verify_heads(f) == 0;
+            if ok && (enabled || restored == 0) {
+                run.restore_ok += 1;
+            }
+        }
+    }
+    if enabled {
+        for batch in all {
+            with_hvo(|_| {}, |hvo| hvo.optimize_folios(batch))?;
+        }
+    }
+    Ok(())
+}
+
+fn accumulate(total: &mut HvoStats, s: &HvoStats) {
+    total.folios += s.folios;
+    total.folios_restored += s.folios_restored;
+    total.splits += s.splits;
+    total.tables_allocated += s.tables_allocated;
+    total.ptes_remapped += s.ptes_remapped;
+    total.head_pages_replaced += s.head_pages_replaced;
+    total.ptes_restored += s.ptes_restored;
+    total.frames_freed += s.frames_freed;
+    total.free_failures += s.free_failures;
+    total.frames_allocated += s.frames_allocated;
+    total.tlbi += s.tlbi;
+    total.tlbi_flush_all += s.tlbi_flush_all;
+    total.dsb += s.dsb;
+    total.isb += s.isb;
+    total.entry_writes += s.entry_writes;
+}
+
+/// The boot demonstration: Linux's line for each size, then a measured optimize / verify /
+/// restore round trip over the boot pool, a table and a one-line result per size.
+pub fn boot(cmd: &Cmdline<'_>) -> bool {
+    hv::apply_boot_param(cmd.hugetlb_free_vmemmap);
+    for size in HugePageSize::ALL {
+        crate::info!(
+            "HugeTLB: {} KiB vmemmap can be freed for a {} page",
+            hv::free_vmemmap_pages_per_folio(size.order()) * PAGE_SIZE / 1024,
+            linux_size_name(size)
+        );
+    }
+    let mut ok = true;
+    for size in HugePageSize::ALL {
+        if HUGETLB.lock().counts(size).free_hugepages == 0 {
+            continue;
+        }
+        match measure_size(size) {
+            Ok(run) => ok &= report(size, &run),
+            Err(e) => {
+                crate::error!("hvo {}: {:?}", size.name(), e);
+                ok = false;
+            }
+        }
+    }
+    ok
+}
+
+fn report(size: HugePageSize, r: &SizeRun) -> bool {
+    let s = &r.stats;
+    let name = size.name();
+    let agree = r.buddy_delta == s.ptes_remapped as i64
+        && r.split_tables_delta == s.tables_allocated as i64;
+    crate::info!("HVO {}: {} folio(s) in the pool, {} optimized", name, r.folios, r.optimized);
+    crate::info!(
+        "HVO {}:   frames freed: {} by the buddy free count, {} entries remapped: {}",
+        name,
+        r.buddy_delta,
+        s.ptes_remapped,
+        if agree { "agree" } else { "DISAGREE" }
+    );
+    crate::info!(
+        "HVO {}:   vmemmap in use: {} KiB before, {} KiB after ({} KiB saved)",
+        name,
+        r.vmemmap_before / 1024,
+        r.vmemmap_after / 1024,
+        (r.vmemmap_before as i64 - r.vmemmap_after as i64) / 1024
+    );
+    crate::info!(
+        "HVO {}:   splits {} taking {} page-table pages from the buddy allocator ({} counted by HVO)",
+        name,
+        s.splits,
+        r.split_tables_delta,
+        s.tables_allocated
+    );
+    crate::info!(
+        "HVO {}:   head pages replaced {}, frames allocated {}, freed {}",
+        name,
+        s.head_pages_replaced,
+        s.frames_allocated,
+        s.frames_freed
+    );
+    crate::info!(
+        "HVO {}:   TLBI {} ({} full flushes), DSB {}, ISB {}, entry writes {}",
+        name,
+        s.tlbi,
+        s.tlbi_flush_all,
+        s.dsb,
+        s.isb,
+        s.entry_writes
+    );
+    let per = if r.optimized > 0 { r.ticks / r.optimized } else { 0 };
+    crate::info!(
+        "HVO {}:   {} timer ticks per folio ({} ns at {} Hz)",
+        name,
+        per,
+        timer::ticks_to_ns(per),
+        timer::frequency()
+    );
+    crate::info!(
+        "HVO {}:   every pfn's head/tail answer: {} wrong; restore: {} of {} folios verified, {} frames taken back",
+        name,
+        r.wrong_answers,
+        r.restore_ok,
+        r.folios,
+        -r.restore_delta
+    );
+    crate::info!(
+        "result: hvo size={} folios={} freed_pages={} tlbi={} splits={} restore_ok={}",
+        name,
+        r.folios,
+        r.buddy_delta,
+        s.tlbi,
+        s.splits,
+        r.restore_ok
+    );
+    if !agree || r.wrong_answers != 0 || r.restore_ok != r.folios {
+        crate::error!("HVO {}: measurements inconsistent", name);
+        return false;
+    }
+    true
+}

@@ -1,0 +1,1528 @@
+//! HugeTLB Vmemmap Optimization (HVO): Linux's `mm/hugetlb_vmemmap.c` on ARMv8, with
+//! break-before-make.
+//!
+//! # What is saved
+//!
+//! A HugeTLB folio of order `o` has `2^o` descriptors of 64 bytes: 32 KiB (8 vmemmap pages) for a
+//! 2 MiB folio, 16 MiB (4096 vmemmap pages, over 8 vmemmap 2 MiB blocks) for a 1 GiB folio.
+//! Every descriptor but the head is a tail, and the tails are byte-for-byte identical
+//! ([`crate::hugetlb::prep_compound`] writes the same state, order, links and
+//! `compound_head = &head | 1` into each; [`HvoOptions::verify_tails`] checks it before
+//! optimizing). So vmemmap pages 1..N of the folio can all be the *same* frame: HVO keeps page 0
+//! (the head and 63 tails), remaps pages 1..N read-only onto page 0's frame and frees their
+//! frames: 7 frames per 2 MiB folio, 4095 per 1 GiB folio.
+//!
+//! # One walker, callbacks only
+//!
+//! Every pass over a folio's vmemmap is the same [`walk_page_range_novma`] over `init_mm`,
+//! holding `mmap_lock` for **read** (enough for kernel page tables, see [`crate::mm`]), with the
+//! same [`PageWalkOps`] implementation (`HvoWalk`). Its callbacks are:
+//! - `pmd_entry`: a 2 MiB vmemmap *block* covering the folio's descriptors is split into a table
+//!   of 512 page entries mapping the same frames with the same attributes (break-before-make on
+//!   the live entry), then the callback returns [`WalkAction::Subtree`] so that the walker, which
+//!   re-reads the entry, visits the new PTEs in the same walk. The **self-hosted check** sits
+//!   here: if the frames backing the block carry [`PageFlags::VMEMMAP_SELF_HOSTED`]
+//!   (memmap-on-memory, [`crate::vmemmap::SelfHosted`]), HVO is refused with
+//!   [`HvoError::SelfHostedVmemmap`]: never split, never freed.
+//! - `pte_entry`: the work on each vmemmap page, chosen by a strategy: *split-only* (nothing),
+//!   *optimize* (remap tails read-only onto page 0, collect the old frames for freeing) or
+//!   *restore* (copy page 0 into a fresh frame, turn its copied head back into a tail, remap the
+//!   entry read-write onto it).
+//! - `pte_hole`: finds the entries a batched pass left pending (below).
+//!
+//! Each operation walks its folios in phases, all with that one walker: a *check* pass (dry run:
+//! every entry mapped, nothing self-hosted, the folio's state as the tables say, and a count of
+//! the table pages and frames needed), then — after every allocation has succeeded, so that a
+//! failure changes nothing — the *apply* pass. Linux too allocates the restore frames before it
+//! touches an entry; here the split tables are allocated up front as well.
+//!
+//! # Break-before-make, and batching
+//!
+//! Replacing a valid entry by one with another output address or size needs break-before-make
+//! (ARM ARM D8.16.1, "Using break-before-make when updating translation table entries"): write
+//! an invalid entry; DSB so the table walkers see it; TLBI of every TLB entry holding the old
+//! translation; DSB ISH so the TLBI has completed; only then the new entry; then DSB ISHST so
+//! the walkers see it and ISB for the local instruction stream.
+//!
+//! - The single-folio calls ([`Hvo::optimize_folio`], [`Hvo::restore_folio`]) do that sequence
+//!   for each entry (`TLBI VAAE1IS` of the page), with one DSB ISHST + ISB at the end.
+//! - The batched calls ([`Hvo::optimize_folios`], [`Hvo::restore_folios`]) first split every
+//!   block of every folio, then write the invalid entries of the whole batch, then **one**
+//!   `DSB ISHST`, the TLBIs (one `TLBI VAAE1IS` per entry, or a single `TLBI VMALLE1IS` when the
+//!   batch has more than [`HvoOptions::flush_all_threshold`] entries, like Linux's
+//!   `flush_tlb_kernel_range()` falling back to `flush_tlb_all()` beyond `MAX_DVM_OPS`), **one**
+//!   `DSB ISH`, then all the new entries and one `DSB ISHST` + `ISB`. The invalid entry written
+//!   in the first step keeps the new descriptor in its ignored bits, tagged with a software bit
+//!   ([`PENDING_BIT`]); the TLBI and completion passes find these entries through `pte_hole`.
+//!   Frames to be freed are linked through their descriptors' `next` field (Linux: `page->lru`)
+//!   and only handed to the allocator after the TLBIs completed.
+//!
+//! [`HvoStats`] accumulates what the code did: splits, entries remapped and restored, frames
+//! handed to the allocator and taken from it, and the TLBIs, DSBs, ISBs and entry writes the
+//! [`MmuOps`] backend counted while HVO ran. Nothing in it is computed from a formula.
+//!
+//! # Fake heads
+//!
+//! After remapping, the first descriptor of every remapped vmemmap page *is* the head (same
+//! frame), so it reads `PG_head`. [`crate::page::Page::compound_head`] resolves those fake heads
+//! once [`set_fake_head_fixup`] is on (Linux's `page_fixed_fake_head()`); HVO turns it on before
+//! its first remap and leaves it on. [`page_is_head`], [`page_is_tail`] and
+//! [`page_compound_head_pfn`] give the true answer for every pfn.
+//!
+//! # Controls
+//!
+//! `hugetlb_free_vmemmap=on|off` sets the initial value ([`apply_boot_param`]) of the runtime
+//! switch (Linux's `vm.hugetlb_optimize_vmemmap`, [`hvo_enabled`] / [`set_hvo_enabled`]), which
+//! [`Hvo::maybe_optimize`] consults: it only affects folios allocated afterwards.
+//!
+//! # Measuring
+//!
+//! [`vmemmap_usage`] walks the vmemmap range of `init_mm` and adds up the distinct frames behind
+//! it. [`free_vmemmap_pages_per_folio`] is the configuration statement Linux prints at boot
+//! ("HugeTLB: %d KiB vmemmap can be freed for a %s page"), computed from the sizes in effect.
+#![deny(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
+
+use crate::addr::{Pfn, PhysAddr, VirtAddr, PAGE_SIZE, PMD_SIZE, PUD_SIZE};
+use crate::buddy::{Buddy, BuddyError};
+use crate::hugetlb::{check_folio, Folio, FolioError};
+use crate::layout::{VMEMMAP_SIZE, VMEMMAP_START};
+use crate::mapper::FrameAlloc;
+use crate::mm::{Kernel, MmapReadGuard};
+use crate::page::{set_fake_head_fixup, Page, PageFlags, PageState, PAGE_DESC_SIZE};
+use crate::pagewalk::{
+    walk_page_range_novma, Entry, Interests, PageWalkOps, WalkAction, WalkError,
+};
+use crate::pgtable::{bits, Attrs, DescKind, Descriptor, Level, ENTRIES_PER_TABLE};
+use crate::phys::PhysMem;
+use crate::tlb::{read_entry, MmuOps, MmuStats};
+use crate::vmemmap::Vmemmap;
+use core::ops::ControlFlow;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+// ---------------------------------------------------------------------------------------------
+// Controls
+// ---------------------------------------------------------------------------------------------
+
+/// `vm.hugetlb_optimize_vmemmap`, initialised from `hugetlb_free_vmemmap=` (default on).
+static HVO_ENABLED: AtomicBool = AtomicBool::new(true);
+/// Folios whose vmemmap is currently optimized (all `Hvo` instances).
+static NR_OPTIMIZED: AtomicU64 = AtomicU64::new(0);
+
+/// Is HVO enabled for folios allocated from now on?
+pub fn hvo_enabled() -> bool {
+    HVO_ENABLED.load(Relaxed)
+}
+
+/// The runtime switch (Linux's `vm.hugetlb_optimize_vmemmap`). Only affects folios allocated
+/// afterwards: optimized folios stay optimized until they are dissolved.
+pub fn set_hvo_enabled(on: bool) {
+    HVO_ENABLED.store(on, Relaxed);
+}
+
+/// Applies the boot parameter `hugetlb_free_vmemmap=on|off` (`None`: not given, keep the
+/// default, on).
+pub fn apply_boot_param(hugetlb_free_vmemmap: Option<bool>) {
+    if let Some(on) = hugetlb_free_vmemmap {
+        set_hvo_enabled(on);
+    }
+}
+
+/// Number of folios whose vmemmap is optimized right now.
+pub fn nr_optimized_folios() -> u64 {
+    NR_OPTIMIZED.load(Relaxed)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sizes
+// ---------------------------------------------------------------------------------------------
+
+/// Bytes of descriptors of a folio of `order` (Linux's `hugetlb_vmemmap_size()`).
+pub const fn hugetlb_vmemmap_size(order: u8) -> u64 {
+    (1u64 << order) * PAGE_DESC_SIZE
+}
+
+/// Vmemmap pages HVO can free for a folio of `order` whatever the switch says: all but the
+/// first, if the descriptors fill whole pages and more than one (Linux's
+/// `hugetlb_vmemmap_optimizable_size() / PAGE_SIZE`).
+pub const fn optimizable_vmemmap_pages(order: u8) -> u64 {
+    let size = hugetlb_vmemmap_size(order);
+    if !size.is_multiple_of(PAGE_SIZE) || size < 2 * PAGE_SIZE {
+        0
+    } else {
+        size / PAGE_SIZE - 1
+    }
+}
+
+/// Vmemmap pages the current settings free per folio of `order`: 0 when HVO is disabled.
+/// A statement of configuration (Linux prints it at boot as "HugeTLB: %d KiB vmemmap can be
+/// freed for a %s page"), not a measurement: see [`HvoStats`] and [`vmemmap_usage`] for those.
+pub fn free_vmemmap_pages_per_folio(order: u8) -> u64 {
+    if hvo_enabled() {
+        optimizable_vmemmap_pages(order)
+    } else {
+        0
+    }
+}
+
+/// The kernel VA of pfn's descriptor in `init_mm` (the vmemmap at [`VMEMMAP_START`]).
+///
+/// The page tables are always walked at these addresses; the [`Vmemmap`] handed to [`Hvo`] is
+/// only how the CPU reaches descriptors (on the target it is [`Vmemmap::kernel`], at the same
+/// addresses).
+pub const fn vmemmap_va(pfn: Pfn) -> VirtAddr {
+    VirtAddr(VMEMMAP_START + pfn.0 * PAGE_DESC_SIZE)
+}
+
+/// The range of `init_mm` VAs holding the descriptors of `folio`.
+pub fn folio_vmemmap_range(folio: &Folio) -> (VirtAddr, VirtAddr) {
+    let start = vmemmap_va(folio.head_pfn());
+    (start, start + hugetlb_vmemmap_size(folio.order()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors, options, statistics
+// ---------------------------------------------------------------------------------------------
+
+/// Why an HVO operation failed. Unless noted, nothing was changed: no table entry written, no
+/// frame kept, the folio in the state it was.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum HvoError {
+    /// The frames backing the folio's vmemmap host their own memmap (memmap-on-memory): HVO
+    /// must neither split nor free them.
+    SelfHostedVmemmap {
+        /// Head of the folio.
+        folio: Pfn,
+        /// The vmemmap address whose backing frame is self-hosted.
+        vmemmap_va: VirtAddr,
+        /// The backing frame.
+        backing: Pfn,
+    },
+    /// Restore: the allocator gave `got` of the `needed` frames (they were given back).
+    NoMemory {
+        /// Frames needed.
+        needed: u64,
+        /// Frames obtained before the allocator failed.
+        got: u64,
+    },
+    /// Split: the table allocator gave `got` of the `needed` table pages (given back).
+    NoPageTables {
+        /// Table pages needed.
+        needed: u64,
+        /// Table pages obtained before the allocator failed.
+        got: u64,
+    },
+    /// Part of the folio's vmemmap is not mapped.
+    NotMapped {
+        /// First unmapped address.
+        va: VirtAddr,
+        /// Level of the invalid entry.
+        level: Level,
+    },
+    /// The vmemmap is mapped in a way HVO does not handle (a 1 GiB block).
+    UnexpectedMapping {
+        /// Address of the entry.
+        va: VirtAddr,
+        /// Its level.
+        level: Level,
+        /// What it is.
+        kind: DescKind,
+    },
+    /// The tables disagree with the folio's optimized flag (e.g. a restore finds a tail page
+    /// not mapped onto page 0).
+    Inconsistent {
+        /// Head of the folio.
+        folio: Pfn,
+        /// The vmemmap address where the disagreement was found.
+        va: VirtAddr,
+    },
+    /// A tail descriptor differs from the first tail: remapping would lose it.
+    TailMismatch {
+        /// Head of the folio.
+        folio: Pfn,
+        /// Index of the descriptor in the folio.
+        index: u64,
+    },
+    /// The folio's descriptors are broken.
+    Folio(FolioError),
+    /// The folio's vmemmap is not whole pages, or a single page (nothing to free).
+    UnsupportedOrder {
+        /// The order.
+        order: u8,
+    },
+    /// The walker rejected the range (a bug).
+    BadRange {
+        /// Start.
+        start: VirtAddr,
+        /// End.
+        end: VirtAddr,
+    },
+    /// A descriptor could not be encoded (a bug).
+    Encode {
+        /// The address.
+        pa: PhysAddr,
+    },
+}
+
+/// Tunables. [`Default`] gives Linux's behaviour.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct HvoOptions {
+    /// Optimize: copy page 0 to a freshly allocated frame and map the folio's vmemmap onto the
+    /// copy, freeing the old page 0 too (Linux does this when the allocation succeeds, so the
+    /// kept page comes from the allocator rather than from the boot-time vmemmap). The number
+    /// of frames saved is the same. If the allocation fails, page 0 is kept.
+    pub replace_head_page: bool,
+    /// Optimize: check that every tail descriptor equals the first tail before remapping.
+    pub verify_tails: bool,
+    /// Batched calls: above this many entries, one `TLBI VMALLE1IS` replaces the per-page
+    /// `TLBI VAAE1IS`s (Linux: `MAX_DVM_OPS` = `PTRS_PER_PTE` = 512).
+    pub flush_all_threshold: u64,
+}
+
+/// Linux's `MAX_DVM_OPS` on arm64 (`PTRS_PER_PTE`).
+pub const MAX_DVM_OPS: u64 = ENTRIES_PER_TABLE as u64;
+
+impl Default for HvoOptions {
+    fn default() -> Self {
+        HvoOptions { replace_head_page: true, verify_tails: true, flush_all_threshold: MAX_DVM_OPS }
+    }
+}
+
+/// What HVO did, counted by the code doing it. `tlbi`, `dsb`, `isb` and `entry_writes` are the
+/// [`MmuOps`] backend's counts of the instructions and stores executed during HVO calls.
+#[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct HvoStats {
+    /// Folios optimized.
+    pub folios: u64,
+    /// Folios restored.
+    pub folios_restored: u64,
+    /// 2 MiB vmemmap blocks split into page tables.
+    pub splits: u64,
+    /// Table pages taken from the table allocator.
+    pub tables_allocated: u64,
+    /// Tail vmemmap entries remapped read-only onto page 0.
+    pub ptes_remapped: u64,
+    /// Page 0 entries moved onto a fresh copy ([`HvoOptions::replace_head_page`]).
+    pub head_pages_replaced: u64,
+    /// Tail vmemmap entries remapped read-write onto a fresh frame (restore).
+    pub ptes_restored: u64,
+    /// Frames handed to the frame allocator's `free` and accepted.
+    pub frames_freed: u64,
+    /// Frames the frame allocator refused to take back (leaked).
+    pub free_failures: u64,
+    /// Frames taken from the frame allocator.
+    pub frames_allocated: u64,
+    /// TLB invalidations executed (all kinds).
+    pub tlbi: u64,
+    /// Of those, `TLBI VMALLE1IS` chosen instead of per-page TLBIs for a large batch.
+    pub tlbi_flush_all: u64,
+    /// DSBs executed.
+    pub dsb: u64,
+    /// ISBs executed.
+    pub isb: u64,
+    /// Stores to live translation table entries.
+    pub entry_writes: u64,
+}
+
+impl HvoStats {
+    /// Frames given back to the allocator minus frames taken from it: what the allocator's free
+    /// count has gained from HVO (frame allocator only; table pages are in `tables_allocated`).
+    pub fn net_frames_freed(&self) -> i64 {
+        self.frames_freed as i64 - self.frames_allocated as i64
+    }
+
+    /// `self - earlier`, field by field.
+    pub fn since(self, e: HvoStats) -> HvoStats {
+        HvoStats {
+            folios: self.folios - e.folios,
+            folios_restored: self.folios_restored - e.folios_restored,
+            splits: self.splits - e.splits,
+            tables_allocated: self.tables_allocated - e.tables_allocated,
+            ptes_remapped: self.ptes_remapped - e.ptes_remapped,
+            head_pages_replaced: self.head_pages_replaced - e.head_pages_replaced,
+            ptes_restored: self.ptes_restored - e.ptes_restored,
+            frames_freed: self.frames_freed - e.frames_freed,
+            free_failures: self.free_failures - e.free_failures,
+            frames_allocated: self.frames_allocated - e.frames_allocated,
+            tlbi: self.tlbi - e.tlbi,
+            tlbi_flush_all: self.tlbi_flush_all - e.tlbi_flush_all,
+            dsb: self.dsb - e.dsb,
+            isb: self.isb - e.isb,
+            entry_writes: self.entry_writes - e.entry_writes,
+        }
+    }
+
+    fn add_mmu(&mut self, m: MmuStats) {
+        self.tlbi += m.tlbi;
+        self.dsb += m.dsb;
+        self.isb += m.isb;
+        self.entry_writes += m.entry_writes;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Frame allocation
+// ---------------------------------------------------------------------------------------------
+
+/// Where HVO gets the frames a restore (and the page-0 copy) needs, and where it gives the
+/// freed vmemmap frames.
+///
+/// # Safety
+/// `alloc` must return a 4 KiB-aligned frame that nothing else uses until it is passed to
+/// `free` (HVO writes it through the [`PhysMem`] it was given, then maps it in the vmemmap).
+pub unsafe trait VmemmapFrames {
+    /// One frame, or `None` when out of memory.
+    fn alloc(&mut self) -> Option<PhysAddr>;
+    /// Takes back a frame that no longer backs anything (unmapped, and its TLB entries gone).
+    /// Returns `false` if the allocator refused it (it is then leaked).
+    fn free(&mut self, pa: PhysAddr) -> bool;
+}
+
+/// Takes one frame from the buddy allocator for the vmemmap: its descriptor becomes
+/// [`PageState::Vmemmap`].
+pub fn alloc_vmemmap_frame(buddy: &mut Buddy, vm: &Vmemmap) -> Result<PhysAddr, BuddyError> {
+    let pfn = buddy.alloc(vm, 0)?;
+    let p = vm.page(pfn);
+    p.set_state(PageState::Vmemmap);
+    Ok(pfn.addr())
+}
+
+/// Gives a frame that backed the vmemmap to the buddy allocator.
+///
+/// A frame the allocator manages (it came from [`alloc_vmemmap_frame`]) is freed as an
+/// allocated order-0 block. A frame from the boot-time vmemmap came from memblock and is not in
+/// the allocator's managed ranges: it is handed over with [`Buddy::free_range`], which adds it
+/// to them (Linux's `free_bootmem_page()` → `free_reserved_page()`, which also grows the managed
+/// page count).
+pub fn free_vmemmap_frame(buddy: &mut Buddy, vm: &Vmemmap, pa: PhysAddr) -> Result<(), BuddyError> {
+    let pfn = Pfn::containing(pa);
+    let p = vm.get(pfn).ok_or(BuddyError::NoDescriptor { pfn })?;
+    let r = if buddy.is_managed(pfn, 1) {
+        // The layout `Buddy::free` expects of an allocated order-0 block.
+        p.init(PageState::Allocated);
+        p.set_refcount(1);
+        buddy.free(vm, pfn, 0)
+    } else {
+        p.init(PageState::Reserved);
+        buddy.free_range(vm, pfn, pfn + 1).map(|_| ())
+    };
+    if r.is_err() {
+        // Leaked: keep it counted as vmemmap in the page census.
+        p.init(PageState::Vmemmap);
+    }
+    r
+}
+
+/// [`VmemmapFrames`] over the buddy allocator (see [`alloc_vmemmap_frame`],
+/// [`free_vmemmap_frame`]).
+#[derive(Debug)]
+pub struct BuddyFrames<'a> {
+    buddy: &'a mut Buddy,
+    vm: &'a Vmemmap,
+    last_error: Option<BuddyError>,
+}
+
+impl<'a> BuddyFrames<'a> {
+    /// Frames from `buddy`, whose descriptors are in `vm`.
+    pub fn new(buddy: &'a mut Buddy, vm: &'a Vmemmap) -> Self {
+        BuddyFrames { buddy, vm, last_error: None }
+    }
+    /// The last error the allocator returned (allocation or free).
+    pub fn last_error(&self) -> Option<BuddyError> {
+        self.last_error
+    }
+    /// The allocator.
+    pub fn buddy(&self) -> &Buddy {
+        self.buddy
+    }
+}
+
+// SAFETY: the buddy allocator hands out each free frame once, and `free_vmemmap_frame` only
+// takes frames back into it; nothing else owns a frame between `alloc` and `free`.
+unsafe impl VmemmapFrames for BuddyFrames<'_> {
+    fn alloc(&mut self) -> Option<PhysAddr> {
+        alloc_vmemmap_frame(self.buddy, self.vm).map_err(|e| self.last_error = Some(e)).ok()
+    }
+    fn free(&mut self, pa: PhysAddr) -> bool {
+        free_vmemmap_frame(self.buddy, self.vm, pa).map_err(|e| self.last_error = Some(e)).is_ok()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Descriptor queries that see through fake heads
+// ---------------------------------------------------------------------------------------------
+
+/// Has `folio`'s vmemmap been optimized (Linux's `HPG_vmemmap_optimized`)?
+pub fn folio_is_optimized(vm: &Vmemmap, folio: &Folio) -> bool {
+    vm.page(folio.head_pfn()).test(PageFlags::VMEMMAP_OPTIMIZED)
+}
+
+/// Linux's `PageHead()` for `pfn`: a real head (a fake head left by HVO is not).
+pub fn page_is_head(vm: &Vmemmap, pfn: Pfn) -> bool {
+    vm.page(pfn).page_head()
+}
+
+/// Linux's `PageTail()` for `pfn`: a tail, including one that reads as a fake head.
+pub fn page_is_tail(vm: &Vmemmap, pfn: Pfn) -> bool {
+    vm.page(pfn).page_tail()
+}
+
+/// The pfn of the head of the compound page `pfn` belongs to (`pfn` itself if none), through
+/// fake heads (Linux's `compound_head()`).
+pub fn page_compound_head_pfn(vm: &Vmemmap, pfn: Pfn) -> Pfn {
+    vm.page_to_pfn(vm.page(pfn).compound_head())
+}
+
+/// The 64 bytes of a descriptor.
+fn desc_words(p: &Page) -> [u64; 8] {
+    let base = (p as *const Page).cast::<u64>();
+    // SAFETY: `Page` is 64 bytes, 64-byte aligned and has no padding bytes (its explicit `_pad`
+    // is initialised), so 8 aligned u64 reads stay inside it. Shared references to an
+    // all-atomic type allow reads through a raw pointer; the folio's owner (our caller) keeps
+    // other writers away.
+    core::array::from_fn(|i| unsafe { core::ptr::read_volatile(base.add(i)) })
+}
+
+/// Checks that tails 2.. of `folio` equal tail 1 byte for byte.
+fn verify_tails(vm: &Vmemmap, folio: &Folio) -> Result<(), HvoError> {
+    if folio.nr_pages() < 3 {
+        return Ok(());
+    }
+    let template = desc_words(folio.page(vm, 1));
+    for i in 2..folio.nr_pages() {
+        if desc_words(folio.page(vm, i)) != template {
+            return Err(HvoError::TailMismatch { folio: folio.head_pfn(), index: i });
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Frames held during an operation
+// ---------------------------------------------------------------------------------------------
+
+/// Frames we own and that nothing maps, chained through their first word (as the mapper's
+/// table pool).
+struct Chain {
+    head: Option<PhysAddr>,
+    len: u64,
+}
+
+impl Chain {
+    const EMPTY: Chain = Chain { head: None, len: 0 };
+
+    fn push(&mut self, mem: &impl PhysMem, pa: PhysAddr) {
+        let link = self.head.map_or(u64::MAX, |p| p.0);
+        // SAFETY: `pa` is a frame the allocator just handed us for our exclusive use
+        // (`VmemmapFrames`'s or `FrameAlloc`'s contract), not reachable from any table.
+        unsafe { core::ptr::write_volatile(mem.ptr(pa).cast::<u64>(), link) };
+        self.head = Some(pa);
+        self.len += 1;
+    }
+
+    fn pop(&mut self, mem: &impl PhysMem) -> Option<PhysAddr> {
+        let pa = self.head?;
+        // SAFETY: a frame pushed by `push`, still ours.
+        let link = unsafe { core::ptr::read_volatile(mem.ptr(pa).cast::<u64>()) };
+        self.head = (link != u64::MAX).then_some(PhysAddr(link));
+        self.len -= 1;
+        Some(pa)
+    }
+}
+
+/// Frames no longer mapped, waiting for their TLB entries to be gone before they are freed:
+/// linked through their descriptors' `next` field (Linux's `page->lru` on `vmemmap_pages`).
+/// The frames' own contents may still be read through a stale TLB entry, so they are not
+/// written.
+struct FreeList {
+    head: Option<Pfn>,
+    /// Frames without a descriptor, which cannot be listed (leaked; never happens for RAM).
+    unlisted: u64,
+}
+
+impl FreeList {
+    fn push(&mut self, vm: &Vmemmap, pa: PhysAddr) {
+        let pfn = Pfn::containing(pa);
+        match vm.get(pfn) {
+            Some(p) => {
+                p.set_next(self.head);
+                self.head = Some(pfn);
+            }
+            None => self.unlisted += 1,
+        }
+    }
+
+    fn drain(&mut self, vm: &Vmemmap, frames: &mut impl VmemmapFrames, stats: &mut HvoStats) {
+        while let Some(pfn) = self.head {
+            let p = vm.page(pfn);
+            self.head = p.next();
+            p.set_next(None);
+            if frames.free(pfn.addr()) {
+                stats.frames_freed += 1;
+            } else {
+                stats.free_failures += 1;
+            }
+        }
+        stats.free_failures += core::mem::take(&mut self.unlisted);
+    }
+}
+
+/// Copies the 4 KiB frame `src` to `dst`.
+///
+/// # Safety
+/// `dst` is a frame we own that nothing maps yet; `src` is a vmemmap frame of a folio whose
+/// owner keeps writers away; both are reachable through `mem`.
+unsafe fn copy_frame(mem: &impl PhysMem, src: PhysAddr, dst: PhysAddr) {
+    let (s, d) = (mem.ptr(src).cast::<u64>(), mem.ptr(dst).cast::<u64>());
+    for i in 0..(PAGE_SIZE / 8) as usize {
+        // SAFETY: both pointers cover a whole 4 KiB frame (caller's guarantee); `i < 512`.
+        unsafe { core::ptr::write_volatile(d.add(i), core::ptr::read_volatile(s.add(i))) };
+    }
+}
+
+/// Descriptors at the start of a copy of page 0 that are not tails: only the head. (Linux's
+/// `NR_RESET_STRUCT_PAGE` is 3 because its first two tails carry folio metadata; here
+/// [`crate::hugetlb::prep_compound`] writes every tail identically, which
+/// [`HvoOptions::verify_tails`] checks.)
+pub const RESET_DESCS: u64 = 1;
+
+/// Linux's `reset_struct_pages()`: in a copy of page 0 at `dst`, overwrites descriptors
+/// `0..RESET_DESCS` (the head) with descriptor `RESET_DESCS` (a tail), so that every descriptor
+/// of the restored page is a correct tail.
+///
+/// # Safety
+/// `dst` is a frame we own that nothing maps yet, reachable through `mem`.
+unsafe fn reset_descriptors(mem: &impl PhysMem, dst: PhysAddr) {
+    let words = (PAGE_DESC_SIZE / 8) as usize;
+    let d = mem.ptr(dst).cast::<u64>();
+    for i in 0..RESET_DESCS as usize {
+        for w in 0..words {
+            // SAFETY: indices stay inside the first `(RESET_DESCS + 1) * 64` bytes of the frame.
+            unsafe {
+                let v = core::ptr::read_volatile(d.add(RESET_DESCS as usize * words + w));
+                core::ptr::write_volatile(d.add(i * words + w), v);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pending entries (batched passes)
+// ---------------------------------------------------------------------------------------------
+
+/// Software bit of an invalid vmemmap entry written by a batched pass: the rest of the entry is
+/// the new descriptor without its valid bit. Bits `[58:55]` are reserved for software use in
+/// valid block and page descriptors, and every bit but bit 0 is ignored by the hardware in an
+/// invalid one (ARM ARM "Translation table descriptor formats"), so the walker never uses it.
+pub const PENDING_BIT: u64 = 1 << 58;
+
+/// The invalid entry standing for `new` until the TLBIs have completed.
+const fn pending(new: Descriptor) -> Descriptor {
+    Descriptor((new.bits() & !bits::VALID) | PENDING_BIT)
+}
+
+/// Is `d` an entry written by [`pending`]?
+const fn is_pending(d: Descriptor) -> bool {
+    !d.is_valid() && d.bits() & PENDING_BIT != 0
+}
+
+/// The descriptor a [`pending`] entry stands for.
+const fn from_pending(d: Descriptor) -> Descriptor {
+    Descriptor((d.bits() & !PENDING_BIT) | bits::VALID)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The walk
+// ---------------------------------------------------------------------------------------------
+
+/// The `pte_entry` work.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Strategy {
+    /// Split blocks; nothing per page.
+    SplitOnly,
+    /// Remap tails read-only onto page 0 (or its copy) and free their frames.
+    Optimize,
+    /// Remap tails read-write onto fresh copies of page 0.
+    Restore,
+}
+
+/// Which pass of an operation the walk is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    /// Dry run: everything mapped, nothing self-hosted, tables as the folio's state says;
+    /// counts the table pages and frames needed. Writes nothing.
+    Check,
+    /// Split blocks, and replace each entry with the full break-before-make sequence.
+    Apply,
+    /// Split blocks, and write each changed entry as [`pending`] (batched).
+    Invalidate,
+    /// `TLBI VAAE1IS` for each pending entry (batched).
+    Flush,
+    /// Pending entries become valid (batched).
+    Complete,
+}
+
+/// The one [`PageWalkOps`] implementation of HVO.
+struct HvoWalk<'a, M: PhysMem, O: MmuOps> {
+    mem: &'a M,
+    vm: &'a Vmemmap,
+    mmu: &'a mut O,
+    strategy: Strategy,
+    phase: Phase,
+    // Per folio.
+    folio: Pfn,
+    start: VirtAddr,
+    /// The frame the tails are (to be) mapped onto, and page 0's attributes (read-write).
+    reuse: Option<(PhysAddr, Attrs)>,
+    /// Optimize: the fresh frame page 0 is to be copied to.
+    new_head: Option<PhysAddr>,
+    /// The page table the walker is in (set by `pmd_entry`), for `pte_hole`.
+    pte_table: Option<PhysAddr>,
+    /// Check: the last block counted, so two folios in one block need one table.
+    last_block: Option<VirtAddr>,
+    // Resources.
+    tables: Chain,
+    frames: Chain,
+    to_free: FreeList,
+    // Counts.
+    need_tables: u64,
+    need_frames: u64,
+    pending: u64,
+    splits: u64,
+    remapped: u64,
+    restored: u64,
+    heads_replaced: u64,
+}
+
+impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
+    fn new(mem: &'a M, vm: &'a Vmemmap, mmu: &'a mut O, strategy: Strategy) -> Self {
+        HvoWalk {
+            mem,
+            vm,
+            mmu,
+            strategy,
+            phase: Phase::Check,
+            folio: Pfn(0),
+            start: VirtAddr(0),
+            reuse: None,
+            new_head: None,
+            pte_table: None,
+            last_block: None,
+            tables: Chain::EMPTY,
+            frames: Chain::EMPTY,
+            to_free: FreeList { head: None, unlisted: 0 },
+            need_tables: 0,
+            need_frames: 0,
+            pending: 0,
+            splits: 0,
+            remapped: 0,
+            restored: 0,
+            heads_replaced: 0,
+        }
+    }
+
+    fn inconsistent(&self, va: VirtAddr) -> HvoError {
+        HvoError::Inconsistent { folio: self.folio, va }
+    }
+
+    /// Refuses frames that host their own memmap.
+    fn check_backing(&self, pa: PhysAddr, len: u64, va: VirtAddr) -> Result<(), HvoError> {
+        for off in (0..len).step_by(PAGE_SIZE as usize) {
+            let pfn = Pfn::containing(pa + off);
+            if self.vm.get(pfn).is_some_and(|p| p.test(PageFlags::VMEMMAP_SELF_HOSTED)) {
+                return Err(HvoError::SelfHostedVmemmap {
+                    folio: self.folio,
+                    vmemmap_va: va + off,
+                    backing: pfn,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the 2 MiB block `e` by a table of 512 pages mapping the same frames with the
+    /// same attributes. Returns the table.
+    fn split(&mut self, e: &Entry) -> Result<PhysAddr, HvoError> {
+        let (pa, attrs) = e.desc().decode_leaf(Level::L2).ok_or(self.inconsistent(e.addr()))?;
+        let table =
+            self.tables.pop(self.mem).ok_or(HvoError::NoPageTables { needed: 1, got: 0 })?;
+        for i in 0..ENTRIES_PER_TABLE as u64 {
+            let page = pa + i * PAGE_SIZE;
+            let d = Descriptor::leaf(Level::L3, page, attrs)
+                .map_err(|_| HvoError::Encode { pa: page })?;
+            // SAFETY: `table` is a page the table allocator gave us, not yet linked anywhere:
+            // plain stores (published by the DSB below before the table is linked).
+            unsafe { core::ptr::write_volatile(self.mem.ptr(table + i * 8).cast::<u64>(), d.0) };
+        }
+        let td = Descriptor::table(Level::L2, table).map_err(|_| HvoError::Encode { pa: table })?;
+        // SAFETY: `e` is a live level-2 entry of `init_mm` handed to us by the walker; the block
+        // maps vmemmap, and `Hvo::new`'s contract keeps every CPU off the section's descriptors
+        // while the entry is invalid (valid -> invalid is the "break").
+        unsafe { e.set(self.mmu, Descriptor::INVALID) };
+        // DSB ISHST: the invalid entry (and the filled table) must be visible to the table
+        // walkers before the TLBI, or a walk could refill the TLB from the old block (ARM ARM
+        // D8.16.1 "Using break-before-make when updating translation table entries").
+        self.mmu.dsb_ishst();
+        // TLBI VAAE1IS: a block's TLB entry matches any VA inside it, so one TLBI by VA removes
+        // the old translation on every core (break-before-make).
+        self.mmu.tlbi_vaae1is(e.span_start());
+        // DSB ISH: wait for the TLBI to complete everywhere before the new entry can be seen
+        // (ARM ARM "Ordering and completion of TLB maintenance instructions").
+        self.mmu.dsb_ish();
+        // SAFETY: as above; the break is complete, and the new table maps the same frames.
+        unsafe { e.set(self.mmu, td) };
+        // DSB ISHST: the table entry is visible to the walkers; ISB: this core's later
+        // instructions translate through it (ARM ARM "Ordering of translation table walks").
+        self.mmu.dsb_ishst();
+        self.mmu.isb();
+        self.splits += 1;
+        Ok(table)
+    }
+
+    /// Replaces the valid page entry `e` by `new`: the full break-before-make sequence in the
+    /// apply pass, or a [`pending`] invalid entry in a batched pass.
+    fn replace(&mut self, e: &Entry, new: Descriptor) {
+        if self.phase == Phase::Invalidate {
+            // SAFETY: `e` is a live level-3 vmemmap entry of the folio we own (no other CPU
+            // touches its descriptors, `Hvo::new`'s contract); valid -> invalid needs no break.
+            unsafe { e.set(self.mmu, pending(new)) };
+            self.pending += 1;
+            return;
+        }
+        // SAFETY: as above.
+        unsafe { e.set(self.mmu, Descriptor::INVALID) };
+        // DSB ISHST: the invalid entry is visible to the walkers before the TLBI (ARM ARM
+        // D8.16.1, break-before-make).
+        self.mmu.dsb_ishst();
+        // TLBI VAAE1IS: drop the old translation of this page on every core (break-before-make).
+        self.mmu.tlbi_vaae1is(e.span_start());
+        // DSB ISH: the TLBI has completed on every core before the new entry is written
+        // (ARM ARM "Ordering and completion of TLB maintenance instructions").
+        self.mmu.dsb_ish();
+        // SAFETY: as above; the break is complete.
+        unsafe { e.set(self.mmu, new) };
+        // The DSB ISHST + ISB that publish the new entry come at the end of the pass.
+    }
+
+    fn remap(&mut self, e: &Entry, pa: PhysAddr, attrs: Attrs) -> Result<(), HvoError> {
+        if e.addr() == self.start {
+            self.reuse = Some((pa, attrs));
+            if let Some(new) = self.new_head.take() {
+                // SAFETY: `new` is a fresh frame from the allocator; `pa` is page 0 of a folio
+                // we own; both are reachable through `mem` (`Hvo::new`'s contract).
+                unsafe { copy_frame(self.mem, pa, new) };
+                let d = Descriptor::leaf(Level::L3, new, attrs)
+                    .map_err(|_| HvoError::Encode { pa: new })?;
+                self.replace(e, d);
+                self.to_free.push(self.vm, pa);
+                self.reuse = Some((new, attrs));
+                self.heads_replaced += 1;
+            }
+            return Ok(());
+        }
+        let (reuse, _) = self.reuse.ok_or(self.inconsistent(e.addr()))?;
+        let d = Descriptor::leaf(Level::L3, reuse, attrs.read_only())
+            .map_err(|_| HvoError::Encode { pa: reuse })?;
+        self.replace(e, d);
+        self.to_free.push(self.vm, pa);
+        self.remapped += 1;
+        Ok(())
+    }
+
+    fn restore(&mut self, e: &Entry, pa: PhysAddr, attrs: Attrs) -> Result<(), HvoError> {
+        if e.addr() == self.start {
+            self.reuse = Some((pa, attrs));
+            return Ok(());
+        }
+        let (_, rw) = self.reuse.ok_or(self.inconsistent(e.addr()))?;
+        let new = self.frames.pop(self.mem).ok_or(HvoError::NoMemory { needed: 1, got: 0 })?;
+        // SAFETY: `new` is a frame allocated for this restore and not mapped yet; `pa` is the
+        // folio's page 0 (what the tail maps); both reachable through `mem`.
+        unsafe {
+            copy_frame(self.mem, pa, new);
+            reset_descriptors(self.mem, new);
+        }
+        let d = Descriptor::leaf(Level::L3, new, rw).map_err(|_| HvoError::Encode { pa: new })?;
+        self.replace(e, d);
+        self.restored += 1;
+        Ok(())
+    }
+}
+
+impl<M: PhysMem, O: MmuOps> PageWalkOps for HvoWalk<'_, M, O> {
+    type Output = ();
+    type Error = HvoError;
+    const INTERESTS: Interests =
+        Interests::PUD.union(Interests::PMD).union(Interests::PTE).union(Interests::HOLE);
+
+    fn pud_entry(&mut self, e: &Entry) -> Result<WalkAction<()>, HvoError> {
+        match e.kind() {
+            DescKind::Table => Ok(WalkAction::Subtree),
+            kind => Err(HvoError::UnexpectedMapping { va: e.addr(), level: Level::L1, kind }),
+        }
+    }
+
+    fn pmd_entry(&mut self, e: &Entry) -> Result<WalkAction<()>, HvoError> {
+        match (e.kind(), self.phase) {
+            (DescKind::Table, _) => {
+                self.pte_table = Some(e.desc().table_address());
+                Ok(WalkAction::Subtree)
+            }
+            (DescKind::Block, Phase::Check) => {
+                if self.strategy == Strategy::Restore {
+                    // An optimized folio's vmemmap is mapped by pages.
+                    return Err(self.inconsistent(e.addr()));
+                }
+                let off = e.addr() - e.span_start();
+                self.check_backing(
+                    e.desc().output_address(Level::L2) + off,
+                    e.next() - e.addr(),
+                    e.addr(),
+                )?;
+                if self.last_block != Some(e.span_start()) {
+                    self.need_tables += 1;
+                    self.last_block = Some(e.span_start());
+                }
+                Ok(WalkAction::Continue)
+            }
+            (DescKind::Block, Phase::Apply | Phase::Invalidate)
+                if self.strategy != Strategy::Restore =>
+            {
+                self.pte_table = Some(self.split(e)?);
+                // The walker re-reads the entry, finds the table and visits its PTEs.
+                Ok(WalkAction::Subtree)
+            }
+            (kind, _) => Err(HvoError::UnexpectedMapping { va: e.addr(), level: Level::L2, kind }),
+        }
+    }
+
+    fn pte_entry(&mut self, e: &Entry) -> Result<WalkAction<()>, HvoError> {
+        let (pa, attrs) = e.desc().decode_leaf(Level::L3).ok_or(self.inconsistent(e.addr()))?;
+        let first = e.addr() == self.start;
+        match self.phase {
+            Phase::Check => {
+                self.check_backing(pa, PAGE_SIZE, e.addr())?;
+                match self.strategy {
+                    Strategy::SplitOnly => {}
+                    Strategy::Optimize if first => self.reuse = Some((pa, attrs)),
+                    Strategy::Optimize => {
+                        if self.reuse.is_none_or(|(r, _)| r == pa) {
+                            return Err(self.inconsistent(e.addr()));
+                        }
+                    }
+                    Strategy::Restore if first => {
+                        if !attrs.is_writable() {
+                            return Err(self.inconsistent(e.addr()));
+                        }
+                        self.reuse = Some((pa, attrs));
+                    }
+                    Strategy::Restore => {
+                        if self.reuse.is_none_or(|(r, _)| r != pa) || attrs.is_writable() {
+                            return Err(self.inconsistent(e.addr()));
+                        }
+                        self.need_frames += 1;
+                    }
+                }
+            }
+            Phase::Apply | Phase::Invalidate => match self.strategy {
+                Strategy::SplitOnly => {}
+                Strategy::Optimize => self.remap(e, pa, attrs)?,
+                Strategy::Restore => self.restore(e, pa, attrs)?,
+            },
+            // Valid entries are not pending ones.
+            Phase::Flush | Phase::Complete => {}
+        }
+        Ok(WalkAction::Continue)
+    }
+
+    fn pte_hole(
+        &mut self,
+        start: VirtAddr,
+        _end: VirtAddr,
+        depth: Level,
+    ) -> Result<ControlFlow<()>, HvoError> {
+        let not_mapped = HvoError::NotMapped { va: start, level: depth };
+        if depth != Level::L3 || !matches!(self.phase, Phase::Flush | Phase::Complete) {
+            return Err(not_mapped);
+        }
+        let table = self.pte_table.ok_or(not_mapped)?;
+        let slot = self.mem.ptr(table + Level::L3.index(start) as u64 * 8).cast::<u64>();
+        // SAFETY: `table` is the live page table the walker is visiting (recorded by
+        // `pmd_entry` just before it descended), kept alive by the walk lock.
+        let d = unsafe { read_entry(slot) };
+        if !is_pending(d) {
+            return Err(not_mapped);
+        }
+        if self.phase == Phase::Flush {
+            // TLBI VAAE1IS: drop the old translation of this page on every core; issued after
+            // the batch's DSB ISHST, completed by its DSB ISH (ARM ARM D8.16.1,
+            // break-before-make).
+            self.mmu.tlbi_vaae1is(start);
+        } else {
+            // SAFETY: a live level-3 entry of the folio we own, invalid, whose break has
+            // completed (the batch's TLBIs and DSB ISH came before this pass).
+            unsafe { self.mmu.write_entry(slot, start, Level::L3, from_pending(d)) };
+            self.pending -= 1;
+        }
+        Ok(ControlFlow::Continue(()))
+    }
+}
+
+/// Walks `folio`'s vmemmap in `phase`.
+fn walk_folio<M: PhysMem, O: MmuOps>(
+    guard: &MmapReadGuard<'_, Kernel>,
+    mem: &M,
+    w: &mut HvoWalk<'_, M, O>,
+    folio: &Folio,
+    phase: Phase,
+) -> Result<(), HvoError> {
+    let (start, end) = folio_vmemmap_range(folio);
+    w.phase = phase;
+    w.folio = folio.head_pfn();
+    w.start = start;
+    w.reuse = None;
+    w.pte_table = None;
+    match walk_page_range_novma(guard, mem, start, end, w) {
+        Ok(_) => Ok(()),
+        Err(WalkError::Callback(e)) => Err(e),
+        Err(WalkError::InvalidRange { start, end, .. }) => Err(HvoError::BadRange { start, end }),
+    }
+}
+
+/// The batched break-before-make: the pending entries of `folios` (written by the invalidate
+/// pass) get one DSB, their TLBIs, one DSB ISH, and become valid.
+///
+/// `folios` may include folios the batch skipped: their entries are all valid, so these passes
+/// do nothing to them. (The batch must not be filtered here by reading the folios' heads: a
+/// head whose page 0 is pending is unmapped until the end of this function.)
+fn complete_batch<M: PhysMem, O: MmuOps>(
+    guard: &MmapReadGuard<'_, Kernel>,
+    mem: &M,
+    w: &mut HvoWalk<'_, M, O>,
+    folios: &[Folio],
+    threshold: u64,
+    stats: &mut HvoStats,
+) -> Result<(), HvoError> {
+    if w.pending == 0 {
+        return Ok(());
+    }
+    // DSB ISHST, once for the batch: every invalid entry is visible to the table walkers before
+    // any TLBI (ARM ARM D8.16.1, break-before-make).
+    w.mmu.dsb_ishst();
+    if w.pending > threshold {
+        // TLBI VMALLE1IS: one invalidation of everything instead of more than `threshold`
+        // by-VA ones (Linux: flush_tlb_kernel_range() -> flush_tlb_all() beyond MAX_DVM_OPS).
+        w.mmu.tlbi_vmalle1is();
+        stats.tlbi_flush_all += 1;
+    } else {
+        for f in folios {
+            walk_folio(guard, mem, w, f, Phase::Flush)?;
+        }
+    }
+    // DSB ISH, once for the batch: every TLBI has completed on every core before any new entry
+    // is written (ARM ARM "Ordering and completion of TLB maintenance instructions").
+    w.mmu.dsb_ish();
+    for f in folios {
+        walk_folio(guard, mem, w, f, Phase::Complete)?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The driver
+// ---------------------------------------------------------------------------------------------
+
+/// HVO over `init_mm`: the lock guard, how physical memory is reached, the MMU backend, the
+/// memmap, and the two allocators (frames for the vmemmap, pages for tables).
+pub struct Hvo<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> {
+    guard: &'a MmapReadGuard<'a, Kernel>,
+    mem: &'a M,
+    mmu: &'a mut O,
+    vm: &'a Vmemmap,
+    frames: &'a mut F,
+    tables: &'a mut T,
+    opts: HvoOptions,
+    stats: HvoStats,
+}
+
+impl<M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> core::fmt::Debug
+    for Hvo<'_, M, O, F, T>
+{
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Hvo").field("opts", &self.opts).field("stats", &self.stats).finish()
+    }
+}
+
+impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F, T> {
+    /// HVO over the `init_mm` locked by `guard` (for read).
+    ///
+    /// # Safety
+    /// - `mem` reaches every frame backing the vmemmap and every frame `frames` and `tables`
+    ///   hand out (on the target: the linear map);
+    /// - `vm` is the memmap `init_mm` maps at [`VMEMMAP_START`] (on the target
+    ///   [`Vmemmap::kernel`]): the descriptors HVO remaps are the ones `vm` reads;
+    /// - while an HVO call runs, no other CPU accesses the descriptors of the folios it is
+    ///   given, nor those of a section whose vmemmap block it splits (they are briefly
+    ///   unmapped by break-before-make), and nothing else edits those entries of `init_mm`;
+    /// - the caller owns the folios it passes (the HugeTLB pool's lock or a [`Folio`] handle):
+    ///   after optimization their tail descriptors are read-only, so nothing may write them
+    ///   until they are restored.
+    pub unsafe fn new(
+        guard: &'a MmapReadGuard<'a, Kernel>,
+        mem: &'a M,
+        mmu: &'a mut O,
+        vm: &'a Vmemmap,
+        frames: &'a mut F,
+        tables: &'a mut T,
+    ) -> Self {
+        Hvo {
+            guard,
+            mem,
+            mmu,
+            vm,
+            frames,
+            tables,
+            opts: HvoOptions::default(),
+            stats: HvoStats::default(),
+        }
+    }
+
+    /// With options `opts`.
+    pub fn with_options(mut self, opts: HvoOptions) -> Self {
+        self.opts = opts;
+        self
+    }
+
+    /// The options in effect.
+    pub fn options(&self) -> HvoOptions {
+        self.opts
+    }
+
+    /// Changes the options.
+    pub fn set_options(&mut self, opts: HvoOptions) {
+        self.opts = opts;
+    }
+
+    /// What this instance has done so far.
+    pub fn stats(&self) -> HvoStats {
+        self.stats
+    }
+
+    /// The frame allocator.
+    pub fn frames(&self) -> &F {
+        self.frames
+    }
+
+    /// The MMU backend.
+    pub fn mmu(&self) -> &O {
+        self.mmu
+    }
+
+    /// Measures the vmemmap (see [`vmemmap_usage`]).
+    pub fn usage(&self) -> VmemmapUsage {
+        vmemmap_usage(self.guard, self.mem)
+    }
+
+    /// Optimizes `folio` if HVO is enabled now ([`hvo_enabled`]): what the pool calls after
+    /// allocating a folio (Linux's `hugetlb_vmemmap_optimize_folio()` from
+    /// `prep_new_hugetlb_folio()`). `Ok(false)`: disabled, or nothing to do.
+    pub fn maybe_optimize(&mut self, folio: &Folio) -> Result<bool, HvoError> {
+        if !hvo_enabled() || optimizable_vmemmap_pages(folio.order()) == 0 {
+            return Ok(false);
+        }
+        self.optimize_folio(folio)
+    }
+
+    /// Splits the vmemmap blocks covering `folio`'s descriptors into page tables and does
+    /// nothing else (the split-only strategy). Returns the number of blocks split.
+    pub fn split_folio(&mut self, folio: &Folio) -> Result<u64, HvoError> {
+        check_order(folio)?;
+        let before = self.mmu.stats();
+        let mut w = HvoWalk::new(self.mem, self.vm, &mut *self.mmu, Strategy::SplitOnly);
+        walk_folio(self.guard, self.mem, &mut w, folio, Phase::Check)?;
+        alloc_tables(self.mem, &mut *self.tables, &mut w, &mut self.stats)?;
+        let r = walk_folio(self.guard, self.mem, &mut w, folio, Phase::Apply);
+        let splits = w.splits;
+        release_tables(self.mem, &mut *self.tables, &mut w, &mut self.stats);
+        self.stats.splits += splits;
+        self.stats.add_mmu(self.mmu.stats().since(before));
+        r.map(|()| splits)
+    }
+
+    /// Optimizes one folio: split, then each tail entry replaced with its own
+    /// break-before-make (Linux's `hugetlb_vmemmap_optimize_folio()`). `Ok(false)` if it was
+    /// already optimized.
+    pub fn optimize_folio(&mut self, folio: &Folio) -> Result<bool, HvoError> {
+        self.optimize(core::slice::from_ref(folio), false).map(|n| n == 1)
+    }
+
+    /// Optimizes a batch: every block split first, then one break-before-make for all the
+    /// entries of all the folios (Linux's `hugetlb_vmemmap_optimize_folios()`). Folios already
+    /// optimized are skipped; an error changes nothing. Returns the number optimized.
+    pub fn optimize_folios(&mut self, folios: &[Folio]) -> Result<u64, HvoError> {
+        self.optimize(folios, true)
+    }
+
+    /// Restores one folio's vmemmap: a fresh copy of page 0 per tail page, each entry replaced
+    /// with its own break-before-make (Linux's `hugetlb_vmemmap_restore_folio()`). All frames
+    /// are allocated first: if that fails nothing changes and the folio stays optimized.
+    /// `Ok(false)` if it was not optimized. The split page tables are kept, as in Linux.
+    pub fn restore_folio(&mut self, folio: &Folio) -> Result<bool, HvoError> {
+        self.restore(core::slice::from_ref(folio), false).map(|n| n == 1)
+    }
+
+    /// Restores a batch with one break-before-make for all entries (Linux's
+    /// `hugetlb_vmemmap_restore_folios()`). Frames for the whole batch are allocated first; an
+    /// error changes nothing. Folios not optimized are skipped. Returns the number restored.
+    pub fn restore_folios(&mut self, folios: &[Folio]) -> Result<u64, HvoError> {
+        self.restore(folios, true)
+    }
+
+    fn optimize(&mut self, folios: &[Folio], batched: bool) -> Result<u64, HvoError> {
+        let vm = self.vm;
+        for f in folios {
+            check_order(f)?;
+            if folio_is_optimized(vm, f) {
+                continue;
+            }
+            check_folio(f, vm).map_err(HvoError::Folio)?;
+            if self.opts.verify_tails {
+                verify_tails(vm, f)?;
+            }
+        }
+        // The optimized flags change only at the very end, so this selects the same folios in
+        // every pass. It reads each folio's head: only evaluate it for a folio before its own
+        // entries are invalidated (see `complete_batch`).
+        let todo = folios.iter().filter(|f| !folio_is_optimized(vm, f));
+        if todo.clone().next().is_none() {
+            return Ok(0);
+        }
+        let before = self.mmu.stats();
+        let mut w = HvoWalk::new(self.mem, vm, &mut *self.mmu, Strategy::Optimize);
+        for f in todo.clone() {
+            walk_folio(self.guard, self.mem, &mut w, f, Phase::Check)?;
+        }
+        alloc_tables(self.mem, &mut *self.tables, &mut w, &mut self.stats)?;
+        // Linux's hugetlb_optimize_vmemmap_key: fake heads may exist from now on.
+        set_fake_head_fixup(true);
+
+        let mut r = Ok(());
+        if batched {
+            w.strategy = Strategy::SplitOnly;
+            for f in todo.clone() {
+                r = r.and_then(|()| walk_folio(self.guard, self.mem, &mut w, f, Phase::Apply));
+            }
+            w.strategy = Strategy::Optimize;
+        }
+        let phase = if batched { Phase::Invalidate } else { Phase::Apply };
+        for f in todo.clone() {
+            if r.is_err() {
+                break;
+            }
+            if self.opts.replace_head_page {
+                w.new_head = self.frames.alloc();
+                self.stats.frames_allocated += u64::from(w.new_head.is_some());
+            }
+            r = walk_folio(self.guard, self.mem, &mut w, f, phase);
+            if let Some(unused) = w.new_head.take() {
+                w.to_free.push(vm, unused);
+            }
+        }
+        // Pending entries are completed even after an error (which the check pass makes
+        // impossible short of a concurrent edit of the tables), so none stays invalid.
+        let done = complete_batch(
+            self.guard,
+            self.mem,
+            &mut w,
+            folios,
+            self.opts.flush_all_threshold,
+            &mut self.stats,
+        );
+        r = r.and(done);
+        // DSB ISHST: the new entries are visible to the table walkers; ISB: this core's later
+        // instructions translate with them (ARM ARM "Ordering of translation table walks").
+        w.mmu.dsb_ishst();
+        w.mmu.isb();
+        // The old frames' TLB entries are gone (each break completed with its DSB ISH): free.
+        w.to_free.drain(vm, &mut *self.frames, &mut self.stats);
+        release_tables(self.mem, &mut *self.tables, &mut w, &mut self.stats);
+        self.stats.splits += w.splits;
+        self.stats.ptes_remapped += w.remapped;
+        self.stats.head_pages_replaced += w.heads_replaced;
+        self.stats.add_mmu(self.mmu.stats().since(before));
+        r?;
+        let mut n = 0;
+        for f in folios {
+            let head = vm.page(f.head_pfn());
+            if !head.test(PageFlags::VMEMMAP_OPTIMIZED) {
+                head.set_flags(PageFlags::VMEMMAP_OPTIMIZED);
+                NR_OPTIMIZED.fetch_add(1, Relaxed);
+                n += 1;
+            }
+        }
+        self.stats.folios += n;
+        Ok(n)
+    }
+
+    fn restore(&mut self, folios: &[Folio], batched: bool) -> Result<u64, HvoError> {
+        let vm = self.vm;
+        for f in folios {
+            check_order(f)?;
+        }
+        let todo = folios.iter().filter(|f| folio_is_optimized(vm, f));
+        if todo.clone().next().is_none() {
+            return Ok(0);
+        }
+        let before = self.mmu.stats();
+        let mut w = HvoWalk::new(self.mem, vm, &mut *self.mmu, Strategy::Restore);
+        for f in todo.clone() {
+            walk_folio(self.guard, self.mem, &mut w, f, Phase::Check)?;
+        }
+        let needed = w.need_frames;
+        for got in 0..needed {
+            match self.frames.alloc() {
+                Some(pa) => {
+                    w.frames.push(self.mem, pa);
+                    self.stats.frames_allocated += 1;
+                }
+                None => {
+                    // Give back what we got; no entry has been touched.
+                    while let Some(pa) = w.frames.pop(self.mem) {
+                        if self.frames.free(pa) {
+                            self.stats.frames_freed += 1;
+                        } else {
+                            self.stats.free_failures += 1;
+                        }
+                    }
+                    return Err(HvoError::NoMemory { needed, got });
+                }
+            }
+        }
+        let phase = if batched { Phase::Invalidate } else { Phase::Apply };
+        let mut r = Ok(());
+        for f in todo.clone() {
+            r = r.and_then(|()| walk_folio(self.guard, self.mem, &mut w, f, phase));
+        }
+        let done = complete_batch(
+            self.guard,
+            self.mem,
+            &mut w,
+            folios,
+            self.opts.flush_all_threshold,
+            &mut self.stats,
+        );
+        r = r.and(done);
+        // DSB ISHST: the new entries are visible to the table walkers; ISB: this core's later
+        // instructions translate with them (ARM ARM "Ordering of translation table walks").
+        w.mmu.dsb_ishst();
+        w.mmu.isb();
+        while let Some(pa) = w.frames.pop(self.mem) {
+            // Only after an error: frames allocated but not used.
+            if self.frames.free(pa) {
+                self.stats.frames_freed += 1;
+            } else {
+                self.stats.free_failures += 1;
+            }
+        }
+        self.stats.ptes_restored += w.restored;
+        self.stats.add_mmu(self.mmu.stats().since(before));
+        r?;
+        let mut n = 0;
+        for f in todo {
+            vm.page(f.head_pfn()).clear_flags(PageFlags::VMEMMAP_OPTIMIZED);
+            NR_OPTIMIZED.fetch_sub(1, Relaxed);
+            n += 1;
+        }
+        self.stats.folios_restored += n;
+        Ok(n)
+    }
+}
+
+fn check_order(folio: &Folio) -> Result<(), HvoError> {
+    match optimizable_vmemmap_pages(folio.order()) {
+        0 => Err(HvoError::UnsupportedOrder { order: folio.order() }),
+        _ => Ok(()),
+    }
+}
+
+/// Takes the table pages the check pass counted, all or none.
+fn alloc_tables<M: PhysMem, O: MmuOps>(
+    mem: &M,
+    tables: &mut impl FrameAlloc,
+    w: &mut HvoWalk<'_, M, O>,
+    stats: &mut HvoStats,
+) -> Result<(), HvoError> {
+    let needed = w.need_tables;
+    for got in 0..needed {
+        match tables.alloc_table() {
+            Some(pa) => w.tables.push(mem, pa),
+            None => {
+                while let Some(pa) = w.tables.pop(mem) {
+                    tables.free_table(pa);
+                }
+                return Err(HvoError::NoPageTables { needed, got });
+            }
+        }
+    }
+    stats.tables_allocated += needed;
+    Ok(())
+}
+
+/// Gives back table pages the split did not use.
+fn release_tables<M: PhysMem, O: MmuOps>(
+    mem: &M,
+    tables: &mut impl FrameAlloc,
+    w: &mut HvoWalk<'_, M, O>,
+    stats: &mut HvoStats,
+) {
+    while let Some(pa) = w.tables.pop(mem) {
+        tables.free_table(pa);
+        stats.tables_allocated -= 1;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurement
+// ---------------------------------------------------------------------------------------------
+
+/// What backs the vmemmap, measured by walking `init_mm`.
+#[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct VmemmapUsage {
+    /// 1 GiB blocks (not used by this firmware; counted if present).
+    pub blocks_1g: u64,
+    /// 2 MiB blocks.
+    pub blocks_2m: u64,
+    /// Page tables under the vmemmap (split blocks); page-table memory, not counted in
+    /// [`bytes`](Self::bytes).
+    pub pte_tables: u64,
+    /// Valid page entries.
+    pub ptes: u64,
+    /// Distinct frames behind those entries.
+    pub pte_frames: u64,
+}
+
+impl VmemmapUsage {
+    /// Bytes of memory backing the vmemmap: blocks in full, page-mapped frames once each.
+    pub fn bytes(&self) -> u64 {
+        self.blocks_1g * PUD_SIZE + self.blocks_2m * PMD_SIZE + self.pte_frames * PAGE_SIZE
+    }
+}
+
+/// Counts the vmemmap's mappings. A page entry counts as a new frame unless one of the last
+/// [`UsageWalk::RECENT`] distinct frames seen (in VA order) is the same: every alias HVO
+/// creates maps page 0 of a folio, which precedes its tails, so this finds them all.
+struct UsageWalk {
+    u: VmemmapUsage,
+    recent: [u64; UsageWalk::RECENT],
+    next: usize,
+}
+
+impl UsageWalk {
+    const RECENT: usize = 8;
+}
+
+impl PageWalkOps for UsageWalk {
+    type Output = ();
+    type Error = core::convert::Infallible;
+    const INTERESTS: Interests = Interests::PUD.union(Interests::PMD).union(Interests::PTE);
+
+    fn pud_entry(&mut self, e: &Entry) -> Result<WalkAction<()>, Self::Error> {
+        if e.kind() == DescKind::Block {
+            self.u.blocks_1g += 1;
+        }
+        Ok(WalkAction::Subtree)
+    }
+    fn pmd_entry(&mut self, e: &Entry) -> Result<WalkAction<()>, Self::Error> {
+        match e.kind() {
+            DescKind::Block => self.u.blocks_2m += 1,
+            DescKind::Table => self.u.pte_tables += 1,
+            _ => {}
+        }
+        Ok(WalkAction::Subtree)
+    }
+    fn pte_entry(&mut self, e: &Entry) -> Result<WalkAction<()>, Self::Error> {
+        self.u.ptes += 1;
+        let pa = e.desc().output_address(Level::L3).0 + 1; // +1: never 0, the empty slot
+        if !self.recent.contains(&pa) {
+            self.u.pte_frames += 1;
+            self.recent[self.next] = pa;
+            self.next = (self.next + 1) % Self::RECENT;
+        }
+        Ok(WalkAction::Continue)
+    }
+}
+
+/// Measures what backs the vmemmap range of `init_mm`, walking it with the page walker.
+pub fn vmemmap_usage(guard: &MmapReadGuard<'_, Kernel>, mem: &impl PhysMem) -> VmemmapUsage {
+    let mut w = UsageWalk { u: VmemmapUsage::default(), recent: [0; UsageWalk::RECENT], next: 0 };
+    let (s, e) = (VirtAddr(VMEMMAP_START), VirtAddr(VMEMMAP_START + VMEMMAP_SIZE));
+    // The range is page aligned and inside the kernel half: the walk cannot fail.
+    let _ = walk_page_range_novma(guard, mem, s, e, &mut w);
+    w.u
+}
+
+/// Bytes of memory backing the vmemmap, measured (see [`vmemmap_usage`]).
+pub fn vmemmap_bytes_in_use(guard: &MmapReadGuard<'_, Kernel>, mem: &impl PhysMem) -> u64 {
+    vmemmap_usage(guard, mem).bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(hugetlb_vmemmap_size(9), 32 << 10);
+        assert_eq!(hugetlb_vmemmap_size(18), 16 << 20);
+        assert_eq!(optimizable_vmemmap_pages(9), 7);
+        assert_eq!(optimizable_vmemmap_pages(18), 4095);
+        // 64 descriptors: one page, nothing to free. 32: not even a page.
+        assert_eq!(optimizable_vmemmap_pages(6), 0);
+        assert_eq!(optimizable_vmemmap_pages(5), 0);
+        assert_eq!(optimizable_vmemmap_pages(7), 1);
+        assert_eq!(vmemmap_va(Pfn(2)), VirtAddr(VMEMMAP_START + 128));
+    }
+
+    #[test]
+    fn switch_controls_what_would_be_freed() {
+        // The only test touching the global switch in this binary.
+        assert!(hvo_enabled(), "default on");
+        assert_eq!(free_vmemmap_pages_per_folio(9) * 4, 28);
+        assert_eq!(free_vmemmap_pages_per_folio(18) * 4, 16380);
+        apply_boot_param(Some(false));
+        assert_eq!(free_vmemmap_pages_per_folio(9), 0);
+        apply_boot_param(None);
+        assert!(!hvo_enabled());
+        set_hvo_enabled(true);
+        assert_eq!(free_vmemmap_pages_per_folio(18), 4095);
+    }
+
+    #[test]
+    fn pending_entries_round_trip() {
+        let d = Descriptor::leaf(Level::L3, PhysAddr(0x4012_3000), Attrs::kernel_data()).unwrap();
+        let p = pending(d);
+        assert_eq!(p.kind(Level::L3), DescKind::Invalid);
+        assert!(is_pending(p));
+        assert!(!is_pending(d) && !is_pending(Descriptor::INVALID));
+        assert_eq!(from_pending(p), d);
+        assert_eq!(d.bits() & PENDING_BIT, 0, "Attrs never sets the software bit");
+    }
+
+    #[test]
+    fn options_default_like_linux() {
+        let o = HvoOptions::default();
+        assert!(o.replace_head_page && o.verify_tails);
+        assert_eq!(o.flush_all_threshold, 512);
+    }
+
+    #[test]
+    fn stats_difference() {
+        let a = HvoStats { frames_freed: 8, frames_allocated: 1, tlbi: 3, ..Default::default() };
+        assert_eq!(a.net_frames_freed(), 7);
+        let b = HvoStats { frames_freed: 10, tlbi: 5, ..a };
+        assert_eq!(b.since(a), HvoStats { frames_freed: 2, tlbi: 2, ..Default::default() });
+    }
+}

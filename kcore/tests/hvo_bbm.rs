@@ -1,0 +1,221 @@
+//! The recorded sequences of HVO pass the break-before-make checker; the same sequences with a
+//! step dropped fail it; batching measurably saves barriers and TLB flushes.
+
+mod hvo_common;
+
+use hvo_common::*;
+use kcore::addr::{Pfn, PMD_SIZE};
+use kcore::hugetlb::{Folio, HugePageSize};
+use kcore::hugetlb_vmemmap::{folio_is_optimized, HvoOptions, HvoStats};
+use kcore::pgtable::{DescKind, Level};
+use kcore::tlb::{check_break_before_make, check_published, BbmMissing, MmuEvent, TlbiKind};
+
+fn checked(events: &[MmuEvent]) {
+    check_break_before_make(events).unwrap();
+    check_published(events).unwrap();
+}
+
+/// Needs a world of 3 sections (the last holds the boot vmemmap).
+fn four_2m(w: &mut World) -> [Folio; 4] {
+    // Two in section 0's vmemmap block, two in section 1's.
+    let p = |off: u64| Some(Pfn((BASE + off) >> 12));
+    [
+        w.folio(HugePageSize::Size2M, p(0)),
+        w.folio(HugePageSize::Size2M, p(PMD_SIZE)),
+        w.folio(HugePageSize::Size2M, p(128 << 20)),
+        w.folio(HugePageSize::Size2M, p((128 << 20) + 4 * PMD_SIZE)),
+    ]
+}
+
+#[test]
+fn split_is_break_before_make() {
+    let mut w = World::new(2, 0);
+    let f = w.folio(HugePageSize::Size2M, None);
+    let ((r, s), _) = w.hvo(HvoOptions::default(), None, |h| (h.split_folio(&f), h.stats()));
+    assert_eq!(r, Ok(1));
+    let ev = w.mmu.take_events();
+    checked(&ev);
+    let (start, _) = w.folio_va(&f);
+    let block = start.align_down(PMD_SIZE);
+    // Exactly: invalid, DSB, one TLBI by VA of the block, DSB ISH, table, DSB ISHST, ISB.
+    assert_eq!(ev.len(), 7, "{ev:#?}");
+    assert!(matches!(ev[0], MmuEvent::Write { level: Level::L2, new, .. } if !new.is_valid()));
+    assert_eq!(ev[1], MmuEvent::DsbIshst);
+    assert_eq!(ev[2], MmuEvent::Tlbi { kind: TlbiKind::VaAllAsids, va: block });
+    assert_eq!(ev[3], MmuEvent::DsbIsh);
+    assert!(matches!(ev[4], MmuEvent::Write { level: Level::L2, new, .. }
+        if new.kind(Level::L2) == DescKind::Table));
+    assert_eq!(&ev[5..], &[MmuEvent::DsbIshst, MmuEvent::Isb]);
+    assert_eq!((s.splits, s.tlbi, s.dsb, s.isb, s.entry_writes), (1, 1, 3, 1, 2));
+    // Splitting again is a no-op.
+    let (r, _) = w.hvo(HvoOptions::default(), None, |h| h.split_folio(&f));
+    assert_eq!(r, Ok(0));
+    assert!(w.mmu.take_events().is_empty());
+}
+
+#[test]
+fn single_folio_sequences_pass_the_checker() {
+    for (sections, size) in [(2, HugePageSize::Size2M), (9, HugePageSize::Size1G)] {
+        let mut w = World::new(sections, 0);
+        let f = w.folio(size, Some(Pfn(BASE >> 12)));
+        for replace_head_page in [true, false] {
+            let opts = HvoOptions { replace_head_page, ..HvoOptions::default() };
+            let ((r, s), _) = w.hvo(opts, None, |h| (h.optimize_folio(&f), h.stats()));
+            assert_eq!(r, Ok(true));
+            let ev = w.mmu.take_events();
+            checked(&ev);
+            let n = f.nr_pages() / 64;
+            let remaps = n - 1 + u64::from(replace_head_page);
+            // Per entry: invalid + new, DSB ISHST + DSB ISH, one TLBI; per split 2 writes,
+            // 3 DSBs, 1 TLBI, 1 ISB; one DSB ISHST + ISB at the end.
+            assert_eq!(s.tlbi, remaps + s.splits);
+            assert_eq!(s.dsb, 2 * remaps + 3 * s.splits + 1);
+            assert_eq!(s.entry_writes, 2 * remaps + 2 * s.splits);
+            assert_eq!(s.isb, s.splits + 1);
+            assert_eq!(s.tlbi_flush_all, 0);
+            let ((r, s), _) = w.hvo(opts, None, |h| (h.restore_folio(&f), h.stats()));
+            assert_eq!(r, Ok(true));
+            let ev = w.mmu.take_events();
+            checked(&ev);
+            assert_eq!((s.tlbi, s.dsb, s.entry_writes), (n - 1, 2 * (n - 1) + 1, 2 * (n - 1)));
+        }
+    }
+}
+
+#[test]
+fn batched_sequences_pass_the_checker() {
+    let mut w = World::new(3, 0);
+    let fs = four_2m(&mut w);
+    let ((r, s), _) = w.hvo(HvoOptions::default(), None, |h| (h.optimize_folios(&fs), h.stats()));
+    assert_eq!(r, Ok(4));
+    assert!(fs.iter().all(|f| folio_is_optimized(&w.vm, f)));
+    let ev = w.mmu.take_events();
+    checked(&ev);
+    // 2 blocks split (two folios per block); 4 x 8 entries (page 0 replaced) in one break.
+    assert_eq!(s.splits, 2);
+    assert_eq!(s.tlbi, 2 + 32);
+    assert_eq!(s.dsb, 3 * 2 + 3);
+    assert_eq!(s.isb, 2 + 1);
+    assert_eq!(s.ptes_remapped, 28);
+    assert_eq!(s.net_frames_freed(), 28);
+    // After the splits: every invalid write, then one DSB ISHST, the TLBIs, one DSB ISH, every
+    // new entry, DSB ISHST, ISB.
+    let tail = &ev[ev.len() - (32 + 1 + 32 + 1 + 32 + 2)..];
+    assert!(tail[..32].iter().all(|e| matches!(e, MmuEvent::Write { new, .. } if !new.is_valid())));
+    assert_eq!(tail[32], MmuEvent::DsbIshst);
+    assert!(tail[33..65]
+        .iter()
+        .all(|e| matches!(e, MmuEvent::Tlbi { kind: TlbiKind::VaAllAsids, .. })));
+    assert_eq!(tail[65], MmuEvent::DsbIsh);
+    assert!(tail[66..98]
+        .iter()
+        .all(|e| matches!(e, MmuEvent::Write { new, .. } if new.is_valid())));
+    assert_eq!(&tail[98..], &[MmuEvent::DsbIshst, MmuEvent::Isb]);
+
+    let ((r, s), _) = w.hvo(HvoOptions::default(), None, |h| (h.restore_folios(&fs), h.stats()));
+    assert_eq!(r, Ok(4));
+    checked(&w.mmu.take_events());
+    assert_eq!((s.tlbi, s.dsb, s.isb, s.entry_writes), (28, 3, 1, 56));
+    assert!(fs.iter().all(|f| !folio_is_optimized(&w.vm, f)));
+}
+
+#[test]
+fn dropped_steps_are_rejected() {
+    let cases: [(&str, fn(&mut World), BbmMissing); 2] = [
+        ("no TLBI", |w| w.mmu.drop_tlbi = true, BbmMissing::Tlbi),
+        ("no DSB ISH", |w| w.mmu.drop_dsb_ish = true, BbmMissing::DsbIshAfterTlbi),
+    ];
+    for (name, breakit, missing) in cases {
+        // Split, single-folio optimize, batched optimize, single and batched restore.
+        let mut w = World::new(3, 0);
+        let fs = four_2m(&mut w);
+        breakit(&mut w);
+        let _ = w.hvo(HvoOptions::default(), None, |h| h.split_folio(&fs[0]));
+        let v = check_break_before_make(&w.mmu.take_events()).unwrap_err();
+        assert_eq!((v.missing, v.level), (missing, Level::L2), "{name}: split");
+
+        let _ = w.hvo(HvoOptions::default(), None, |h| h.optimize_folio(&fs[0]));
+        let v = check_break_before_make(&w.mmu.take_events()).unwrap_err();
+        assert_eq!((v.missing, v.level), (missing, Level::L3), "{name}: optimize");
+
+        let _ = w.hvo(HvoOptions::default(), None, |h| h.optimize_folios(&fs[1..]));
+        let v = check_break_before_make(&w.mmu.take_events()).unwrap_err();
+        assert_eq!(v.missing, missing, "{name}: batched optimize");
+
+        let _ = w.hvo(HvoOptions::default(), None, |h| h.restore_folio(&fs[0]));
+        let v = check_break_before_make(&w.mmu.take_events()).unwrap_err();
+        assert_eq!((v.missing, v.level), (missing, Level::L3), "{name}: restore");
+
+        let _ = w.hvo(HvoOptions::default(), None, |h| h.restore_folios(&fs[1..]));
+        let v = check_break_before_make(&w.mmu.take_events()).unwrap_err();
+        assert_eq!(v.missing, missing, "{name}: batched restore");
+    }
+}
+
+/// Per-folio DSBs and TLBI operations, unbatched vs batched, on already split folios (so only
+/// the remapping is compared).
+#[test]
+fn batching_saves_barriers_and_flushes() {
+    let mut w = World::new(3, 0);
+    let fs = four_2m(&mut w);
+    let (r, _) = w.hvo(HvoOptions::default(), None, |h| {
+        fs.iter().map(|f| h.split_folio(f)).sum::<Result<u64, _>>()
+    });
+    assert_eq!(r, Ok(2));
+    let (single, _) = w.hvo(HvoOptions::default(), None, |h| {
+        for f in &fs {
+            assert_eq!(h.optimize_folio(f), Ok(true));
+        }
+        for f in &fs {
+            assert_eq!(h.restore_folio(f), Ok(true));
+        }
+        h.stats()
+    });
+    let (batch, _) = w.hvo(HvoOptions::default(), None, |h| {
+        assert_eq!(h.optimize_folios(&fs), Ok(4));
+        assert_eq!(h.restore_folios(&fs), Ok(4));
+        h.stats()
+    });
+    checked(&w.mmu.take_events());
+    let per = |s: HvoStats| (s.dsb / 4, s.isb as f64 / 4.0);
+    assert_eq!((single.ptes_remapped, batch.ptes_remapped), (28, 28));
+    // Unbatched: 2 DSBs per entry plus one at the end, per folio. Batched: 3 per batch.
+    assert_eq!(single.dsb, 4 * (2 * 8 + 1) + 4 * (2 * 7 + 1));
+    assert_eq!(batch.dsb, 3 + 3);
+    assert!(per(batch).0 < per(single).0);
+    assert!(per(batch).1 < per(single).1);
+    // Same number of by-VA TLBIs below the threshold...
+    assert_eq!((single.tlbi, batch.tlbi), (4 * 8 + 4 * 7, 4 * 8 + 4 * 7));
+    // ... and a single TLBI VMALLE1IS above it.
+    let opts = HvoOptions { flush_all_threshold: 16, ..HvoOptions::default() };
+    let (flush, _) = w.hvo(opts, None, |h| {
+        assert_eq!(h.optimize_folios(&fs), Ok(4));
+        assert_eq!(h.restore_folios(&fs), Ok(4));
+        h.stats()
+    });
+    let ev = w.mmu.take_events();
+    checked(&ev);
+    assert_eq!((flush.tlbi, flush.tlbi_flush_all, flush.dsb), (2, 2, 6));
+    assert_eq!(
+        ev.iter().filter(|e| matches!(e, MmuEvent::Tlbi { kind: TlbiKind::All, .. })).count(),
+        2
+    );
+}
+
+#[test]
+fn batched_1g_uses_one_flush() {
+    let mut w = World::new(9, 0);
+    let f = [w.folio(HugePageSize::Size1G, Some(Pfn(BASE >> 12)))];
+    let before = w.folio_descs(&f[0]);
+    let ((r, s), _) = w.hvo(HvoOptions::default(), None, |h| (h.optimize_folios(&f), h.stats()));
+    assert_eq!(r, Ok(1));
+    checked(&w.mmu.take_events());
+    // 8 splits (one TLBI each) + one TLBI VMALLE1IS for 4096 entries.
+    assert_eq!((s.splits, s.tlbi, s.tlbi_flush_all), (8, 9, 1));
+    assert_eq!((s.ptes_remapped, s.net_frames_freed()), (4095, 4095));
+    let ((r, s), _) = w.hvo(HvoOptions::default(), None, |h| (h.restore_folios(&f), h.stats()));
+    assert_eq!(r, Ok(1));
+    checked(&w.mmu.take_events());
+    assert_eq!((s.tlbi, s.tlbi_flush_all, s.dsb, s.ptes_restored), (1, 1, 3, 4095));
+    assert_eq!(w.folio_descs(&f[0]), before);
+}

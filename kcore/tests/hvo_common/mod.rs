@@ -1,0 +1,586 @@
+//! A simulated machine for the HVO tests.
+//!
+//! - Physical memory is a `memfd` (sparse, so a 1 GiB folio costs nothing), reached linearly
+//!   through one shared mapping ([`PhysView`], the stand-in for the linear map).
+//! - `init_mm` is built on it with the real mapper: the vmemmap of every section is one 2 MiB
+//!   block whose frames are in that memory (the boot vmemmap, at the start of the last section,
+//!   outside the buddy allocator's managed ranges as memblock leaves it).
+//! - The [`Vmemmap`] the allocators use is a host *window*: a reserved range of host addresses
+//!   whose pages [`ShadowMmu`] keeps `mmap`ed onto the `memfd` exactly as `init_mm` maps the
+//!   vmemmap, after every entry write: an invalid entry is `PROT_NONE`, a read-only entry is
+//!   `PROT_READ`. So after HVO the window really aliases page 0 (fake heads appear by
+//!   themselves), writing a read-only tail faults as on the target, and touching descriptors
+//!   during a break faults too.
+//! - [`ShadowMmu`] records every step for `check_break_before_make`, and can be told to drop
+//!   TLBIs or DSBs to show the checker rejecting a broken sequence.
+#![allow(dead_code)]
+
+use kcore::addr::{Pfn, PhysAddr, VirtAddr, PAGE_SIZE, PMD_SIZE};
+use kcore::buddy::Buddy;
+use kcore::hugetlb::{Folio, HugePageSize, HugetlbPool, NoHooks};
+use kcore::hugetlb_vmemmap::{BuddyFrames, Hvo, HvoOptions, VmemmapFrames};
+use kcore::layout::VMEMMAP_START;
+use kcore::mapper::{translate, BlockPolicy, FrameAlloc, VecFrameAlloc};
+use kcore::memblock::MemRegion;
+use kcore::mm::{Kernel, Mm};
+use kcore::page::{Page, PageFlags, PageState};
+use kcore::pgtable::{Attrs, DescKind, Descriptor, Level, ENTRIES_PER_TABLE};
+use kcore::phys::PhysMem;
+use kcore::tlb::{MmuEvent, MmuOps, MmuStats, RecordingMmu};
+use kcore::vmemmap::{SelfHosted, Vmemmap, PAGES_PER_SECTION, SECTION_SIZE, VMEMMAP_BLOCK_SIZE};
+use std::ffi::{c_char, c_int, c_uint, c_void};
+
+mod sys {
+    use super::*;
+    extern "C" {
+        pub fn memfd_create(name: *const c_char, flags: c_uint) -> c_int;
+        pub fn ftruncate(fd: c_int, len: i64) -> c_int;
+        pub fn mmap(
+            addr: *mut c_void,
+            len: usize,
+            prot: c_int,
+            flags: c_int,
+            fd: c_int,
+            off: i64,
+        ) -> *mut c_void;
+        pub fn munmap(addr: *mut c_void, len: usize) -> c_int;
+        pub fn close(fd: c_int) -> c_int;
+    }
+    // Linux values (the same on x86_64 and aarch64).
+    pub const PROT_NONE: c_int = 0;
+    pub const PROT_READ: c_int = 1;
+    pub const PROT_WRITE: c_int = 2;
+    pub const MAP_SHARED: c_int = 0x01;
+    pub const MAP_PRIVATE: c_int = 0x02;
+    pub const MAP_FIXED: c_int = 0x10;
+    pub const MAP_ANONYMOUS: c_int = 0x20;
+    pub const MAP_NORESERVE: c_int = 0x4000;
+    pub const MFD_CLOEXEC: c_uint = 1;
+}
+
+/// Checked `mmap`.
+///
+/// # Safety
+/// With `MAP_FIXED`, `addr..addr + len` must be a range this process owns (our window).
+unsafe fn mmap_checked(
+    addr: *mut u8,
+    len: u64,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: u64,
+) -> *mut u8 {
+    // SAFETY: forwarded from the caller.
+    let p = unsafe { sys::mmap(addr.cast(), len as usize, prot, flags, fd, off as i64) };
+    assert!(p as isize != -1, "mmap({addr:?}, {len:#x}) failed");
+    p.cast()
+}
+
+/// First simulated physical address.
+pub const BASE: u64 = 0x4000_0000;
+pub const MIB: u64 = 1 << 20;
+
+/// `memfd`-backed physical memory `[BASE, BASE + size)`.
+pub struct PhysSim {
+    fd: c_int,
+    size: u64,
+    linear: *mut u8,
+}
+
+impl PhysSim {
+    fn new(size: u64) -> Self {
+        // SAFETY: a plain system call with a valid C string.
+        let fd = unsafe { sys::memfd_create(c"hvo-phys".as_ptr(), sys::MFD_CLOEXEC) };
+        assert!(fd >= 0, "memfd_create failed");
+        // SAFETY: `fd` is ours.
+        assert_eq!(unsafe { sys::ftruncate(fd, size as i64) }, 0);
+        // SAFETY: no MAP_FIXED: the kernel picks a fresh range.
+        let linear = unsafe {
+            mmap_checked(
+                core::ptr::null_mut(),
+                size,
+                sys::PROT_READ | sys::PROT_WRITE,
+                sys::MAP_SHARED | sys::MAP_NORESERVE,
+                fd,
+                0,
+            )
+        };
+        PhysSim { fd, size, linear }
+    }
+
+    fn view(&self) -> PhysView {
+        PhysView { size: self.size, linear: self.linear }
+    }
+}
+
+impl Drop for PhysSim {
+    fn drop(&mut self) {
+        // SAFETY: our mapping and descriptor, no longer used (the world is being dropped).
+        unsafe {
+            sys::munmap(self.linear.cast(), self.size as usize);
+            sys::close(self.fd);
+        }
+    }
+}
+
+/// The linear map of [`PhysSim`].
+#[derive(Clone, Copy, Debug)]
+pub struct PhysView {
+    size: u64,
+    linear: *mut u8,
+}
+
+impl PhysMem for PhysView {
+    fn ptr(&self, pa: PhysAddr) -> *mut u8 {
+        assert!(pa.0 >= BASE && pa.0 - BASE < self.size, "{pa:?} outside simulated RAM");
+        self.linear.wrapping_add((pa.0 - BASE) as usize)
+    }
+}
+
+impl PhysView {
+    pub fn read_u64(&self, pa: PhysAddr) -> u64 {
+        // SAFETY: inside the mapping (checked by `ptr`), aligned by the callers.
+        unsafe { core::ptr::read_volatile(self.ptr(pa).cast::<u64>()) }
+    }
+    pub fn read_desc(&self, pa: PhysAddr) -> [u64; 8] {
+        core::array::from_fn(|i| self.read_u64(pa + i as u64 * 8))
+    }
+    pub fn read_frame(&self, pa: PhysAddr) -> Vec<u64> {
+        (0..512).map(|i| self.read_u64(pa + i * 8)).collect()
+    }
+}
+
+/// The host window standing for the vmemmap of the simulated sections.
+#[derive(Clone, Copy, Debug)]
+pub struct WindowMap {
+    addr: *mut u8,
+    len: u64,
+    /// Simulated kernel VA of the window's first byte.
+    va0: u64,
+    fd: c_int,
+}
+
+/// [`RecordingMmu`] plus the window mirror.
+pub struct ShadowMmu {
+    pub rec: RecordingMmu,
+    win: WindowMap,
+    mem: PhysView,
+    root: PhysAddr,
+    /// Drop (do not execute nor record) every TLBI: a broken sequence for the checker.
+    pub drop_tlbi: bool,
+    /// Drop every DSB ISH.
+    pub drop_dsb_ish: bool,
+    /// `mmap` calls made to mirror entries.
+    pub mirror_calls: u64,
+}
+
+impl ShadowMmu {
+    /// Re-mirrors `[va, va + size)` of the window from the tables.
+    fn sync(&mut self, va: u64, size: u64) {
+        let lo = va.max(self.win.va0);
+        let hi = va.saturating_add(size).min(self.win.va0 + self.win.len);
+        let look = |p: u64| {
+            // SAFETY: `root` is the live root of the simulated init_mm, every table of which is
+            // in the simulated RAM `mem` reaches.
+            unsafe { translate(self.root, &self.mem, VirtAddr(p)) }.map(|(pa, a, _)| {
+                let prot = sys::PROT_READ | if a.is_writable() { sys::PROT_WRITE } else { 0 };
+                (pa.0, prot)
+            })
+        };
+        let mut p = lo & !(PAGE_SIZE - 1);
+        while p < hi {
+            let first = look(p);
+            let mut n = 1;
+            while p + n * PAGE_SIZE < hi {
+                let next = look(p + n * PAGE_SIZE);
+                let same = match (first, next) {
+                    (None, None) => true,
+                    (Some((a, pa)), Some((b, pb))) => b == a + n * PAGE_SIZE && pa == pb,
+                    _ => false,
+                };
+                if !same {
+                    break;
+                }
+                n += 1;
+            }
+            let at = self.win.addr.wrapping_add((p - self.win.va0) as usize);
+            // SAFETY: `at..at + n pages` is inside our reserved window.
+            unsafe {
+                match first {
+                    Some((pa, prot)) => mmap_checked(
+                        at,
+                        n * PAGE_SIZE,
+                        prot,
+                        sys::MAP_SHARED | sys::MAP_FIXED,
+                        self.win.fd,
+                        pa - BASE,
+                    ),
+                    None => mmap_checked(
+                        at,
+                        n * PAGE_SIZE,
+                        sys::PROT_NONE,
+                        sys::MAP_PRIVATE | sys::MAP_ANONYMOUS | sys::MAP_FIXED | sys::MAP_NORESERVE,
+                        -1,
+                        0,
+                    ),
+                };
+            }
+            self.mirror_calls += 1;
+            p += n * PAGE_SIZE;
+        }
+    }
+
+    pub fn take_events(&mut self) -> Vec<MmuEvent> {
+        self.rec.take_events()
+    }
+}
+
+impl MmuOps for ShadowMmu {
+    unsafe fn write_entry(&mut self, slot: *mut u64, va: VirtAddr, level: Level, new: Descriptor) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.rec.write_entry(slot, va, level, new) };
+        self.sync(va.0, level.size());
+    }
+    fn dsb_ishst(&mut self) {
+        self.rec.dsb_ishst();
+    }
+    fn dsb_ish(&mut self) {
+        if !self.drop_dsb_ish {
+            self.rec.dsb_ish();
+        }
+    }
+    fn isb(&mut self) {
+        self.rec.isb();
+    }
+    fn tlbi_vaae1is(&mut self, va: VirtAddr) {
+        if !self.drop_tlbi {
+            self.rec.tlbi_vaae1is(va);
+        }
+    }
+    fn tlbi_vae1is(&mut self, va: VirtAddr, asid: u16) {
+        if !self.drop_tlbi {
+            self.rec.tlbi_vae1is(va, asid);
+        }
+    }
+    fn tlbi_aside1is(&mut self, asid: u16) {
+        if !self.drop_tlbi {
+            self.rec.tlbi_aside1is(asid);
+        }
+    }
+    fn tlbi_vmalle1is(&mut self) {
+        if !self.drop_tlbi {
+            self.rec.tlbi_vmalle1is();
+        }
+    }
+    fn stats(&self) -> MmuStats {
+        self.rec.stats()
+    }
+}
+
+/// A frame allocator over the buddy allocator that fails from its `fail_at`-th call on
+/// (0-based), counting calls.
+pub struct TestFrames<'a> {
+    pub inner: BuddyFrames<'a>,
+    pub fail_at: Option<u64>,
+    pub calls: u64,
+    pub allocated: u64,
+    pub freed: u64,
+}
+
+// SAFETY: forwards to `BuddyFrames` (which upholds the contract) or returns `None`.
+unsafe impl VmemmapFrames for TestFrames<'_> {
+    fn alloc(&mut self) -> Option<PhysAddr> {
+        let n = self.calls;
+        self.calls += 1;
+        if self.fail_at.is_some_and(|k| n >= k) {
+            return None;
+        }
+        let r = self.inner.alloc();
+        self.allocated += u64::from(r.is_some());
+        r
+    }
+    fn free(&mut self, pa: PhysAddr) -> bool {
+        let ok = self.inner.free(pa);
+        self.freed += u64::from(ok);
+        ok
+    }
+}
+
+pub type TestHvo<'a, 'b> = Hvo<'a, PhysView, ShadowMmu, TestFrames<'b>, VecFrameAlloc>;
+
+/// What a [`World::hvo`] session leaves behind.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FrameCalls {
+    pub calls: u64,
+    pub allocated: u64,
+    pub freed: u64,
+}
+
+pub struct World {
+    pub phys: PhysSim,
+    pub mem: PhysView,
+    window_len: u64,
+    pub mm: Mm<Kernel>,
+    pub vm: Vmemmap,
+    pub buddy: Buddy,
+    pub tables: VecFrameAlloc,
+    pub mmu: ShadowMmu,
+    pub pool: HugetlbPool,
+    pub ram: Vec<MemRegion>,
+    pub hot: Option<SelfHosted>,
+    /// The boot vmemmap blocks' frames and the table region (not managed by the buddy).
+    pub backing: MemRegion,
+}
+
+/// Table pages for init_mm and the splits.
+const TABLE_PAGES: u64 = 256;
+
+impl World {
+    /// `sections` sections of boot RAM from [`BASE`] (the last one holds the boot vmemmap and
+    /// the page tables), then `hot` sections of memory hot-added with a self-hosted memmap.
+    pub fn new(sections: u64, hot: u64) -> World {
+        assert!(sections >= 2);
+        let total = (sections + hot) * SECTION_SIZE;
+        let phys = PhysSim::new(total);
+        let mem = phys.view();
+        let s0 = (BASE / SECTION_SIZE) as usize;
+        let p0 = s0 as u64 * PAGES_PER_SECTION;
+        let window_len = (sections + hot) * VMEMMAP_BLOCK_SIZE;
+        // SAFETY: no MAP_FIXED: a fresh reservation.
+        let waddr = unsafe {
+            mmap_checked(
+                core::ptr::null_mut(),
+                window_len,
+                sys::PROT_NONE,
+                sys::MAP_PRIVATE | sys::MAP_ANONYMOUS | sys::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        // compound_head() and the fake-head check rebuild pointers from addresses.
+        let _ = waddr.expose_provenance();
+        let win =
+            WindowMap { addr: waddr, len: window_len, va0: VMEMMAP_START + p0 * 64, fd: phys.fd };
+
+        let resv = BASE + (sections - 1) * SECTION_SIZE;
+        let tbl = resv + sections * VMEMMAP_BLOCK_SIZE;
+        let backing = MemRegion::from_range(resv, tbl + TABLE_PAGES * PAGE_SIZE);
+        let mut tables = VecFrameAlloc::new(PhysAddr(tbl), TABLE_PAGES);
+        let root = tables.alloc_table().unwrap();
+        // SAFETY: a fresh zeroed table page of the simulated RAM, owned by this mm only.
+        let mm = unsafe { Mm::new_kernel(root) };
+        let mut mmu = ShadowMmu {
+            rec: RecordingMmu::new(),
+            win,
+            mem,
+            root,
+            drop_tlbi: false,
+            drop_dsb_ish: false,
+            mirror_calls: 0,
+        };
+        {
+            let mut g = mm.mmap_write();
+            for i in 0..sections {
+                g.map_range(
+                    &mem,
+                    &mut tables,
+                    &mut mmu,
+                    VirtAddr(win.va0 + i * VMEMMAP_BLOCK_SIZE),
+                    PhysAddr(resv + i * VMEMMAP_BLOCK_SIZE),
+                    VMEMMAP_BLOCK_SIZE,
+                    Attrs::kernel_data(),
+                    BlockPolicy::ALL_BLOCKS,
+                )
+                .unwrap();
+            }
+        }
+        // SAFETY: sections are marked present only once the mirror maps their block (just
+        // above for the boot ones, in `populate_self_hosted`'s closure for the hot ones); the
+        // window lives as long as the world.
+        let vm = unsafe { Vmemmap::new(waddr.cast::<Page>().wrapping_sub(p0 as usize)) };
+        for s in s0..s0 + sections as usize {
+            // SAFETY: mapped above.
+            unsafe { vm.mark_section_present(s) };
+            vm.init_section(s);
+        }
+        for pfn in MemRegion::from_range(resv, tbl).pfns() {
+            vm.page(Pfn(pfn)).set_state(PageState::Vmemmap);
+        }
+        for pfn in MemRegion::new(tbl, TABLE_PAGES * PAGE_SIZE).pfns() {
+            let p = vm.page(Pfn(pfn));
+            p.set_state(PageState::PageTable);
+            p.set_flags(PageFlags::TABLE);
+        }
+        let mut buddy = Buddy::new();
+        let end = BASE + sections * SECTION_SIZE;
+        buddy.free_range(&vm, Pfn(BASE >> 12), Pfn(resv >> 12)).unwrap();
+        buddy.free_range(&vm, Pfn(backing.end() >> 12), Pfn(end >> 12)).unwrap();
+
+        let mut hot_sh = None;
+        if hot > 0 {
+            let range = MemRegion::new(end, hot * SECTION_SIZE);
+            let mut g = mm.mmap_write();
+            // SAFETY: the closure maps each block read-write in init_mm, which the mirror turns
+            // into a mapping of the window.
+            let sh = unsafe {
+                vm.populate_self_hosted(range, |va, pa| {
+                    let kva = win.va0 + (va.0 - waddr as u64);
+                    g.map_range(
+                        &mem,
+                        &mut tables,
+                        &mut mmu,
+                        VirtAddr(kva),
+                        pa,
+                        PMD_SIZE,
+                        Attrs::kernel_data(),
+                        BlockPolicy::ALL_BLOCKS,
+                    )
+                    .map(|_| ())
+                })
+            }
+            .unwrap();
+            vm.init_self_hosted(&sh);
+            for r in sh.usable() {
+                let p = r.pfns();
+                buddy.free_range(&vm, Pfn(p.start), Pfn(p.end)).unwrap();
+            }
+            hot_sh = Some(sh);
+        }
+        mmu.take_events();
+        World {
+            phys,
+            mem,
+            window_len,
+            mm,
+            vm,
+            buddy,
+            tables,
+            mmu,
+            pool: HugetlbPool::new(),
+            ram: vec![MemRegion::new(BASE, total)],
+            hot: hot_sh,
+            backing,
+        }
+    }
+
+    /// Runs `f` with an [`Hvo`] over this world. The frame allocator fails from its
+    /// `fail_at`-th call.
+    pub fn hvo<R>(
+        &mut self,
+        opts: HvoOptions,
+        fail_at: Option<u64>,
+        f: impl FnOnce(&mut TestHvo<'_, '_>) -> R,
+    ) -> (R, FrameCalls) {
+        let guard = self.mm.mmap_read();
+        let mut frames = TestFrames {
+            inner: BuddyFrames::new(&mut self.buddy, &self.vm),
+            fail_at,
+            calls: 0,
+            allocated: 0,
+            freed: 0,
+        };
+        // SAFETY: `mem` reaches all simulated RAM; `vm` reads the descriptors through the
+        // mirror of this very init_mm; one thread; the folios are the test's.
+        let mut h = unsafe {
+            Hvo::new(&guard, &self.mem, &mut self.mmu, &self.vm, &mut frames, &mut self.tables)
+        }
+        .with_options(opts);
+        let r = f(&mut h);
+        (r, FrameCalls { calls: frames.calls, allocated: frames.allocated, freed: frames.freed })
+    }
+
+    /// A HugeTLB folio of `size` at `pfn` (or anywhere), from the pool.
+    pub fn folio(&mut self, size: HugePageSize, pfn: Option<Pfn>) -> Folio {
+        match pfn {
+            Some(p) => self
+                .pool
+                .alloc_pool_folio_at(size, p, &mut self.buddy, &self.vm, &mut NoHooks)
+                .unwrap(),
+            None => {
+                self.pool.alloc_pool_folio(size, &mut self.buddy, &self.vm, &mut NoHooks).unwrap()
+            }
+        }
+    }
+
+    /// Software translation in the simulated init_mm.
+    pub fn translate(&self, va: VirtAddr) -> Option<(PhysAddr, Attrs, Level)> {
+        self.mm.mmap_read().translate(&self.mem, va)
+    }
+
+    /// The descriptor of `pfn` read through the simulated translation.
+    pub fn desc_via_tables(&self, pfn: Pfn) -> [u64; 8] {
+        let (pa, _, _) = self.translate(VirtAddr(VMEMMAP_START + pfn.0 * 64)).expect("unmapped");
+        self.mem.read_desc(pa)
+    }
+
+    /// The descriptor of `pfn` read through the window (what the allocators see).
+    pub fn desc_via_window(&self, pfn: Pfn) -> [u64; 8] {
+        let p = self.vm.page(pfn) as *const Page as *const u64;
+        // SAFETY: a present section's descriptor, mapped readable in the window.
+        core::array::from_fn(|i| unsafe { core::ptr::read_volatile(p.add(i)) })
+    }
+
+    /// All descriptors of `folio`, through the tables.
+    pub fn folio_descs(&self, folio: &Folio) -> Vec<[u64; 8]> {
+        let mut out = Vec::with_capacity(folio.nr_pages() as usize);
+        // Per vmemmap page: one translation, 64 descriptors.
+        for page in 0..(folio.nr_pages() / 64).max(1) {
+            let pfn0 = folio.head_pfn().0 + page * 64;
+            let (pa, _, _) = self.translate(VirtAddr(VMEMMAP_START + pfn0 * 64)).unwrap();
+            for i in 0..64.min(folio.nr_pages()) {
+                out.push(self.mem.read_desc(pa + i * 64));
+            }
+        }
+        out
+    }
+
+    /// Every valid entry of every table of init_mm: (table, index, level, value).
+    pub fn table_snapshot(&self) -> Vec<(u64, usize, u8, u64)> {
+        let mut out = Vec::new();
+        self.snap(self.mm.root(), Level::L0, &mut out);
+        out
+    }
+
+    fn snap(&self, table: PhysAddr, level: Level, out: &mut Vec<(u64, usize, u8, u64)>) {
+        for i in 0..ENTRIES_PER_TABLE {
+            let d = Descriptor(self.mem.read_u64(table + i as u64 * 8));
+            if d.bits() == 0 {
+                continue;
+            }
+            out.push((table.0, i, level as u8, d.bits()));
+            if d.kind(level) == DescKind::Table {
+                self.snap(d.table_address(), level.next().unwrap(), out);
+            }
+        }
+    }
+
+    /// The vmemmap VA range of `folio` in the simulated init_mm.
+    pub fn folio_va(&self, folio: &Folio) -> (VirtAddr, VirtAddr) {
+        kcore::hugetlb_vmemmap::folio_vmemmap_range(folio)
+    }
+
+    /// Distinct frames behind the vmemmap, computed independently of `vmemmap_usage`: every
+    /// present section's descriptors translated page by page into a set.
+    pub fn vmemmap_frames_by_translation(&self) -> u64 {
+        let mut set = std::collections::BTreeSet::new();
+        let s0 = BASE / SECTION_SIZE;
+        for p in 0..self.window_len / PAGE_SIZE {
+            let va = VMEMMAP_START + s0 * VMEMMAP_BLOCK_SIZE + p * PAGE_SIZE;
+            if let Some((pa, _, _)) = self.translate(VirtAddr(va)) {
+                set.insert(pa.0 & !(PAGE_SIZE - 1));
+            }
+        }
+        set.len() as u64
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        // SAFETY: our reservation; nothing uses the window once the world goes.
+        unsafe { sys::munmap(self.mmu.win.addr.cast(), self.window_len as usize) };
+    }
+}
+
+/// 2 MiB folio order, 1 GiB folio order.
+pub const O2M: u8 = 9;
+pub const O1G: u8 = 18;
