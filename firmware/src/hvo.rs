@@ -400,7 +400,7 @@ fn report(size: HugePageSize, r: &SizeRun) -> bool {
         s.isb,
         s.entry_writes
     );
-    let per = if r.optimized > 0 { r.ticks / r.optimized } else { 0 };
+    let per = r.ticks.checked_div(r.optimized).unwrap_or(0);
     crate::info!(
         "HVO {}:   {} timer ticks per folio ({} ns at {} Hz)",
         name,
@@ -430,4 +430,26 @@ fn report(size: HugePageSize, r: &SizeRun) -> bool {
         return false;
     }
     true
+}
+
+/// Gives a pool folio back to the buddy allocator: its vmemmap is restored first (Linux's
+/// `hugetlb_vmemmap_restore_folio()` before `update_and_free_hugetlb_folio()`). If the restore
+/// cannot get its frames, the folio stays optimized and in the pool, and the error is returned.
+pub fn dissolve(folio: Folio) -> Result<(), HvoError> {
+    if let Err(e) = with_hvo(|_| {}, |hvo| hvo.restore_folio(&folio)) {
+        crate::warn!(
+            "hvo: cannot restore {:?} before dissolving: {:?}; kept in the pool",
+            folio,
+            e
+        );
+        HUGETLB.lock().enqueue(folio, &VMEMMAP);
+        return Err(e);
+    }
+    let mut buddy = BUDDY.lock();
+    if let Err(e) =
+        HUGETLB.lock().free_pool_folio(folio, &mut buddy, &VMEMMAP, &mut kcore::hugetlb::NoHooks)
+    {
+        crate::error!("hvo: dissolving a restored folio failed: {:?}", e);
+    }
+    Ok(())
 }

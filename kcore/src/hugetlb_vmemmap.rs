@@ -894,6 +894,8 @@ impl<M: PhysMem, O: MmuOps> PageWalkOps for HvoWalk<'_, M, O> {
                 // The walker re-reads the entry, finds the table and visits its PTEs.
                 Ok(WalkAction::Subtree)
             }
+            // Nothing under a block is pending (a folio a batch skipped, never split).
+            (DescKind::Block, Phase::Flush | Phase::Complete) => Ok(WalkAction::Continue),
             (kind, _) => Err(HvoError::UnexpectedMapping { va: e.addr(), level: Level::L2, kind }),
         }
     }
@@ -1011,23 +1013,27 @@ fn complete_batch<M: PhysMem, O: MmuOps>(
     // DSB ISHST, once for the batch: every invalid entry is visible to the table walkers before
     // any TLBI (ARM ARM D8.16.1, break-before-make).
     w.mmu.dsb_ishst();
-    if w.pending > threshold {
+    let mut r = Ok(());
+    if w.pending <= threshold {
+        r = folios.iter().try_for_each(|f| walk_folio(guard, mem, w, f, Phase::Flush));
+    }
+    if w.pending > threshold || r.is_err() {
         // TLBI VMALLE1IS: one invalidation of everything instead of more than `threshold`
-        // by-VA ones (Linux: flush_tlb_kernel_range() -> flush_tlb_all() beyond MAX_DVM_OPS).
+        // by-VA ones (Linux: flush_tlb_kernel_range() -> flush_tlb_all() beyond MAX_DVM_OPS);
+        // also the fallback if the by-VA pass stopped early, so no break is left without its
+        // TLBI.
         w.mmu.tlbi_vmalle1is();
         stats.tlbi_flush_all += 1;
-    } else {
-        for f in folios {
-            walk_folio(guard, mem, w, f, Phase::Flush)?;
-        }
     }
     // DSB ISH, once for the batch: every TLBI has completed on every core before any new entry
     // is written (ARM ARM "Ordering and completion of TLB maintenance instructions").
     w.mmu.dsb_ish();
+    // Every folio, even after an error: no pending entry may stay invalid.
     for f in folios {
-        walk_folio(guard, mem, w, f, Phase::Complete)?;
+        let done = walk_folio(guard, mem, w, f, Phase::Complete);
+        r = r.and(done);
     }
-    Ok(())
+    r
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -119,9 +119,12 @@ fn batched_sequences_pass_the_checker() {
     assert!(fs.iter().all(|f| !folio_is_optimized(&w.vm, f)));
 }
 
+/// Makes the MMU backend skip a step.
+type Breaker = fn(&mut World);
+
 #[test]
 fn dropped_steps_are_rejected() {
-    let cases: [(&str, fn(&mut World), BbmMissing); 2] = [
+    let cases: [(&str, Breaker, BbmMissing); 2] = [
         ("no TLBI", |w| w.mmu.drop_tlbi = true, BbmMissing::Tlbi),
         ("no DSB ISH", |w| w.mmu.drop_dsb_ish = true, BbmMissing::DsbIshAfterTlbi),
     ];
@@ -218,4 +221,30 @@ fn batched_1g_uses_one_flush() {
     checked(&w.mmu.take_events());
     assert_eq!((s.tlbi, s.tlbi_flush_all, s.dsb, s.ptes_restored), (1, 1, 3, 4095));
     assert_eq!(w.folio_descs(&f[0]), before);
+}
+
+#[test]
+fn batches_skip_folios_with_nothing_to_do() {
+    let mut w = World::new(3, 0);
+    let fs = four_2m(&mut w);
+    // fs[0] optimized beforehand; fs[2] (another vmemmap block) never touched.
+    let (r, _) = w.hvo(HvoOptions::default(), None, |h| h.optimize_folio(&fs[0]));
+    assert_eq!(r, Ok(true));
+    let ((r, s), _) =
+        w.hvo(HvoOptions::default(), None, |h| (h.optimize_folios(&fs[..2]), h.stats()));
+    assert_eq!(r, Ok(1));
+    assert_eq!((s.splits, s.ptes_remapped), (0, 7));
+    checked(&w.mmu.take_events());
+    let (start, _) = w.folio_va(&fs[2]);
+    let ((r, s), _) =
+        w.hvo(HvoOptions::default(), None, |h| (h.restore_folios(&fs[1..3]), h.stats()));
+    assert_eq!(r, Ok(1));
+    assert_eq!(s.ptes_restored, 7);
+    checked(&w.mmu.take_events());
+    assert_eq!(w.translate(start).unwrap().2, Level::L2, "the skipped folio's block is intact");
+    assert!(folio_is_optimized(&w.vm, &fs[0]) && !folio_is_optimized(&w.vm, &fs[1]));
+    // Nothing to do at all: no instruction.
+    let ((r, s), _) =
+        w.hvo(HvoOptions::default(), None, |h| (h.restore_folios(&fs[1..]), h.stats()));
+    assert_eq!((r, s), (Ok(0), HvoStats::default()));
 }

@@ -182,3 +182,30 @@ fn usage_counts_distinct_frames_of_many_folios() {
     let census = check_conservation(&w.vm, &w.ram, &w.buddy).unwrap();
     assert_eq!(census.count(PageState::Vmemmap) * PAGE_SIZE, u1.bytes());
 }
+
+/// After optimize, tail pages are mapped read-only: writing a tail descriptor faults, as it
+/// would on the target. Run in a child process (this very test, re-executed) to see the signal.
+#[test]
+fn writing_an_optimized_tail_faults() {
+    const CHILD: &str = "HVO_CHILD_WRITE_TAIL";
+    if std::env::var_os(CHILD).is_some() {
+        let mut w = World::new(2, 0);
+        let f = w.folio(HugePageSize::Size2M, None);
+        let (r, _) = w.hvo(HvoOptions::default(), None, |h| h.optimize_folio(&f));
+        assert_eq!(r, Ok(true));
+        // Page 0 stays writable (same value: the tails stay identical).
+        f.page(&w.vm, 10).set_private(0);
+        eprintln!("page 0 written; writing a tail of page 1");
+        f.page(&w.vm, 100).set_private(1);
+        std::process::exit(0);
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "writing_an_optimized_tail_faults", "--test-threads=1", "--nocapture"])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("page 0 written"), "{err}");
+    assert_eq!(out.status.signal(), Some(11), "{:?} {err}", out.status);
+}

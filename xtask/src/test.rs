@@ -69,6 +69,14 @@ pub const TARGET_RUNS: &[TargetRun] = &[
         expect: &[],
         status: 0,
     },
+    TargetRun {
+        name: "hvo-off",
+        bootargs: "ktest=hvo memhp_reserve=256M hugetlb_free_vmemmap=off hugepagesz=2M hugepages=8",
+        dtb: None,
+        timeout_secs: 300,
+        expect: &["hvo: boot param false, 1 pool folio(s) checked"],
+        status: 0,
+    },
     // Demonstration boots: what `cargo xtask run -- ARGS` prints, checked.
     TargetRun {
         name: "bootargs",

@@ -9,6 +9,7 @@
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 mod foundation;
+mod hvo;
 mod kernel_map;
 mod memory;
 mod user;
@@ -93,6 +94,18 @@ pub static CASES: &[Case] = &[
     case("mem_gigantic_1g_folio", memory::gigantic_1g_folio),
     case("mem_bad_frees_detected", memory::bad_frees_detected),
     case("mem_hotplug_self_hosted_memmap", memory::hotplug_self_hosted_memmap),
+    case("hvo_boot_param_respected", hvo::boot_param_respected),
+    case("hvo_every_pfn_2m", hvo::every_pfn_2m),
+    case("hvo_every_pfn_1g", hvo::every_pfn_1g),
+    case(
+        "hvo_tail_write_faults_and_restore_is_identical",
+        hvo::tail_write_faults_and_restore_is_identical,
+    ),
+    case("hvo_restore_alloc_failure_each_step", hvo::restore_alloc_failure_each_step),
+    case("hvo_runtime_switch", hvo::runtime_switch),
+    case("hvo_self_hosted_refused", hvo::self_hosted_refused),
+    case("hvo_batching_needs_fewer_barriers", hvo::batching_needs_fewer_barriers),
+    case("hvo_dissolve_restores_first", hvo::dissolve_restores_first),
     case("user_el0_task_syscalls", user::el0_task_syscalls),
     case("user_el0_read_of_kernel_faults", user::el0_read_of_kernel_faults),
     case("user_el0_read_of_vmemmap_faults", user::el0_read_of_vmemmap_faults),
