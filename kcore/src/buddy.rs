@@ -266,8 +266,13 @@ impl Buddy {
             return Err(BuddyError::EmptyRange { start, end });
         }
         let region = block_region(start, end.0 - start.0);
-        if let Some(m) = self.managed.iter().find(|m| m.overlaps(&region)) {
-            return Err(BuddyError::AlreadyManaged { range: *m });
+        // Inside the span already (a bank registered by `free_memblock`, like a zone's span in
+        // Linux): the per-frame state check below is what stops a frame being given twice.
+        let inside = self.is_managed(start, end.0 - start.0);
+        if !inside {
+            if let Some(m) = self.managed.iter().find(|m| m.overlaps(&region)) {
+                return Err(BuddyError::AlreadyManaged { range: *m });
+            }
         }
         for pfn in start.0..end.0 {
             let p = vm.get(Pfn(pfn)).ok_or(BuddyError::NoDescriptor { pfn: Pfn(pfn) })?;
@@ -275,7 +280,9 @@ impl Buddy {
                 return Err(BuddyError::NotReserved { pfn: Pfn(pfn), state: p.state() });
             }
         }
-        self.add_managed(region)?;
+        if !inside {
+            self.add_managed(region)?;
+        }
         self.managed_pages += end.0 - start.0;
         let mut cur = start.0;
         while cur < end.0 {
@@ -310,6 +317,15 @@ impl Buddy {
                         p.set_flags(flags);
                     }
                 }
+            }
+        }
+        // The span: whole RAM banks, so frames reserved now (the boot vmemmap, early tables) can
+        // be handed over later one by one (HVO frees boot vmemmap frames) without each adding a
+        // managed range.
+        for m in mb.memory() {
+            let p = m.pfns();
+            if !p.is_empty() && !self.is_managed(Pfn(p.start), p.end - p.start) {
+                self.add_managed(block_region(Pfn(p.start), p.end - p.start))?;
             }
         }
         let mut n = 0;
@@ -810,11 +826,37 @@ mod tests {
         let x = b.alloc(&vm, 9).unwrap();
         assert_eq!(b.alloc(&vm, 0), Err(BuddyError::OutOfMemory { order: 0 }));
         b.free(&vm, x, 9).unwrap();
-        assert!(matches!(
-            b.free_range(&vm, Pfn(0), Pfn(4)),
-            Err(BuddyError::AlreadyManaged { .. })
-        ));
+        // Frames already free are refused (they are not Reserved), so nothing is given twice.
+        let free = b.free_pages();
+        assert!(matches!(b.free_range(&vm, Pfn(0), Pfn(4)), Err(BuddyError::NotReserved { .. })));
+        assert_eq!(b.free_pages(), free);
         assert!(matches!(b.free_range(&vm, Pfn(4), Pfn(4)), Err(BuddyError::EmptyRange { .. })));
+    }
+
+    #[test]
+    fn reserved_frames_freed_one_by_one_stay_in_the_span() {
+        // Boot vmemmap frames are reserved in memblock and freed later one at a time (HVO):
+        // scattered frees must not each need a managed range.
+        let ram = MemRegion::new(0, 64 * MIB);
+        let vm = crate::vmemmap::HostVmemmap::populated(&[ram]);
+        vm.init_descriptors(&[ram]);
+        let mut mb = Memblock::new();
+        mb.add_memory(ram.base, ram.size).unwrap();
+        mb.reserve(PhysAddr(0), 32 * MIB, ReservedKind::Vmemmap).unwrap();
+        let mut b = Buddy::new();
+        b.free_memblock(&vm, &mb).unwrap();
+        let free0 = b.free_pages();
+        // Every third frame of the reserved half, one by one: far more runs than ranges.
+        let mut n = 0;
+        for pfn in (0..(32 * MIB / 4096)).step_by(3) {
+            vm.page(Pfn(pfn)).set_state(PageState::Reserved);
+            b.free_range(&vm, Pfn(pfn), Pfn(pfn + 1)).unwrap();
+            n += 1;
+        }
+        assert!(n > MAX_MANAGED_RANGES as u64 * 10);
+        assert_eq!(b.free_pages(), free0 + n);
+        assert_eq!(b.managed().len(), 1);
+        b.check(&vm).unwrap();
     }
 
     #[test]
