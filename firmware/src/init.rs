@@ -325,6 +325,10 @@ pub fn kernel_main(board: &'static Board, boot_info: u64, entry_el: u64) -> ! {
         km.image.pages,
         km.linear.tables_allocated + km.image.tables_allocated
     );
+    if let Err(e) = mmu::configure() {
+        crate::error!("MMU: {:?}", e);
+        fatal("translation regime not as expected");
+    }
     // SAFETY: `km` is a complete kernel map from `kernel_map::build`.
     unsafe { kernel_map::switch(&km, board.uart.base) };
     crate::info!("MMU: running on the kernel map (TTBR1 root {:#x})", km.root.0);

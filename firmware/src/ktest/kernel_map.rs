@@ -154,3 +154,14 @@ pub fn mmio_through_kernel_map() -> TestResult {
     ensure!(!crate::arch::mmu::ttbr0_enabled(), "the identity map is gone");
     Ok(())
 }
+
+pub fn translation_regime() -> TestResult {
+    use aarch64_cpu::registers::{Readable, MAIR_EL1, SCTLR_EL1, TCR_EL1};
+    ensure_eq!(MAIR_EL1.get(), kcore::pgtable::MAIR_VALUE);
+    ensure_eq!(TCR_EL1.read(TCR_EL1::T0SZ), 16);
+    ensure_eq!(TCR_EL1.read(TCR_EL1::T1SZ), 16);
+    ensure!(TCR_EL1.matches_all(TCR_EL1::TG0::KiB_4 + TCR_EL1::TG1::KiB_4));
+    ensure!(TCR_EL1.matches_all(TCR_EL1::SH1::Inner + TCR_EL1::EPD1::EnableTTBR1Walks));
+    ensure!(SCTLR_EL1.matches_all(SCTLR_EL1::M::Enable + SCTLR_EL1::C::Cacheable));
+    Ok(())
+}

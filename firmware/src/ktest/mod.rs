@@ -77,6 +77,7 @@ pub static CASES: &[Case] = &[
     case("timer_advances", foundation::timer_advances),
     case("timer_oneshot_fires", foundation::timer_oneshot),
     case("uart_loopback_round_trip", foundation::uart_round_trip),
+    case("kmap_translation_regime", kernel_map::translation_regime),
     case("kmap_rodata_write_faults", kernel_map::rodata_write_faults),
     case("kmap_text_write_faults", kernel_map::text_write_faults),
     case("kmap_data_exec_faults", kernel_map::data_exec_faults),

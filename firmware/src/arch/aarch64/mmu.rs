@@ -2,7 +2,9 @@
 //! TTBR0 walk off and on, and moving to another stack.
 
 use aarch64_cpu::asm::barrier;
-use aarch64_cpu::registers::{ReadWriteable, Readable, Writeable, TCR_EL1, TTBR0_EL1};
+use aarch64_cpu::registers::{
+    ReadWriteable, Readable, Writeable, ID_AA64MMFR0_EL1, MAIR_EL1, SCTLR_EL1, TCR_EL1, TTBR0_EL1,
+};
 use kcore::addr::PhysAddr;
 
 extern "C" {
@@ -55,4 +57,52 @@ pub fn ttbr0_enabled() -> bool {
 pub unsafe fn run_on_stack(stack_top: u64, f: extern "C" fn(u64) -> !, arg: u64) -> ! {
     // SAFETY: upheld by the caller.
     unsafe { call_on_stack(stack_top, f, arg) }
+}
+
+/// Why the translation regime is not what the kernel map needs.
+#[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "defmt-log", derive(defmt::Format))]
+pub enum MmuConfigError {
+    /// The MMU, data cache or instruction cache is off.
+    NotEnabled {
+        /// SCTLR_EL1.
+        sctlr: u64,
+    },
+}
+
+/// Programs the translation regime the kernel map is built for, through typed register fields:
+/// MAIR_EL1 from `kcore::pgtable::MAIR_VALUE` (index 0 Normal write-back, index 1
+/// Device-nGnRE), TCR_EL1 for 48-bit VAs with 4 KiB granules in both halves, inner-shareable
+/// write-back walks and the CPU's physical address size, and checks SCTLR_EL1. The boot code
+/// programmed the same values in assembly to turn the MMU on; rewriting identical values changes
+/// no translation, and the ISB makes the writes take effect for what follows (ARM ARM D8.2:
+/// translation-register changes take effect after a context synchronisation event). TTBR0
+/// walks keep their current setting.
+pub fn configure() -> Result<(), MmuConfigError> {
+    MAIR_EL1.set(kcore::pgtable::MAIR_VALUE);
+    let pa_range = ID_AA64MMFR0_EL1.read(ID_AA64MMFR0_EL1::PARange);
+    let epd0 = TCR_EL1.read(TCR_EL1::EPD0);
+    TCR_EL1.write(
+        TCR_EL1::T0SZ.val(16)
+            + TCR_EL1::T1SZ.val(16)
+            + TCR_EL1::TG0::KiB_4
+            + TCR_EL1::TG1::KiB_4
+            + TCR_EL1::SH0::Inner
+            + TCR_EL1::SH1::Inner
+            + TCR_EL1::IRGN0::WriteBack_ReadAlloc_WriteAlloc_Cacheable
+            + TCR_EL1::ORGN0::WriteBack_ReadAlloc_WriteAlloc_Cacheable
+            + TCR_EL1::IRGN1::WriteBack_ReadAlloc_WriteAlloc_Cacheable
+            + TCR_EL1::ORGN1::WriteBack_ReadAlloc_WriteAlloc_Cacheable
+            + TCR_EL1::EPD0.val(epd0)
+            + TCR_EL1::EPD1::EnableTTBR1Walks
+            + TCR_EL1::A1::TTBR0
+            + TCR_EL1::IPS.val(pa_range.min(0b101)),
+    );
+    barrier::isb(barrier::SY);
+    if !SCTLR_EL1
+        .matches_all(SCTLR_EL1::M::Enable + SCTLR_EL1::C::Cacheable + SCTLR_EL1::I::Cacheable)
+    {
+        return Err(MmuConfigError::NotEnabled { sctlr: SCTLR_EL1.get() });
+    }
+    Ok(())
 }
