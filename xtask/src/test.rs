@@ -91,6 +91,20 @@ pub const TARGET_RUNS: &[TargetRun] = &[
         status: 0,
     },
     TargetRun {
+        name: "hugepages-bad",
+        bootargs:
+            "hugepagesz=1G hugepages=3 hugepagesz=64K hugepages=2 hugepagesz=2M hugepages=5000",
+        dtb: None,
+        timeout_secs: 300,
+        expect: &[
+            "ignored: Malformed { option: \"hugepagesz=64K\", reason: UnsupportedHugePageSize }",
+            "ignored: Malformed { option: \"hugepages=2\", reason: NoValidHugepagesz }",
+            "HugeTLB: allocating 2 of 3 hugepages of size 1G failed: memory allows only 1",
+            "hugepages of size 2M failed: memory allows only",
+        ],
+        status: 0,
+    },
+    TargetRun {
         name: "ptdump",
         bootargs: "ptdump",
         dtb: None,
