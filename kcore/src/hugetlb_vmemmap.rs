@@ -993,6 +993,24 @@ fn walk_folio<M: PhysMem, O: MmuOps>(
     }
 }
 
+/// Ends every optimize or restore pass: completes the entries a batched pass left pending (even
+/// after an error, so that none stays invalid), then publishes all the new entries.
+fn complete_and_publish<M: PhysMem, O: MmuOps>(
+    guard: &MmapReadGuard<'_, Kernel>,
+    mem: &M,
+    w: &mut HvoWalk<'_, M, O>,
+    folios: &[Folio],
+    threshold: u64,
+    stats: &mut HvoStats,
+) -> Result<(), HvoError> {
+    let done = complete_batch(guard, mem, w, folios, threshold, stats);
+    // DSB ISHST: the new entries are visible to the table walkers; ISB: this core's later
+    // instructions translate with them (ARM ARM "Ordering of translation table walks").
+    w.mmu.dsb_ishst();
+    w.mmu.isb();
+    done
+}
+
 /// The batched break-before-make: the pending entries of `folios` (written by the invalidate
 /// pass) get one DSB, their TLBIs, one DSB ISH, and become valid.
 ///
@@ -1238,19 +1256,14 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         }
         // Pending entries are completed even after an error (which the check pass makes
         // impossible short of a concurrent edit of the tables), so none stays invalid.
-        let done = complete_batch(
+        r = r.and(complete_and_publish(
             self.guard,
             self.mem,
             &mut w,
             folios,
             self.opts.flush_all_threshold,
             &mut self.stats,
-        );
-        r = r.and(done);
-        // DSB ISHST: the new entries are visible to the table walkers; ISB: this core's later
-        // instructions translate with them (ARM ARM "Ordering of translation table walks").
-        w.mmu.dsb_ishst();
-        w.mmu.isb();
+        ));
         // The old frames' TLB entries are gone (each break completed with its DSB ISH): free.
         w.to_free.drain(vm, &mut *self.frames, &mut self.stats);
         release_tables(self.mem, &mut *self.tables, &mut w, &mut self.stats);
@@ -1311,19 +1324,14 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         for f in todo.clone() {
             r = r.and_then(|()| walk_folio(self.guard, self.mem, &mut w, f, phase));
         }
-        let done = complete_batch(
+        r = r.and(complete_and_publish(
             self.guard,
             self.mem,
             &mut w,
             folios,
             self.opts.flush_all_threshold,
             &mut self.stats,
-        );
-        r = r.and(done);
-        // DSB ISHST: the new entries are visible to the table walkers; ISB: this core's later
-        // instructions translate with them (ARM ARM "Ordering of translation table walks").
-        w.mmu.dsb_ishst();
-        w.mmu.isb();
+        ));
         while let Some(pa) = w.frames.pop(self.mem) {
             // Only after an error: frames allocated but not used.
             if self.frames.free(pa) {
