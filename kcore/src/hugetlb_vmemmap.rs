@@ -613,10 +613,9 @@ unsafe fn reset_descriptors(mem: &impl PhysMem, dst: PhysAddr) {
 // ---------------------------------------------------------------------------------------------
 
 /// Software bit of an invalid vmemmap entry written by a batched pass: the rest of the entry is
-/// the new descriptor without its valid bit. Bits `[58:55]` are reserved for software use in
-/// valid block and page descriptors, and every bit but bit 0 is ignored by the hardware in an
-/// invalid one (ARM ARM "Translation table descriptor formats"), so the walker never uses it.
-pub const PENDING_BIT: u64 = 1 << 58;
+/// the new descriptor without its valid bit ([`bits::SW_PENDING`]: the hardware walker ignores
+/// everything but bit 0 of an invalid entry).
+pub const PENDING_BIT: u64 = bits::SW_PENDING;
 
 /// The invalid entry standing for `new` until the TLBIs have completed.
 const fn pending(new: Descriptor) -> Descriptor {

@@ -85,6 +85,11 @@ pub mod bits {
     pub const UXN: u64 = 1 << 54;
     /// Every bit [`super::Attrs`] describes.
     pub const ATTR_MASK: u64 = ATTR_INDX_MASK | AP_EL0 | AP_RO | SH_MASK | AF | NG | PXN | UXN;
+    /// Software bit 58, in the range `[58:55]` reserved for software in valid block and page
+    /// descriptors; every bit but bit 0 is ignored by the hardware in an invalid descriptor (ARM
+    /// ARM "Translation table descriptor formats"). HVO's batched passes mark their pending
+    /// (broken, not yet remade) entries with it.
+    pub const SW_PENDING: u64 = 1 << 58;
 }
 
 /// A lookup level, 0 (512 GiB per entry) to 3 (4 KiB pages).
