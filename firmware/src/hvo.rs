@@ -268,7 +268,7 @@ fn measure_batches(all: &Batches, run: &mut SizeRun) -> Result<(), HvoError> {
                     Ok::<_, HvoError>(hvo.stats())
                 },
             )?;
-            accumulate(&mut run.stats, &stats);
+            run.stats += stats;
         }
     }
     run.split_tables_delta = free_before_split as i64 - BUDDY.lock().free_pages() as i64;
@@ -284,7 +284,7 @@ fn measure_batches(all: &Batches, run: &mut SizeRun) -> Result<(), HvoError> {
         )?;
         run.buddy_delta += BUDDY.lock().free_pages() as i64 - free0 as i64;
         run.optimized += n;
-        accumulate(&mut run.stats, &stats);
+        run.stats += stats;
     }
     run.ticks += timer::ticks() - t0;
     for batch in all {
@@ -310,24 +310,6 @@ fn measure_batches(all: &Batches, run: &mut SizeRun) -> Result<(), HvoError> {
         }
     }
     Ok(())
-}
-
-fn accumulate(total: &mut HvoStats, s: &HvoStats) {
-    total.folios += s.folios;
-    total.folios_restored += s.folios_restored;
-    total.splits += s.splits;
-    total.tables_allocated += s.tables_allocated;
-    total.ptes_remapped += s.ptes_remapped;
-    total.head_pages_replaced += s.head_pages_replaced;
-    total.ptes_restored += s.ptes_restored;
-    total.frames_freed += s.frames_freed;
-    total.free_failures += s.free_failures;
-    total.frames_allocated += s.frames_allocated;
-    total.tlbi += s.tlbi;
-    total.tlbi_flush_all += s.tlbi_flush_all;
-    total.dsb += s.dsb;
-    total.isb += s.isb;
-    total.entry_writes += s.entry_writes;
 }
 
 /// The boot demonstration: Linux's line for each size, then a measured optimize / verify /

@@ -335,22 +335,27 @@ impl HvoStats {
 
     /// `self - earlier`, field by field.
     pub fn since(self, e: HvoStats) -> HvoStats {
+        self.zip_with(e, |a, b| a - b)
+    }
+
+    /// Combines two sets of counts field by field (the one list of fields `since` and `+=` use).
+    fn zip_with(self, o: HvoStats, f: impl Fn(u64, u64) -> u64) -> HvoStats {
         HvoStats {
-            folios: self.folios - e.folios,
-            folios_restored: self.folios_restored - e.folios_restored,
-            splits: self.splits - e.splits,
-            tables_allocated: self.tables_allocated - e.tables_allocated,
-            ptes_remapped: self.ptes_remapped - e.ptes_remapped,
-            head_pages_replaced: self.head_pages_replaced - e.head_pages_replaced,
-            ptes_restored: self.ptes_restored - e.ptes_restored,
-            frames_freed: self.frames_freed - e.frames_freed,
-            free_failures: self.free_failures - e.free_failures,
-            frames_allocated: self.frames_allocated - e.frames_allocated,
-            tlbi: self.tlbi - e.tlbi,
-            tlbi_flush_all: self.tlbi_flush_all - e.tlbi_flush_all,
-            dsb: self.dsb - e.dsb,
-            isb: self.isb - e.isb,
-            entry_writes: self.entry_writes - e.entry_writes,
+            folios: f(self.folios, o.folios),
+            folios_restored: f(self.folios_restored, o.folios_restored),
+            splits: f(self.splits, o.splits),
+            tables_allocated: f(self.tables_allocated, o.tables_allocated),
+            ptes_remapped: f(self.ptes_remapped, o.ptes_remapped),
+            head_pages_replaced: f(self.head_pages_replaced, o.head_pages_replaced),
+            ptes_restored: f(self.ptes_restored, o.ptes_restored),
+            frames_freed: f(self.frames_freed, o.frames_freed),
+            free_failures: f(self.free_failures, o.free_failures),
+            frames_allocated: f(self.frames_allocated, o.frames_allocated),
+            tlbi: f(self.tlbi, o.tlbi),
+            tlbi_flush_all: f(self.tlbi_flush_all, o.tlbi_flush_all),
+            dsb: f(self.dsb, o.dsb),
+            isb: f(self.isb, o.isb),
+            entry_writes: f(self.entry_writes, o.entry_writes),
         }
     }
 
@@ -359,6 +364,13 @@ impl HvoStats {
         self.dsb += m.dsb;
         self.isb += m.isb;
         self.entry_writes += m.entry_writes;
+    }
+}
+
+/// Adds up the counts of several HVO instances (one per batch, say).
+impl core::ops::AddAssign for HvoStats {
+    fn add_assign(&mut self, o: HvoStats) {
+        *self = self.zip_with(o, |a, b| a + b);
     }
 }
 
