@@ -1,7 +1,7 @@
 //! HVO on the live kernel map: the checks of Linux's selftests/mm/hugepage-vmemmap.c and more.
 //! Page conservation is checked after every step.
 
-use super::{Failure, TestResult};
+use super::{conserved, Failure, TestResult};
 use crate::arch::probe;
 use crate::hvo::{dissolve, verify_heads, with_hvo, Batch};
 use crate::memory::{check_conservation, BUDDY, HUGETLB, VMEMMAP};
@@ -13,13 +13,6 @@ use kcore::hugetlb_vmemmap::{self as hv, HvoError};
 
 fn fail(what: &'static str) -> Failure {
     Failure { file: file!(), line: line!(), what }
-}
-
-fn conserved() -> TestResult {
-    check_conservation().map(|_| ()).map_err(|e| {
-        crate::error!("conservation: {:?}", e);
-        fail("page conservation holds")
-    })
 }
 
 /// New folios straight from the buddy allocator (not optimized), outside memory that hosts its

@@ -1,21 +1,11 @@
 //! Physical memory tests: the vmemmap, the buddy allocator, the HugeTLB pools, conservation.
 
-use super::{Failure, TestResult};
+use super::{conserved, Failure, TestResult};
 use crate::memory::{check_conservation, BUDDY, HUGETLB, VMEMMAP};
 use crate::{ensure, ensure_eq};
 use kcore::addr::Pfn;
 use kcore::buddy::BuddyError;
 use kcore::hugetlb::{check_folio, HugePageSize, NoHooks};
-
-fn conserved() -> TestResult {
-    match check_conservation() {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            crate::error!("conservation: {:?}", e);
-            Err(Failure { file: file!(), line: line!(), what: "page conservation holds" })
-        }
-    }
-}
 
 pub fn pfn_to_page_round_trip() -> TestResult {
     let mut n = 0u64;

@@ -36,6 +36,15 @@ pub struct Case {
     pub run: fn() -> TestResult,
 }
 
+/// Fails the test unless page conservation holds (every RAM frame in exactly one state, the sum
+/// equal to RAM, the free count equal to the buddy allocator's).
+pub fn conserved() -> TestResult {
+    crate::memory::check_conservation().map(|_| ()).map_err(|e| {
+        crate::error!("conservation: {:?}", e);
+        Failure { file: file!(), line: line!(), what: "page conservation holds" }
+    })
+}
+
 /// Fails the test unless `cond` holds.
 #[macro_export]
 macro_rules! ensure {
