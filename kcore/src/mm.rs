@@ -248,6 +248,20 @@ impl Mm<User> {
 }
 
 impl<K: MmKind> Mm<K> {
+    /// Translation for the guards' `translate`: they hold the lock, which keeps the tables alive.
+    fn translate_locked(
+        &self,
+        mem: &impl PhysMem,
+        va: VirtAddr,
+    ) -> Option<(PhysAddr, Attrs, crate::pgtable::Level)> {
+        if VaHalf::of(va) != Some(K::HALF) {
+            return None;
+        }
+        // SAFETY: `Mm::new_*`'s contract: the root and its tables are reachable through `mem`;
+        // the caller (a guard) holds mmap_lock, which keeps them from being freed.
+        unsafe { mapper::translate(self.root, mem, va) }
+    }
+
     /// The root table's physical address (what goes in the TTBR's BADDR field).
     pub const fn root(&self) -> PhysAddr {
         self.root
@@ -335,12 +349,7 @@ impl<'a, K: MmKind> MmapReadGuard<'a, K> {
         mem: &impl PhysMem,
         va: VirtAddr,
     ) -> Option<(PhysAddr, Attrs, crate::pgtable::Level)> {
-        if VaHalf::of(va) != Some(K::HALF) {
-            return None;
-        }
-        // SAFETY: `Mm::new_*`'s contract: the root and its tables are reachable through `mem`;
-        // the lock held keeps them from being freed.
-        unsafe { mapper::translate(self.mm.root, mem, va) }
+        self.mm.translate_locked(mem, va)
     }
 }
 
@@ -361,11 +370,7 @@ impl<'a, K: MmKind> MmapWriteGuard<'a, K> {
         mem: &impl PhysMem,
         va: VirtAddr,
     ) -> Option<(PhysAddr, Attrs, crate::pgtable::Level)> {
-        if VaHalf::of(va) != Some(K::HALF) {
-            return None;
-        }
-        // SAFETY: as in `MmapReadGuard::translate`.
-        unsafe { mapper::translate(self.mm.root, mem, va) }
+        self.mm.translate_locked(mem, va)
     }
 
     fn check_half(&self, req: MapRequest) -> Result<(), MapError> {
