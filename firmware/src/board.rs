@@ -1,14 +1,7 @@
 //! What a board tells the firmware: its wiring. Boards live under `boards/`; each builds an image
 //! by handing a [`Board`] to [`crate::board_entry!`]. Nothing outside `boards/` names a board.
 
-/// A RAM range from a board's fixed table.
-#[derive(Clone, Copy, Debug)]
-pub struct RamBank {
-    /// Physical base.
-    pub base: u64,
-    /// Size in bytes.
-    pub size: u64,
-}
+pub use kcore::memblock::MemRegion;
 
 /// The UART wiring.
 #[derive(Clone, Copy, Debug)]
@@ -29,7 +22,7 @@ pub struct Board {
     /// Short name, as `cargo xtask --board` spells it.
     pub name: &'static str,
     /// RAM when neither a device tree nor the mailbox tells (or when they are known to lie).
-    pub ram: &'static [RamBank],
+    pub ram: &'static [MemRegion],
     /// Trust `ram` over a device tree's `/memory` (QEMU rewrites a `-dtb` to 960 MiB).
     pub prefer_board_table: bool,
     /// The console UART.
@@ -41,7 +34,7 @@ pub struct Board {
     /// Generic timer frequency if CNTFRQ_EL0 reads 0.
     pub cntfrq_hz: u64,
     /// Physical ranges the firmware/boot stub keep for themselves (spin table, ATAGs).
-    pub firmware_reserved: &'static [RamBank],
+    pub firmware_reserved: &'static [MemRegion],
     /// Spin-table release addresses of cores 1..=3.
     pub spin_table: [u64; 3],
     /// An emulator with semihosting: exit reports a status instead of parking.

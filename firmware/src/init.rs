@@ -10,7 +10,6 @@ use crate::sync::{InitOnce, SpinMutex};
 use aarch64_cpu::registers::Readable;
 use core::sync::atomic::AtomicU64;
 use core::sync::atomic::{AtomicPtr, Ordering};
-use kcore::addr::PhysAddr;
 use kcore::bootinfo::{self, BootInfo, MapWarning};
 use kcore::cmdline::{self, Cmdline, Crash};
 use kcore::layout::{KIMAGE_VOFFSET, PAGE_OFFSET};
@@ -27,14 +26,6 @@ static CMDLINE: InitOnce<Cmdline<'static>> = InitOnce::new();
 /// The kernel command line (empty until parsed at boot).
 pub fn cmdline() -> Cmdline<'static> {
     CMDLINE.get().copied().unwrap_or_default()
-}
-
-fn board_ram_table(board: &Board) -> [MemRegion; 8] {
-    let mut t = [MemRegion::default(); 8];
-    for (slot, b) in t.iter_mut().zip(board.ram) {
-        *slot = MemRegion::new(b.base, b.size);
-    }
-    t
 }
 
 /// `crash=`: ends the boot the way a bug would, to show the reports (decoded fault, panic
@@ -212,7 +203,6 @@ pub fn kernel_main(board: &'static Board, boot_info: u64, entry_el: u64) -> ! {
         }
         Err(e) => crate::warn!("boot info at {:#x} unusable: {:?}", boot_info, e),
     }
-    let board_table = board_ram_table(board);
     let need_mailbox =
         !board.prefer_board_table && info.as_ref().map_or(true, |i| i.memory.is_err());
     let mut mailbox_banks = [MemRegion::default(); 1];
@@ -235,12 +225,7 @@ pub fn kernel_main(board: &'static Board, boot_info: u64, entry_el: u64) -> ! {
     } else {
         None
     };
-    let map = bootinfo::memory_map(
-        &board_table[..board.ram.len()],
-        info.as_ref(),
-        mailbox,
-        board.prefer_board_table,
-    );
+    let map = bootinfo::memory_map(board.ram, info.as_ref(), mailbox, board.prefer_board_table);
     for w in map.warnings() {
         match w {
             // Expected on QEMU: its -dtb/ATAGs report 960 MiB of the 2 GiB it has.
@@ -264,8 +249,8 @@ pub fn kernel_main(board: &'static Board, boot_info: u64, entry_el: u64) -> ! {
         }
     }
     for r in board.firmware_reserved {
-        if let Err(e) = mb.reserve(PhysAddr(r.base), r.size, ReservedKind::Firmware) {
-            crate::warn!("firmware range {:#x}+{:#x} not reserved: {:?}", r.base, r.size, e);
+        if let Err(e) = mb.reserve(r.base, r.size, ReservedKind::Firmware) {
+            crate::warn!("firmware range {:?} not reserved: {:?}", r, e);
         }
     }
     if let Ok(i) = &info {

@@ -8,14 +8,11 @@
 
 #[cfg(target_arch = "aarch64")]
 mod wiring {
-    use pi4_hvo::board::{Board, RamBank, UartWiring};
+    use pi4_hvo::board::{Board, MemRegion, UartWiring};
 
     static BOARD: Board = Board {
         name: "qemu-raspi4b",
-        ram: &[
-            RamBank { base: 0, size: 0x4000_0000 },
-            RamBank { base: 0x4000_0000, size: 0x4000_0000 },
-        ],
+        ram: &[MemRegion::new(0, 0x4000_0000), MemRegion::new(0x4000_0000, 0x4000_0000)],
         prefer_board_table: true,
         uart: UartWiring {
             base: 0xFE20_1000,
@@ -27,7 +24,7 @@ mod wiring {
         mailbox_base: 0xFE00_B880,
         cntfrq_hz: 62_500_000,
         // QEMU's boot stub, spin table (0xd8..0xf8) and ATAGs (0x100) live in the first page(s).
-        firmware_reserved: &[RamBank { base: 0, size: 0x8_0000 }],
+        firmware_reserved: &[MemRegion::new(0, 0x8_0000)],
         spin_table: [0xe0, 0xe8, 0xf0],
         semihosting: true,
     };

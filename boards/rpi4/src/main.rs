@@ -10,11 +10,11 @@
 
 #[cfg(target_arch = "aarch64")]
 mod wiring {
-    use pi4_hvo::board::{Board, RamBank, UartWiring};
+    use pi4_hvo::board::{Board, MemRegion, UartWiring};
 
     static BOARD: Board = Board {
         name: "rpi4",
-        ram: &[RamBank { base: 0, size: 0x3b40_0000 }],
+        ram: &[MemRegion::new(0, 0x3b40_0000)],
         prefer_board_table: false,
         uart: UartWiring {
             base: 0xFE20_1000,
@@ -26,7 +26,7 @@ mod wiring {
         mailbox_base: 0xFE00_B880,
         cntfrq_hz: 54_000_000,
         // The armstub and spin table occupy the first page; keep everything below the image.
-        firmware_reserved: &[RamBank { base: 0, size: 0x8_0000 }],
+        firmware_reserved: &[MemRegion::new(0, 0x8_0000)],
         spin_table: [0xe0, 0xe8, 0xf0],
         semihosting: false,
     };
