@@ -21,8 +21,7 @@ use kcore::hugetlb_vmemmap::{
     self as hv, alloc_vmemmap_frame, free_vmemmap_frame, Hvo, HvoError, HvoStats, VmemmapFrames,
 };
 use kcore::mapper::FrameAlloc;
-use kcore::page::PageState;
-use kcore::phys::{OffsetWindow, PhysMem};
+use kcore::phys::OffsetWindow;
 use kcore::tlb::HwMmu;
 
 /// Folios handled in one batch.
@@ -83,18 +82,10 @@ pub struct Tables<'s, 'a>(pub &'s SharedBuddy<'a>);
 
 impl FrameAlloc for Tables<'_, '_> {
     fn alloc_table(&mut self) -> Option<PhysAddr> {
-        let pfn = self.0.buddy.borrow_mut().alloc(&VMEMMAP, 0).ok()?;
-        VMEMMAP.page(pfn).set_state(PageState::PageTable);
-        // SAFETY: a frame just allocated to us, reached through the linear map.
-        unsafe { core::ptr::write_bytes(LINEAR.ptr(pfn.addr()), 0, PAGE_SIZE as usize) };
-        Some(pfn.addr())
+        crate::memory::alloc_table_page(&mut self.0.buddy.borrow_mut())
     }
     fn free_table(&mut self, pa: PhysAddr) {
-        let pfn = Pfn::containing(pa);
-        VMEMMAP.page(pfn).set_state(PageState::Allocated);
-        if let Err(e) = self.0.buddy.borrow_mut().free(&VMEMMAP, pfn, 0) {
-            crate::error!("hvo: freeing table page {:#x}: {:?}", pa.0, e);
-        }
+        crate::memory::free_table_page(&mut self.0.buddy.borrow_mut(), pa)
     }
 }
 

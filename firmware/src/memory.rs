@@ -50,24 +50,35 @@ pub const fn phys() -> &'static OffsetWindow {
     &LINEAR
 }
 
-/// Table pages from the buddy allocator, zeroed, with their descriptors marked as page tables.
+/// Takes a page for a translation table from `buddy`: zeroed, its descriptor marked as a page
+/// table.
+pub fn alloc_table_page(buddy: &mut Buddy) -> Option<PhysAddr> {
+    let pfn = buddy.alloc(&VMEMMAP, 0).ok()?;
+    VMEMMAP.page(pfn).set_state(PageState::PageTable);
+    let pa = pfn.addr();
+    // SAFETY: a frame we just allocated, reached through the linear map.
+    unsafe { core::ptr::write_bytes(LINEAR.ptr(pa), 0, PAGE_SIZE as usize) };
+    Some(pa)
+}
+
+/// Gives a translation-table page back to `buddy`.
+pub fn free_table_page(buddy: &mut Buddy, pa: PhysAddr) {
+    let pfn = kcore::addr::Pfn::containing(pa);
+    VMEMMAP.page(pfn).set_state(PageState::Allocated);
+    if let Err(e) = buddy.free(&VMEMMAP, pfn, 0) {
+        crate::error!("freeing table page {:#x}: {:?}", pa.0, e);
+    }
+}
+
+/// Table pages from the buddy allocator, locking it for each page.
 pub struct BuddyTables;
 
 impl FrameAlloc for BuddyTables {
     fn alloc_table(&mut self) -> Option<PhysAddr> {
-        let pfn = BUDDY.lock().alloc(&VMEMMAP, 0).ok()?;
-        VMEMMAP.page(pfn).set_state(PageState::PageTable);
-        let pa = pfn.addr();
-        // SAFETY: a frame we just allocated, reached through the linear map.
-        unsafe { core::ptr::write_bytes(LINEAR.ptr(pa), 0, PAGE_SIZE as usize) };
-        Some(pa)
+        alloc_table_page(&mut BUDDY.lock())
     }
     fn free_table(&mut self, pa: PhysAddr) {
-        let pfn = kcore::addr::Pfn::containing(pa);
-        VMEMMAP.page(pfn).set_state(PageState::Allocated);
-        if let Err(e) = BUDDY.lock().free(&VMEMMAP, pfn, 0) {
-            crate::error!("freeing table page {:#x}: {:?}", pa.0, e);
-        }
+        free_table_page(&mut BUDDY.lock(), pa)
     }
 }
 
