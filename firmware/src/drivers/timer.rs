@@ -3,7 +3,7 @@
 //! a polled one-shot timer.
 
 use aarch64_cpu::registers::{
-    Readable, Writeable, CNTFRQ_EL0, CNTPCT_EL0, CNTP_CTL_EL0, CNTP_TVAL_EL0,
+    Readable, Writeable, CNTFRQ_EL0, CNTPCT_EL0, CNTP_CTL_EL0, CNTP_CVAL_EL0, CNTP_TVAL_EL0,
 };
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -67,6 +67,12 @@ pub fn oneshot_arm(ticks: u32) {
     CNTP_TVAL_EL0.set(u64::from(ticks));
     // ENABLE=1, IMASK=1: the condition is visible in ISTATUS without raising an interrupt.
     CNTP_CTL_EL0.set(0b011);
+}
+
+/// The counter value the armed one-shot fires at (CNTP_CVAL_EL0: writing TVAL sets it to the
+/// counter at that moment plus TVAL, ARM ARM D11.2.4).
+pub fn oneshot_deadline() -> u64 {
+    CNTP_CVAL_EL0.get()
 }
 
 /// Has the armed one-shot expired (CNTP_CTL_EL0.ISTATUS)?
