@@ -139,7 +139,8 @@ pub const TARGET_RUNS: &[TargetRun] = &[
         timeout_secs: 300,
         expect: &[
             "---[ Linear Mapping ]---",
-            "      2G BLK 2M RW     PXN UXN    Normal [Linear Mapping]",
+            "2046M BLK 2M RW     PXN UXN    Normal [Linear Mapping]",
+            "K PTE 4K ro     PXN UXN    Normal [Linear Mapping]",
             "PTE 4K ro     x   UXN    Normal [Kernel Image]",
             "PTE 4K RW     PXN UXN    Normal [Kernel Image]",
             "BLK 2M RW     PXN UXN    Device [MMIO]",
