@@ -17,6 +17,11 @@
 //! each enabled `/reserved-memory` child (dynamically placed ones, with only a `size`, are
 //! skipped).
 //!
+//! `/chosen` and `/reserved-memory` are looked up by path from the root, never through
+//! `/aliases` (a path starting with `/` is never an alias, as in Linux): the `fdt` crate's own
+//! lookup resolves aliases recursively with no limit, so a crafted `/aliases` node could overflow
+//! the stack or redirect `/chosen` to another node.
+//!
 //! The Raspberry Pi 4 device tree as shipped has `/memory@0 { reg = <0 0 0>; }`: the Pi
 //! firmware fills it in. Left unfilled, that is a zero-size bank: [`BootInfo::memory`] holds
 //! `Err(ZeroSizeBank)` while the rest (command line, model, reservations) stays usable.
@@ -635,15 +640,50 @@ fn dtb_memory(root: fdt::node::FdtNode<'_, '_>, offset: usize) -> Result<Banks, 
     validate_banks(raw.as_slice())
 }
 
+/// Does the node name `name` match the path component `want`? As libfdt's
+/// `fdt_nodename_eq_`: equal, or `want` has no unit address and `name` is `want@...`.
+fn name_matches(name: &str, want: &str) -> bool {
+    name == want
+        || (!want.contains('@')
+            && name.len() > want.len()
+            && name.starts_with(want)
+            && name.as_bytes()[want.len()] == b'@')
+}
+
+/// The node at the absolute path `path` (`/a/b`), looked up component by component from the
+/// root, **without alias resolution**.
+///
+/// The `fdt` crate's `find_node` falls back to `/aliases` when a path is not found, looking the
+/// whole path up as an alias name and recursing on its value with no depth limit: a tree with
+/// `aliases { "/chosen" = "/chosen"; }` and no `/chosen` (or two aliases naming each other)
+/// recursed until the stack overflowed, and `"/chosen" = "/evil"` silently read another node.
+/// A path starting with `/` is never an alias (Linux's `of_find_node_opts_by_path`, libfdt's
+/// `fdt_path_offset`), and this parser looks up nothing else, so no alias is ever resolved here.
+/// Stack use is constant: the walk is a loop over the components, each a loop over children.
+fn find_path<'b, 'a>(fdt: &'b fdt::Fdt<'a>, path: &str) -> Option<fdt::node::FdtNode<'b, 'a>> {
+    let rest = path.strip_prefix('/')?;
+    let mut node = root_node(fdt)?;
+    for want in rest.split('/').filter(|c| !c.is_empty()) {
+        node = node.children().find(|c| name_matches(c.name, want))?;
+    }
+    Some(node)
+}
+
+/// The root node: the first node of the structure block (the validator checked there is one
+/// and that it has an empty name). Not `Fdt::find_node("/")`, which would consult `/aliases`
+/// if it failed.
+fn root_node<'b, 'a>(fdt: &'b fdt::Fdt<'a>) -> Option<fdt::node::FdtNode<'b, 'a>> {
+    fdt.all_nodes().next()
+}
+
 fn parse_dtb(d: &[u8]) -> Result<BootInfo<'_>, BootInfoError> {
     let h = validate_dtb(d)?;
     let fdt = fdt::Fdt::new(&d[..h.totalsize]).map_err(|e| BootInfoError::Fdt(e.into()))?;
-    let Some(root) = fdt.find_node("/") else {
+    let Some(root) = root_node(&fdt) else {
         return Err(malformed(h.off_struct, DtbDefect::Unbalanced));
     };
     let model = root.property("model").and_then(|p| p.as_str());
-    let cmdline = fdt
-        .find_node("/chosen")
+    let cmdline = find_path(&fdt, "/chosen")
         .and_then(|c| c.property("bootargs"))
         .and_then(|p| p.as_str())
         .unwrap_or("");
@@ -663,7 +703,7 @@ fn parse_dtb(d: &[u8]) -> Result<BootInfo<'_>, BootInfoError> {
         }
         off += 16;
     }
-    if let Some(rm) = fdt.find_node("/reserved-memory") {
+    if let Some(rm) = find_path(&fdt, "/reserved-memory") {
         let rm_cells = cells(rm);
         for child in rm.children() {
             if is_disabled(child) {
