@@ -24,7 +24,7 @@ fn tree(aliases: &[(&str, &str)], chosen: Option<&str>, evil: Option<&str>) -> V
     let mut strings: Vec<u8> = Vec::new();
     let w = |st: &mut Vec<u8>, v: u32| st.extend_from_slice(&v.to_be_bytes());
     let pad = |st: &mut Vec<u8>| {
-        while st.len() % 4 != 0 {
+        while !st.len().is_multiple_of(4) {
             st.push(0)
         }
     };
