@@ -94,7 +94,12 @@ fn parse_cmdline() {
         }
     };
     crate::info!("command line: \"{}\"", line);
-    let c = CMDLINE.set(cmdline::parse(line));
+    let mut c = cmdline::parse(line);
+    if c.memhp_reserve.is_some() && HELD_BACK.lock().is_none() {
+        // Refused at boot (warned there): the parsed line must not still claim it.
+        c.refuse_memhp_reserve(cmdline::Refusal::NoRoom);
+    }
+    let c = CMDLINE.set(c);
     if let Some(level) = c.loglevel {
         // Linux prints a message when its priority is below the console log level: err is 3,
         // warning 4, info 6, debug 7. defmt frames are filtered at build time (DEFMT_LOG).
