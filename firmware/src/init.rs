@@ -204,7 +204,15 @@ pub fn kernel_main(board: &'static Board, boot_info: u64, entry_el: u64) -> ! {
     let info = unsafe { bootinfo::from_x0(boot_info as usize, blob_max) };
     match &info {
         Ok(i) => {
-            crate::info!("boot info: {:?} of {} bytes, model {:?}", i.source, i.blob_len, i.model)
+            crate::info!("boot info: {:?} of {} bytes, model {:?}", i.source, i.blob_len, i.model);
+            if let Some(t) = i.cmdline_truncated {
+                crate::warn!(
+                    "command line TRUNCATED: damaged at byte {} of {}; kept the {} bytes of whole options before it, the rest is lost",
+                    t.damaged_at,
+                    t.declared,
+                    t.kept
+                );
+            }
         }
         Err(e) => crate::warn!("boot info at {:#x} unusable: {:?}", boot_info, e),
     }

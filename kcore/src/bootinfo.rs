@@ -146,8 +146,21 @@ pub enum AtagDefect {
         /// Its size in 32-bit words.
         size: u32,
     },
-    /// The command line is not UTF-8.
-    BadCmdline,
+}
+
+/// The command line the boot blob holds was cut short: [`BootInfo::cmdline`] keeps only the
+/// whole options before the damage.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct CmdlineTruncated {
+    /// Bytes the tag had room for (its declared size minus the header).
+    pub declared: usize,
+    /// Byte offset (in the text) of the first byte that is not command-line text: a NUL before
+    /// the tag's last word, a control character, or invalid UTF-8. On QEMU's `raspi4b` this is
+    /// where its boot code at 0x300 overwrote the ATAG text.
+    pub damaged_at: usize,
+    /// Bytes kept (up to the last whitespace before the damage, so no option is half-kept).
+    pub kept: usize,
 }
 
 /// Errors about the boot information.
@@ -227,6 +240,8 @@ pub struct BootInfo<'a> {
     pub reserved_overflow: bool,
     /// The command line (`/chosen/bootargs` or `ATAG_CMDLINE`), `""` if none.
     pub cmdline: &'a str,
+    /// The command line was damaged in the blob; `cmdline` is what could be kept.
+    pub cmdline_truncated: Option<CmdlineTruncated>,
     /// The DTB's `model` string.
     pub model: Option<&'a str>,
 }
@@ -236,12 +251,13 @@ impl defmt::Format for BootInfo<'_> {
     fn format(&self, f: defmt::Formatter<'_>) {
         defmt::write!(
             f,
-            "BootInfo {{ source: {}, blob_len: {}, memory: {}, reserved: {}, cmdline: {=str}, model: {} }}",
+            "BootInfo {{ source: {}, blob_len: {}, memory: {}, reserved: {}, cmdline: {=str}, cmdline_truncated: {}, model: {} }}",
             self.source,
             self.blob_len,
             self.memory,
             self.reserved,
             self.cmdline,
+            self.cmdline_truncated,
             self.model
         )
     }
@@ -683,10 +699,9 @@ fn parse_dtb(d: &[u8]) -> Result<BootInfo<'_>, BootInfoError> {
         return Err(malformed(h.off_struct, DtbDefect::Unbalanced));
     };
     let model = root.property("model").and_then(|p| p.as_str());
-    let cmdline = find_path(&fdt, "/chosen")
+    let (cmdline, cmdline_truncated) = find_path(&fdt, "/chosen")
         .and_then(|c| c.property("bootargs"))
-        .and_then(|p| p.as_str())
-        .unwrap_or("");
+        .map_or(("", None), |p| cmdline_text(p.value));
 
     let memory = dtb_memory(root, h.off_struct);
 
@@ -729,14 +744,45 @@ fn parse_dtb(d: &[u8]) -> Result<BootInfo<'_>, BootInfoError> {
         reserved,
         reserved_overflow,
         cmdline,
+        cmdline_truncated,
         model,
     })
+}
+
+/// Reads an `ATAG_CMDLINE` payload or a `bootargs` property: the text up to its NUL, which must
+/// lie in the last word (the tag or property is sized for the string). Anything else means the text was damaged (on QEMU,
+/// overwritten by boot code at 0x300 when it is longer than ~460 bytes): the whole options
+/// before the damage are kept and the cut is reported, rather than dropping the line.
+fn cmdline_text(data: &[u8]) -> (&str, Option<CmdlineTruncated>) {
+    let nul = data.iter().position(|&b| b == 0);
+    // Text ends at the NUL; a NUL before the last word, or none at all, is damage.
+    let text_end = nul.unwrap_or(data.len());
+    let nul_ok = nul.is_some_and(|n| n + 4 >= data.len());
+    let valid = match core::str::from_utf8(&data[..text_end]) {
+        Ok(s) => s.len(),
+        Err(e) => e.valid_up_to(),
+    };
+    // `valid` is a char boundary; control characters other than whitespace are not text.
+    let text = core::str::from_utf8(&data[..valid]).unwrap_or("");
+    let damaged_at = text
+        .char_indices()
+        .find(|&(_, c)| c.is_control() && !c.is_ascii_whitespace())
+        .map_or(valid, |(i, _)| i);
+    if damaged_at == data.len().min(text_end) && nul_ok {
+        return (text, None);
+    }
+    let head = &text[..damaged_at];
+    // Keep whole options only: cut back to the last whitespace (none: nothing kept).
+    let kept = head.rfind(|c: char| c.is_ascii_whitespace()).unwrap_or(0);
+    let kept_text = head[..kept].trim_end();
+    (kept_text, Some(CmdlineTruncated { declared: data.len(), damaged_at, kept: kept_text.len() }))
 }
 
 fn parse_atags(d: &[u8]) -> Result<BootInfo<'_>, BootInfoError> {
     let mut raw = RegionList::<MAX_BANKS>::new();
     let mut too_many = false;
     let mut cmdline = "";
+    let mut cmdline_truncated = None;
     let mut off = 0usize;
     loop {
         let (Some(size), Some(tag)) = (le32(d, off), le32(d, off + 4)) else {
@@ -769,12 +815,7 @@ fn parse_atags(d: &[u8]) -> Result<BootInfo<'_>, BootInfoError> {
                     too_many = true;
                 }
             }
-            ATAG_CMDLINE => {
-                let nul = data.iter().position(|&b| b == 0).unwrap_or(data.len());
-                cmdline = core::str::from_utf8(&data[..nul]).map_err(|_| {
-                    BootInfoError::MalformedAtags { offset: off, defect: AtagDefect::BadCmdline }
-                })?;
-            }
+            ATAG_CMDLINE => (cmdline, cmdline_truncated) = cmdline_text(data),
             _ => {}
         }
         off = end;
@@ -793,6 +834,7 @@ fn parse_atags(d: &[u8]) -> Result<BootInfo<'_>, BootInfoError> {
         reserved: RegionList::new(),
         reserved_overflow: false,
         cmdline,
+        cmdline_truncated,
         model: None,
     })
 }
@@ -1083,5 +1125,53 @@ mod tests {
         // Unaligned banks are trimmed.
         let m = memory_map(&[MemRegion::new(0x800, 0x10_0000)], Err(&err), None, false);
         assert_eq!(m.regions.as_slice(), &[MemRegion::from_range(0x1000, 0x10_0000)]);
+    }
+
+    /// An ATAG command line whose text from byte `at` on was overwritten with `junk` (what
+    /// QEMU's raspi4b boot code at 0x300 does to a long line).
+    fn clobbered(line: &str, at: usize, junk: &[u8]) -> Vec<u8> {
+        let mut b = atags(&[(ATAG_MEM, &[0x3c00_0000, 0])], Some(line));
+        let text = 20 + 16 + 8;
+        for (i, j) in junk.iter().enumerate() {
+            if text + at + i < b.len() - 8 {
+                b[text + at + i] = *j;
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn a_damaged_atag_cmdline_keeps_its_whole_options() {
+        let line = "hugepagesz=2M hugepages=16 ptdump loglevel=7 console=ttyAMA0";
+        // AArch64 code bytes: `ldr x0, #8` etc. (non-UTF-8 and NULs).
+        let code = [0x40, 0x00, 0x00, 0x58, 0xe1, 0x03, 0x1f, 0xaa];
+        let b1 = clobbered(line, 30, &code);
+        let i = BootInfo::parse(&b1).expect("the blob still parses");
+        assert_eq!(i.cmdline, "hugepagesz=2M hugepages=16");
+        let t = i.cmdline_truncated.expect("the cut is reported");
+        assert_eq!((t.damaged_at, t.kept), (31, 26));
+        assert!(t.declared > line.len());
+        // Memory is still there.
+        assert_eq!(i.banks().unwrap().len(), 1);
+        // Damage in the first option: nothing kept, still reported, still Ok.
+        let b2 = clobbered(line, 3, &[0xff]);
+        let i = BootInfo::parse(&b2).unwrap();
+        assert_eq!(i.cmdline, "");
+        assert_eq!(i.cmdline_truncated.map(|t| t.damaged_at), Some(3));
+        // A NUL in the middle (not the tag's last word) is a cut too; here it falls right
+        // after a space, so `ptdump` is whole.
+        let b3 = clobbered(line, 34, &[0]);
+        let i = BootInfo::parse(&b3).unwrap();
+        assert_eq!(i.cmdline, "hugepagesz=2M hugepages=16 ptdump");
+        assert!(i.cmdline_truncated.is_some());
+        // Control characters are not text.
+        let b4 = clobbered(line, 40, &[0x01, 0x02]);
+        let i = BootInfo::parse(&b4).unwrap();
+        assert_eq!(i.cmdline, "hugepagesz=2M hugepages=16 ptdump");
+        // An intact line is not flagged, whatever its length.
+        let long = "x.y=1 ".repeat(200);
+        let b5 = atags(&[], Some(&long));
+        let i = BootInfo::parse(&b5).unwrap();
+        assert_eq!((i.cmdline, i.cmdline_truncated), (long.as_str(), None));
     }
 }
