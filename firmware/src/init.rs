@@ -238,7 +238,14 @@ pub fn kernel_main(board: &'static Board, boot_info: u64, entry_el: u64) -> ! {
     } else {
         None
     };
-    let map = bootinfo::memory_map(board.ram, info.as_ref(), mailbox, board.prefer_board_table);
+    let (img_start, img_end) = kernel_map::image_phys();
+    let limits = bootinfo::MapLimits::bcm2711(
+        aarch64_cpu::registers::ID_AA64MMFR0_EL1
+            .read(aarch64_cpu::registers::ID_AA64MMFR0_EL1::PARange),
+        MemRegion::from_range(img_start.0, img_end.0),
+    );
+    let map =
+        bootinfo::memory_map(board.ram, info.as_ref(), mailbox, board.prefer_board_table, &limits);
     for w in map.warnings() {
         match w {
             // Expected on QEMU: its -dtb/ATAGs report 960 MiB of the 2 GiB it has.
