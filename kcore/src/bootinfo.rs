@@ -812,7 +812,12 @@ fn parse_dtb(d: &[u8]) -> Result<BootInfo<'_>, BootInfoError> {
             return;
         } else if r.base.0.checked_add(r.size).is_none() {
             notes.push(ReservationNote { region: r, defect: ReservationDefect::Wraps });
-            MemRegion::from_range(r.base.0, u64::MAX)
+            // Starting at the very last byte, nothing is left to reserve.
+            let clipped = MemRegion::from_range(r.base.0, u64::MAX);
+            if clipped.is_empty() {
+                return;
+            }
+            clipped
         } else {
             r
         };
@@ -1030,6 +1035,8 @@ pub enum MapWarning {
     TooManyBanks(MemorySource),
     /// A boot-blob reservation was dropped or clipped.
     Reservation(ReservationNote),
+    /// More dropped or clipped reservations than the notes hold: this many more.
+    MoreReservationNotes(usize),
     /// More reservations than [`MAX_RESERVED`]; the rest were dropped (not reserved).
     TooManyReservations,
 }
@@ -1198,6 +1205,9 @@ pub fn memory_map(
         Ok(i) => {
             for n in i.reservation_notes.iter() {
                 map.warn(MapWarning::Reservation(n));
+            }
+            if i.reservation_notes.dropped() > 0 {
+                map.warn(MapWarning::MoreReservationNotes(i.reservation_notes.dropped()));
             }
             if i.reserved_overflow {
                 map.warn(MapWarning::TooManyReservations);

@@ -435,6 +435,8 @@ fn bad_reservations_are_dropped_or_clipped_and_warned() {
     use kcore::bootinfo::{ReservationDefect, ReservationNote};
     let mut b = DtbBuilder::default();
     b.memreserve(0x5000, 0).memreserve(0xFFFF_FFFF_FFFF_0000, 0x2_0000).memreserve(0, 0x1000);
+    // Found by the fuzzer: a wrapping entry at the very last byte clips to nothing.
+    b.memreserve(u64::MAX, 0x10);
     b.begin("").cells("#address-cells", &[2]).cells("#size-cells", &[1]);
     b.begin("reserved-memory").cells("#address-cells", &[2]).cells("#size-cells", &[1]);
     b.begin("empty@6000").cells("reg", &[0, 0x6000, 0]).end();
@@ -461,16 +463,19 @@ fn bad_reservations_are_dropped_or_clipped_and_warned() {
                 defect: ReservationDefect::Wraps
             },
             ReservationNote {
-                region: MemRegion::new(0x6000, 0),
-                defect: ReservationDefect::ZeroSize
+                region: MemRegion::new(u64::MAX, 0x10),
+                defect: ReservationDefect::Wraps
             },
             ReservationNote {
-                region: MemRegion::default(),
-                defect: ReservationDefect::MalformedReg
+                region: MemRegion::new(0x6000, 0),
+                defect: ReservationDefect::ZeroSize
             },
         ]
     );
     let m = memory_map(&[], Ok(&info), None, false, &LIM);
     assert_eq!(m.source, MemorySource::Dtb);
+    // Four fit in the notes; the fifth (odd@7000's malformed reg) is counted.
+    assert_eq!(info.reservation_notes.dropped(), 1);
     assert_eq!(m.warnings().filter(|w| matches!(w, MapWarning::Reservation(_))).count(), 4);
+    assert!(m.warnings().any(|w| w == MapWarning::MoreReservationNotes(1)));
 }
