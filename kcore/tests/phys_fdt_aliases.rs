@@ -110,6 +110,15 @@ fn blobs() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("relative_pair", tree(&[("a", "b"), ("b", "a"), ("/chosen", "a")], None, None)),
         ("chosen_to_evil", tree(&[("/chosen", "/evil")], None, Some("hugepages=9999 crash=panic"))),
+        // The blob the on-target run `dtb-alias-loop` boots (cargo xtask test).
+        (
+            "on_target_file",
+            std::fs::read(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/dtb/alias-loop-bad-memreserve.dtb"
+            ))
+            .unwrap(),
+        ),
         (
             "chosen_to_evil_with_chosen",
             tree(&[("/chosen", "/evil")], Some("ptdump"), Some("crash=panic")),
@@ -186,4 +195,12 @@ fn an_alias_never_redirects_an_absolute_path() {
     assert_eq!(parse_in_child("chosen_to_evil"), "OK cmdline=\"\" reserved=0");
     // The real /chosen wins.
     assert_eq!(parse_in_child("chosen_to_evil_with_chosen"), "OK cmdline=\"ptdump\" reserved=0");
+}
+
+#[test]
+fn the_on_target_blob_parses() {
+    // /reserved-memory aliased to itself (no such node), /chosen aliased to /evil, a and b
+    // aliased to each other; /memreserve/ with a zero-size, a wrapping and a top-byte entry:
+    // only the wrapping one is kept, clipped.
+    assert_eq!(parse_in_child("on_target_file"), "OK cmdline=\"\" reserved=1");
 }
