@@ -917,4 +917,21 @@ mod tests {
         c.refuse_memhp_reserve(Refusal::NoRoom);
         assert!(c.warnings().is_empty());
     }
+
+    #[test]
+    fn stricter_than_linux_and_says_so() {
+        // Linux's sscanf/memparse would read a prefix; here each is ignored with a reason.
+        for (line, reason) in [
+            ("hugepages=5x", MalformedReason::BadNumber),
+            ("hugepages=0:5", MalformedReason::BadNumber),
+            ("hugepages=65537", MalformedReason::CountTooLarge),
+            ("hugepagesz=2Mx", MalformedReason::UnknownSuffix),
+        ] {
+            let c = parse(line);
+            assert!(c.hugepage_requests().is_empty(), "{line}");
+            assert_eq!(c.warnings(), &[Warning::Malformed { option: line, reason }], "{line}");
+        }
+        // MAX_HUGEPAGES itself is accepted.
+        assert_eq!(parse("hugepages=65536").hugepages(Size2M), MAX_HUGEPAGES);
+    }
 }

@@ -1,7 +1,7 @@
 //! `cargo xtask fuzz [--secs N]`: the parser fuzz targets of `kcore/tests/fuzz_parsers.rs`, and
-//! any other kcore test that takes `KCORE_FUZZ_CASES` (the random operation sequences of the
-//! buddy allocator, the pool and HVO), for a time budget instead of the bounded batch that
-//! `cargo test` runs.
+//! any other kcore test named `*fuzz*` or reading `KCORE_FUZZ_CASES` (the random operation
+//! sequences of the buddy allocator, the pool and HVO, when they land), for a time budget instead
+//! of the bounded batch that `cargo test` runs.
 //!
 //! Each batch runs in a child process (the test binary, one test, its own seed), so a crash, a
 //! stack overflow or a hang ends that child only. The child traces the case it is on
@@ -141,7 +141,8 @@ pub fn main(args: Args) -> Result<ExitCode> {
     }
 }
 
-/// kcore test files (other than `fuzz_parsers`) that read `KCORE_FUZZ_CASES`.
+/// kcore test files other than `fuzz_parsers` named `*fuzz*` or reading `KCORE_FUZZ_CASES`
+/// (they get it, `KCORE_FUZZ_SEED`, `PROPTEST_CASES` and `PROPTEST_RNG_SEED`).
 fn env_driven_tests(dir: &Path) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).context("reading kcore/tests")? {
@@ -149,7 +150,8 @@ fn env_driven_tests(dir: &Path) -> Result<Vec<String>> {
         let Some(stem) = p.file_stem().and_then(|s| s.to_str()) else { continue };
         if p.extension().is_some_and(|x| x == "rs")
             && stem != "fuzz_parsers"
-            && std::fs::read_to_string(&p).is_ok_and(|s| s.contains("KCORE_FUZZ_CASES"))
+            && (stem.contains("fuzz")
+                || std::fs::read_to_string(&p).is_ok_and(|s| s.contains("KCORE_FUZZ_CASES")))
         {
             out.push(stem.to_string());
         }
