@@ -138,7 +138,12 @@ fn parse_cmdline() {
         }
     };
     crate::info!("command line: \"{}\"", line);
-    let c = bootstate::set_cmdline(cmdline::parse(line));
+    let mut c = cmdline::parse(line);
+    if c.memhp_reserve.is_some() && HELD_BACK.lock().is_none() {
+        // Refused at boot (warned there): the parsed line must not still claim it.
+        c.refuse_memhp_reserve(cmdline::Refusal::NoRoom);
+    }
+    let c = bootstate::set_cmdline(c);
     if let Some(level) = c.loglevel {
         // Linux prints a message when its priority is below the console log level: err is 3,
         // warning 4, info 6, debug 7. defmt frames are filtered at build time (DEFMT_LOG).
@@ -225,7 +230,15 @@ pub fn kernel_main(board: &'static Board, boot_info: u64, entry_el: u64) -> ! {
     let info = unsafe { bootinfo::from_x0(boot_info as usize, blob_max) };
     match &info {
         Ok(i) => {
-            crate::info!("boot info: {:?} of {} bytes, model {:?}", i.source, i.blob_len, i.model)
+            crate::info!("boot info: {:?} of {} bytes, model {:?}", i.source, i.blob_len, i.model);
+            if let Some(t) = i.cmdline_truncated {
+                crate::warn!(
+                    "command line TRUNCATED: damaged at byte {} of {}; kept the {} bytes of whole options before it, the rest is lost",
+                    t.damaged_at,
+                    t.declared,
+                    t.kept
+                );
+            }
         }
         Err(e) => crate::warn!("boot info at {:#x} unusable: {:?}", boot_info, e),
     }
@@ -251,7 +264,14 @@ pub fn kernel_main(board: &'static Board, boot_info: u64, entry_el: u64) -> ! {
     } else {
         None
     };
-    let map = bootinfo::memory_map(board.ram, info.as_ref(), mailbox, board.prefer_board_table);
+    let (img_start, img_end) = kernel_map::image_phys();
+    let limits = bootinfo::MapLimits::bcm2711(
+        aarch64_cpu::registers::ID_AA64MMFR0_EL1
+            .read(aarch64_cpu::registers::ID_AA64MMFR0_EL1::PARange),
+        MemRegion::from_range(img_start.0, img_end.0),
+    );
+    let map =
+        bootinfo::memory_map(board.ram, info.as_ref(), mailbox, board.prefer_board_table, &limits);
     for w in map.warnings() {
         match w {
             // Expected on QEMU: its -dtb/ATAGs report 960 MiB of the 2 GiB it has.

@@ -17,6 +17,11 @@
 //! each enabled `/reserved-memory` child (dynamically placed ones, with only a `size`, are
 //! skipped).
 //!
+//! `/chosen` and `/reserved-memory` are looked up by path from the root, never through
+//! `/aliases` (a path starting with `/` is never an alias, as in Linux): the `fdt` crate's own
+//! lookup resolves aliases recursively with no limit, so a crafted `/aliases` node could overflow
+//! the stack or redirect `/chosen` to another node.
+//!
 //! The Raspberry Pi 4 device tree as shipped has `/memory@0 { reg = <0 0 0>; }`: the Pi
 //! firmware fills it in. Left unfilled, that is a zero-size bank: [`BootInfo::memory`] holds
 //! `Err(ZeroSizeBank)` while the rest (command line, model, reservations) stays usable.
@@ -141,8 +146,21 @@ pub enum AtagDefect {
         /// Its size in 32-bit words.
         size: u32,
     },
-    /// The command line is not UTF-8.
-    BadCmdline,
+}
+
+/// The command line the boot blob holds was cut short: [`BootInfo::cmdline`] keeps only the
+/// whole options before the damage.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct CmdlineTruncated {
+    /// Bytes the tag had room for (its declared size minus the header).
+    pub declared: usize,
+    /// Byte offset (in the text) of the first byte that is not command-line text: a NUL before
+    /// the tag's last word, a control character, or invalid UTF-8. On QEMU's `raspi4b` this is
+    /// where its boot code at 0x300 overwrote the ATAG text.
+    pub damaged_at: usize,
+    /// Bytes kept (up to the last whitespace before the damage, so no option is half-kept).
+    pub kept: usize,
 }
 
 /// Errors about the boot information.
@@ -207,6 +225,100 @@ pub enum BootInfoError {
     },
 }
 
+/// A fixed-capacity list of findings (no heap) that counts what did not fit. `Debug` and
+/// `defmt::Format` show only the entries present, and the number dropped if any.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Notes<T: Copy, const N: usize> {
+    items: [Option<T>; N],
+    len: usize,
+    dropped: usize,
+}
+
+impl<T: Copy, const N: usize> Notes<T, N> {
+    /// An empty list.
+    pub const fn new() -> Self {
+        Notes { items: [None; N], len: 0, dropped: 0 }
+    }
+    /// Appends `t`, or counts it as dropped when full.
+    pub fn push(&mut self, t: T) {
+        match self.items.get_mut(self.len) {
+            Some(slot) => {
+                *slot = Some(t);
+                self.len += 1;
+            }
+            None => self.dropped += 1,
+        }
+    }
+    /// The entries, in order.
+    pub fn iter(&self) -> impl Iterator<Item = T> + '_ {
+        self.items[..self.len].iter().flatten().copied()
+    }
+    /// Number of entries kept.
+    pub const fn len(&self) -> usize {
+        self.len
+    }
+    /// No entries (and none dropped)?
+    pub const fn is_empty(&self) -> bool {
+        self.len == 0 && self.dropped == 0
+    }
+    /// Entries that did not fit.
+    pub const fn dropped(&self) -> usize {
+        self.dropped
+    }
+}
+
+impl<T: Copy, const N: usize> Default for Notes<T, N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Copy + core::fmt::Debug, const N: usize> core::fmt::Debug for Notes<T, N> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let mut l = f.debug_list();
+        l.entries(self.iter());
+        if self.dropped > 0 {
+            l.entry(&format_args!("... and {} more", self.dropped));
+        }
+        l.finish()
+    }
+}
+
+#[cfg(feature = "defmt")]
+impl<T: Copy + defmt::Format, const N: usize> defmt::Format for Notes<T, N> {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(f, "{=[?]}", &self.items[..self.len]);
+        if self.dropped > 0 {
+            defmt::write!(f, " (+{} more)", self.dropped);
+        }
+    }
+}
+
+/// What was wrong with a reservation in the boot blob.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ReservationDefect {
+    /// Size 0: nothing to reserve; dropped.
+    ZeroSize,
+    /// `base + size` wraps past the top of the address space: clipped to end there.
+    Wraps,
+    /// A `/reserved-memory` child whose `reg` does not fit its parent's cell sizes: skipped.
+    MalformedReg,
+}
+
+/// A reservation the parser dropped or changed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct ReservationNote {
+    /// The reservation as given (for `MalformedReg`, empty).
+    pub region: MemRegion,
+    /// What was wrong.
+    pub defect: ReservationDefect,
+}
+
+/// Capacity of [`BootInfo::reservation_notes`].
+pub const MAX_RESERVATION_NOTES: usize = 4;
+
 /// The parsed boot information.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct BootInfo<'a> {
@@ -220,8 +332,12 @@ pub struct BootInfo<'a> {
     pub reserved: RegionList<MAX_RESERVED>,
     /// More reserved ranges than [`MAX_RESERVED`] were found; the rest were dropped.
     pub reserved_overflow: bool,
+    /// Reservations dropped or clipped because they were malformed.
+    pub reservation_notes: Notes<ReservationNote, MAX_RESERVATION_NOTES>,
     /// The command line (`/chosen/bootargs` or `ATAG_CMDLINE`), `""` if none.
     pub cmdline: &'a str,
+    /// The command line was damaged in the blob; `cmdline` is what could be kept.
+    pub cmdline_truncated: Option<CmdlineTruncated>,
     /// The DTB's `model` string.
     pub model: Option<&'a str>,
 }
@@ -231,12 +347,13 @@ impl defmt::Format for BootInfo<'_> {
     fn format(&self, f: defmt::Formatter<'_>) {
         defmt::write!(
             f,
-            "BootInfo {{ source: {}, blob_len: {}, memory: {}, reserved: {}, cmdline: {=str}, model: {} }}",
+            "BootInfo {{ source: {}, blob_len: {}, memory: {}, reserved: {}, cmdline: {=str}, cmdline_truncated: {}, model: {} }}",
             self.source,
             self.blob_len,
             self.memory,
             self.reserved,
             self.cmdline,
+            self.cmdline_truncated,
             self.model
         )
     }
@@ -635,35 +752,88 @@ fn dtb_memory(root: fdt::node::FdtNode<'_, '_>, offset: usize) -> Result<Banks, 
     validate_banks(raw.as_slice())
 }
 
+/// Does the node name `name` match the path component `want`? As libfdt's
+/// `fdt_nodename_eq_`: equal, or `want` has no unit address and `name` is `want@...`.
+fn name_matches(name: &str, want: &str) -> bool {
+    name == want
+        || (!want.contains('@')
+            && name.len() > want.len()
+            && name.starts_with(want)
+            && name.as_bytes()[want.len()] == b'@')
+}
+
+/// The node at the absolute path `path` (`/a/b`), looked up component by component from the
+/// root, **without alias resolution**.
+///
+/// The `fdt` crate's `find_node` falls back to `/aliases` when a path is not found, looking the
+/// whole path up as an alias name and recursing on its value with no depth limit: a tree with
+/// `aliases { "/chosen" = "/chosen"; }` and no `/chosen` (or two aliases naming each other)
+/// recursed until the stack overflowed, and `"/chosen" = "/evil"` silently read another node.
+/// A path starting with `/` is never an alias (Linux's `of_find_node_opts_by_path`, libfdt's
+/// `fdt_path_offset`), and this parser looks up nothing else, so no alias is ever resolved here.
+/// Stack use is constant: the walk is a loop over the components, each a loop over children.
+fn find_path<'b, 'a>(fdt: &'b fdt::Fdt<'a>, path: &str) -> Option<fdt::node::FdtNode<'b, 'a>> {
+    let rest = path.strip_prefix('/')?;
+    let mut node = root_node(fdt)?;
+    for want in rest.split('/').filter(|c| !c.is_empty()) {
+        node = node.children().find(|c| name_matches(c.name, want))?;
+    }
+    Some(node)
+}
+
+/// The root node: the first node of the structure block (the validator checked there is one
+/// and that it has an empty name). Not `Fdt::find_node("/")`, which would consult `/aliases`
+/// if it failed.
+fn root_node<'b, 'a>(fdt: &'b fdt::Fdt<'a>) -> Option<fdt::node::FdtNode<'b, 'a>> {
+    fdt.all_nodes().next()
+}
+
 fn parse_dtb(d: &[u8]) -> Result<BootInfo<'_>, BootInfoError> {
     let h = validate_dtb(d)?;
     let fdt = fdt::Fdt::new(&d[..h.totalsize]).map_err(|e| BootInfoError::Fdt(e.into()))?;
-    let Some(root) = fdt.find_node("/") else {
+    let Some(root) = root_node(&fdt) else {
         return Err(malformed(h.off_struct, DtbDefect::Unbalanced));
     };
     let model = root.property("model").and_then(|p| p.as_str());
-    let cmdline = fdt
-        .find_node("/chosen")
+    let (cmdline, cmdline_truncated) = find_path(&fdt, "/chosen")
         .and_then(|c| c.property("bootargs"))
-        .and_then(|p| p.as_str())
-        .unwrap_or("");
+        .map_or(("", None), |p| cmdline_text(p.value));
 
     let memory = dtb_memory(root, h.off_struct);
 
-    // Reservations.
+    // Reservations. A zero-sized one is dropped, a wrapping one clipped to the top of the
+    // address space (reserving more is the safe side), a malformed `reg` skipped: each noted.
     let mut reserved = RegionList::<MAX_RESERVED>::new();
     let mut reserved_overflow = false;
+    let mut notes = Notes::new();
+    let mut keep = |r: MemRegion, notes: &mut Notes<ReservationNote, MAX_RESERVATION_NOTES>| {
+        let r = if r.size == 0 {
+            notes.push(ReservationNote { region: r, defect: ReservationDefect::ZeroSize });
+            return;
+        } else if r.base.0.checked_add(r.size).is_none() {
+            notes.push(ReservationNote { region: r, defect: ReservationDefect::Wraps });
+            // Starting at the very last byte, nothing is left to reserve.
+            let clipped = MemRegion::from_range(r.base.0, u64::MAX);
+            if clipped.is_empty() {
+                return;
+            }
+            clipped
+        } else {
+            r
+        };
+        if reserved.push(r).is_err() {
+            reserved_overflow = true;
+        }
+    };
     let mut off = h.off_rsvmap;
     while let (Some(base), Some(size)) = (be64(d, off), be64(d, off + 8)) {
         if base == 0 && size == 0 {
             break;
         }
-        if reserved.push(MemRegion::new(base, size)).is_err() {
-            reserved_overflow = true;
-        }
+        keep(MemRegion::new(base, size), &mut notes);
         off += 16;
     }
-    if let Some(rm) = fdt.find_node("/reserved-memory") {
+    if let Some(rm) = find_path(&fdt, "/reserved-memory") {
         let rm_cells = cells(rm);
         for child in rm.children() {
             if is_disabled(child) {
@@ -672,13 +842,16 @@ fn parse_dtb(d: &[u8]) -> Result<BootInfo<'_>, BootInfoError> {
             let Some(reg) = child.property("reg") else {
                 continue;
             };
-            // A malformed reservation is skipped rather than failing the whole parse.
-            let _ = for_each_reg(reg.value, rm_cells, h.off_struct, |r| {
-                if r.size > 0 && reserved.push(r).is_err() {
-                    reserved_overflow = true;
-                }
+            let r = for_each_reg(reg.value, rm_cells, h.off_struct, |r| {
+                keep(r, &mut notes);
                 Ok(())
             });
+            if r.is_err() {
+                notes.push(ReservationNote {
+                    region: MemRegion::default(),
+                    defect: ReservationDefect::MalformedReg,
+                });
+            }
         }
     }
 
@@ -688,15 +861,47 @@ fn parse_dtb(d: &[u8]) -> Result<BootInfo<'_>, BootInfoError> {
         memory,
         reserved,
         reserved_overflow,
+        reservation_notes: notes,
         cmdline,
+        cmdline_truncated,
         model,
     })
+}
+
+/// Reads an `ATAG_CMDLINE` payload or a `bootargs` property: the text up to its NUL, which must
+/// lie in the last word (the tag or property is sized for the string). Anything else means the text was damaged (on QEMU,
+/// overwritten by boot code at 0x300 when it is longer than ~460 bytes): the whole options
+/// before the damage are kept and the cut is reported, rather than dropping the line.
+fn cmdline_text(data: &[u8]) -> (&str, Option<CmdlineTruncated>) {
+    let nul = data.iter().position(|&b| b == 0);
+    // Text ends at the NUL; a NUL before the last word, or none at all, is damage.
+    let text_end = nul.unwrap_or(data.len());
+    let nul_ok = nul.is_some_and(|n| n + 4 >= data.len());
+    let valid = match core::str::from_utf8(&data[..text_end]) {
+        Ok(s) => s.len(),
+        Err(e) => e.valid_up_to(),
+    };
+    // `valid` is a char boundary; control characters other than whitespace are not text.
+    let text = core::str::from_utf8(&data[..valid]).unwrap_or("");
+    let damaged_at = text
+        .char_indices()
+        .find(|&(_, c)| c.is_control() && !c.is_ascii_whitespace())
+        .map_or(valid, |(i, _)| i);
+    if damaged_at == data.len().min(text_end) && nul_ok {
+        return (text, None);
+    }
+    let head = &text[..damaged_at];
+    // Keep whole options only: cut back to the last whitespace (none: nothing kept).
+    let kept = head.rfind(|c: char| c.is_ascii_whitespace()).unwrap_or(0);
+    let kept_text = head[..kept].trim_end();
+    (kept_text, Some(CmdlineTruncated { declared: data.len(), damaged_at, kept: kept_text.len() }))
 }
 
 fn parse_atags(d: &[u8]) -> Result<BootInfo<'_>, BootInfoError> {
     let mut raw = RegionList::<MAX_BANKS>::new();
     let mut too_many = false;
     let mut cmdline = "";
+    let mut cmdline_truncated = None;
     let mut off = 0usize;
     loop {
         let (Some(size), Some(tag)) = (le32(d, off), le32(d, off + 4)) else {
@@ -729,12 +934,7 @@ fn parse_atags(d: &[u8]) -> Result<BootInfo<'_>, BootInfoError> {
                     too_many = true;
                 }
             }
-            ATAG_CMDLINE => {
-                let nul = data.iter().position(|&b| b == 0).unwrap_or(data.len());
-                cmdline = core::str::from_utf8(&data[..nul]).map_err(|_| {
-                    BootInfoError::MalformedAtags { offset: off, defect: AtagDefect::BadCmdline }
-                })?;
-            }
+            ATAG_CMDLINE => (cmdline, cmdline_truncated) = cmdline_text(data),
             _ => {}
         }
         off = end;
@@ -752,7 +952,9 @@ fn parse_atags(d: &[u8]) -> Result<BootInfo<'_>, BootInfoError> {
         memory,
         reserved: RegionList::new(),
         reserved_overflow: false,
+        reservation_notes: Notes::new(),
         cmdline,
+        cmdline_truncated,
         model: None,
     })
 }
@@ -771,7 +973,25 @@ pub enum MemorySource {
     BoardTable,
 }
 
-/// Why [`memory_map`] did not use a source.
+/// What was wrong with one RAM bank of a source.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum BankDefect {
+    /// It holds no whole 4 KiB page.
+    SmallerThanPage,
+    /// It lies (partly) at or above [`MapLimits::ram_limit`]: the physical address size
+    /// (`ID_AA64MMFR0_EL1.PARange`) or the end of the linear map, whichever is lower. Past it the
+    /// CPU cannot address it, or `PAGE_OFFSET + base` leaves the linear map (and overflows for
+    /// large bases).
+    AboveAddressLimit {
+        /// The limit.
+        limit: u64,
+    },
+    /// It overlaps the MMIO window ([`MapLimits::mmio`]), which is never RAM.
+    OverlapsMmio,
+}
+
+/// Why [`memory_map`] did not use a source, or used only part of it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum MapWarning {
@@ -790,44 +1010,168 @@ pub enum MapWarning {
     },
     /// The board table itself is invalid (a bug); the map is empty.
     BoardTableInvalid(BootInfoError),
+    /// A bank was dropped or trimmed; `kept` is what remains of it (empty if dropped).
+    Bank {
+        /// The source it came from.
+        source: MemorySource,
+        /// The bank as given.
+        bank: MemRegion,
+        /// What was wrong.
+        defect: BankDefect,
+        /// What was kept (for `OverlapsMmio`, the larger part that is not MMIO).
+        kept: MemRegion,
+    },
+    /// After the checks, nothing usable was left of this source: the next one is tried.
+    SourceEmpty(MemorySource),
+    /// This source's map does not contain the running kernel image, so it cannot be right:
+    /// the next one is tried.
+    KernelOutside {
+        /// The source passed over.
+        source: MemorySource,
+        /// The kernel image's physical range.
+        kernel: MemRegion,
+    },
+    /// More banks than fit once split around the MMIO window; the rest were dropped.
+    TooManyBanks(MemorySource),
+    /// A boot-blob reservation was dropped or clipped.
+    Reservation(ReservationNote),
+    /// More dropped or clipped reservations than the notes hold: this many more.
+    MoreReservationNotes(usize),
+    /// More reservations than [`MAX_RESERVED`]; the rest were dropped (not reserved).
+    TooManyReservations,
 }
 
 /// Capacity of [`MemoryMap`]'s warning list.
-pub const MAX_MAP_WARNINGS: usize = 4;
+pub const MAX_MAP_WARNINGS: usize = 16;
+
+/// What a memory map must respect. The firmware fills it from the CPU and its own image.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct MapLimits {
+    /// Physical address bits (from `ID_AA64MMFR0_EL1.PARange`, see [`pa_bits_from_parange`]).
+    pub pa_bits: u32,
+    /// The device window that is never RAM (BCM2711: `0xFC00_0000..0x1_0000_0000`).
+    pub mmio: MemRegion,
+    /// The running kernel image's physical range: a map without it is wrong.
+    pub kernel: MemRegion,
+}
+
+/// Physical address bits for an `ID_AA64MMFR0_EL1.PARange` value (ARM ARM D19.2.64). An
+/// encoding this table does not know counts as 48 bits, the most the kernel map addresses.
+pub const fn pa_bits_from_parange(parange: u64) -> u32 {
+    match parange {
+        0 => 32,
+        1 => 36,
+        2 => 40,
+        3 => 42,
+        4 => 44,
+        5 => 48,
+        6 => 52,
+        _ => 48,
+    }
+}
+
+impl MapLimits {
+    /// The BCM2711 limits: its MMIO window, the CPU's `PARange`, the kernel image at `kernel`.
+    pub const fn bcm2711(parange: u64, kernel: MemRegion) -> Self {
+        MapLimits {
+            pa_bits: pa_bits_from_parange(parange),
+            mmio: MemRegion::new(crate::layout::MMIO_PBASE, crate::layout::MMIO_SIZE),
+            kernel,
+        }
+    }
+    /// The first physical address RAM may not reach: `2^pa_bits` or the linear map's size,
+    /// whichever is lower.
+    pub const fn ram_limit(&self) -> u64 {
+        let pa = if self.pa_bits >= 64 { u64::MAX } else { 1u64 << self.pa_bits };
+        if pa < crate::layout::LINEAR_MAP_SIZE {
+            pa
+        } else {
+            crate::layout::LINEAR_MAP_SIZE
+        }
+    }
+}
 
 /// The memory map the firmware will use.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct MemoryMap {
-    /// The RAM banks, sorted, trimmed to whole pages.
+    /// The RAM banks, sorted, trimmed to whole pages, below the address limit, outside the MMIO
+    /// window, containing the kernel image (unless no source does: see the warnings).
     pub regions: Banks,
     /// Where they came from.
     pub source: MemorySource,
-    warnings: [Option<MapWarning>; MAX_MAP_WARNINGS],
+    warnings: Notes<MapWarning, MAX_MAP_WARNINGS>,
 }
 
 impl MemoryMap {
-    /// Why other sources were not used.
+    /// Why other sources were not used, and what was dropped or trimmed.
     pub fn warnings(&self) -> impl Iterator<Item = MapWarning> + '_ {
-        self.warnings.iter().flatten().copied()
+        self.warnings.iter()
+    }
+    /// Warnings that did not fit in the list.
+    pub fn warnings_dropped(&self) -> usize {
+        self.warnings.dropped()
     }
     fn warn(&mut self, w: MapWarning) {
-        if let Some(slot) = self.warnings.iter_mut().find(|s| s.is_none()) {
-            *slot = Some(w);
-        }
+        self.warnings.push(w);
     }
 }
 
-fn trimmed(banks: &Banks) -> Banks {
+/// The banks of `source` that are safe to use: whole pages, below the address limit, outside
+/// the MMIO window; every change is a warning. An empty result means the source is unusable.
+fn checked(map: &mut MemoryMap, source: MemorySource, banks: &Banks, lim: &MapLimits) -> Banks {
     let mut out = Banks::new();
-    for b in banks.iter() {
-        let t = b.page_trimmed();
-        if !t.is_empty() {
-            // Never more than the input.
-            let _ = out.push(t);
+    let limit = lim.ram_limit();
+    for &bank in banks.iter() {
+        let mut warn = |defect, kept| map.warn(MapWarning::Bank { source, bank, defect, kept });
+        let mut r = bank;
+        if r.end() > limit {
+            let kept = MemRegion::from_range(r.base.0, limit.max(r.base.0));
+            warn(BankDefect::AboveAddressLimit { limit }, kept);
+            r = kept;
+        }
+        // The MMIO window: keep the parts below and above it.
+        let mut parts = [r, MemRegion::default()];
+        if r.overlaps(&lim.mmio) {
+            let below = MemRegion::from_range(r.base.0, lim.mmio.base.0);
+            let above = MemRegion::from_range(lim.mmio.end().max(r.base.0), r.end());
+            parts = [below, above];
+            let larger = if below.size >= above.size { below } else { above };
+            warn(BankDefect::OverlapsMmio, larger);
+        }
+        for p in parts {
+            if p.is_empty() {
+                continue;
+            }
+            let t = p.page_trimmed();
+            if t.is_empty() {
+                warn(BankDefect::SmallerThanPage, t);
+                continue;
+            }
+            if out.push(t).is_err() {
+                map.warn(MapWarning::TooManyBanks(source));
+                return out;
+            }
         }
     }
     out
+}
+
+/// Uses `banks` from `source` if, once checked, they are not empty and contain the kernel.
+fn try_use(map: &mut MemoryMap, source: MemorySource, banks: &Banks, lim: &MapLimits) -> bool {
+    let regions = checked(map, source, banks, lim);
+    if regions.is_empty() {
+        map.warn(MapWarning::SourceEmpty(source));
+        return false;
+    }
+    if !lim.kernel.is_empty() && !regions.iter().any(|r| r.covers(&lim.kernel)) {
+        map.warn(MapWarning::KernelOutside { source, kernel: lim.kernel });
+        return false;
+    }
+    map.regions = regions;
+    map.source = source;
+    true
 }
 
 /// Chooses the memory map.
@@ -837,33 +1181,51 @@ fn trimmed(banks: &Banks) -> Banks {
 /// `prefer_board_table`, the board table wins outright: QEMU's `raspi4b` machine rewrites a
 /// `-dtb` to report only `0..0x3c00_0000` (960 MiB of its 2 GiB), so on QEMU the board's table is
 /// authoritative; on real hardware the Pi firmware fills the DTB correctly and the flag is off.
-/// Every source passed over with a reason is reported in [`MemoryMap::warnings`].
+///
+/// Every source's banks are checked against `limits` before use: parts smaller than a page, at
+/// or above the address limit, or inside the MMIO window are dropped; a source left empty, or
+/// one whose map does not contain the kernel image, is passed over for the next. The board
+/// table is the last resort and is used even then (with the warnings), since it is all there
+/// is. Every source passed over, and every bank changed, is reported in
+/// [`MemoryMap::warnings`], as are the boot blob's dropped or clipped reservations.
 pub fn memory_map(
     board_table: &[MemRegion],
     info: Result<&BootInfo<'_>, &BootInfoError>,
     mailbox: Option<&[MemRegion]>,
     prefer_board_table: bool,
+    limits: &MapLimits,
 ) -> MemoryMap {
     let board = validate_banks(board_table);
     let mut map = MemoryMap {
         regions: Banks::new(),
         source: MemorySource::BoardTable,
-        warnings: [None; MAX_MAP_WARNINGS],
+        warnings: Notes::new(),
     };
     let boot = match info {
-        Ok(i) => match &i.memory {
-            Ok(b) => Some((
-                *b,
-                match i.source {
-                    BootSource::Dtb => MemorySource::Dtb,
-                    BootSource::Atags => MemorySource::Atags,
-                },
-            )),
-            Err(e) => {
-                map.warn(MapWarning::BootMemoryUnusable(*e));
-                None
+        Ok(i) => {
+            for n in i.reservation_notes.iter() {
+                map.warn(MapWarning::Reservation(n));
             }
-        },
+            if i.reservation_notes.dropped() > 0 {
+                map.warn(MapWarning::MoreReservationNotes(i.reservation_notes.dropped()));
+            }
+            if i.reserved_overflow {
+                map.warn(MapWarning::TooManyReservations);
+            }
+            match &i.memory {
+                Ok(b) => Some((
+                    *b,
+                    match i.source {
+                        BootSource::Dtb => MemorySource::Dtb,
+                        BootSource::Atags => MemorySource::Atags,
+                    },
+                )),
+                Err(e) => {
+                    map.warn(MapWarning::BootMemoryUnusable(*e));
+                    None
+                }
+            }
+        }
         Err(e) => {
             map.warn(MapWarning::BootInfoUnusable(*e));
             None
@@ -871,16 +1233,16 @@ pub fn memory_map(
     };
     if !prefer_board_table {
         if let Some((banks, source)) = boot {
-            map.regions = trimmed(&banks);
-            map.source = source;
-            return map;
+            if try_use(&mut map, source, &banks, limits) {
+                return map;
+            }
         }
         if let Some(mb) = mailbox {
             match validate_banks(mb) {
                 Ok(banks) => {
-                    map.regions = trimmed(&banks);
-                    map.source = MemorySource::Mailbox;
-                    return map;
+                    if try_use(&mut map, MemorySource::Mailbox, &banks, limits) {
+                        return map;
+                    }
                 }
                 Err(e) => map.warn(MapWarning::MailboxUnusable(e)),
             }
@@ -896,7 +1258,11 @@ pub fn memory_map(
                     });
                 }
             }
-            map.regions = trimmed(&banks);
+            if !try_use(&mut map, MemorySource::BoardTable, &banks, limits) {
+                // The last resort: its checked banks, even without the kernel.
+                map.regions =
+                    checked(&mut Clone::clone(&map), MemorySource::BoardTable, &banks, limits);
+            }
         }
         Err(e) => map.warn(MapWarning::BoardTableInvalid(e)),
     }
@@ -907,6 +1273,8 @@ pub fn memory_map(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const LIM: MapLimits = MapLimits::bcm2711(4, MemRegion::new(0x8_0000, 0x1000));
 
     fn atags(tags: &[(u32, &[u32])], cmdline: Option<&str>) -> Vec<u8> {
         let mut out = Vec::new();
@@ -1014,12 +1382,12 @@ mod tests {
         let a = atags(&[(ATAG_MEM, &[0x3c00_0000, 0])], None);
         let info = BootInfo::parse(&a).unwrap();
         // Boot blob wins by default.
-        let m = memory_map(&qemu_board, Ok(&info), None, false);
+        let m = memory_map(&qemu_board, Ok(&info), None, false, &LIM);
         assert_eq!(m.source, MemorySource::Atags);
         assert_eq!(m.regions.len(), 1);
         assert_eq!(m.warnings().count(), 0);
         // QEMU policy: board table wins, with a note.
-        let m = memory_map(&qemu_board, Ok(&info), None, true);
+        let m = memory_map(&qemu_board, Ok(&info), None, true, &LIM);
         assert_eq!(m.source, MemorySource::BoardTable);
         assert_eq!(m.regions.as_slice(), &qemu_board);
         assert_eq!(
@@ -1032,16 +1400,64 @@ mod tests {
         // Unusable blob, mailbox given.
         let err = BootInfoError::BadMagic { found: 0 };
         let mbox = [MemRegion::new(0, 0x3b40_0000)];
-        let m = memory_map(&qemu_board, Err(&err), Some(&mbox), false);
+        let m = memory_map(&qemu_board, Err(&err), Some(&mbox), false, &LIM);
         assert_eq!(m.source, MemorySource::Mailbox);
         assert_eq!(m.warnings().next(), Some(MapWarning::BootInfoUnusable(err)));
         // Bad mailbox too: board table.
         let bad = [MemRegion::new(0, 0)];
-        let m = memory_map(&qemu_board, Err(&err), Some(&bad), false);
+        let m = memory_map(&qemu_board, Err(&err), Some(&bad), false, &LIM);
         assert_eq!(m.source, MemorySource::BoardTable);
         assert_eq!(m.warnings().count(), 2);
         // Unaligned banks are trimmed.
-        let m = memory_map(&[MemRegion::new(0x800, 0x10_0000)], Err(&err), None, false);
+        let m = memory_map(&[MemRegion::new(0x800, 0x10_0000)], Err(&err), None, false, &LIM);
         assert_eq!(m.regions.as_slice(), &[MemRegion::from_range(0x1000, 0x10_0000)]);
+    }
+
+    /// An ATAG command line whose text from byte `at` on was overwritten with `junk` (what
+    /// QEMU's raspi4b boot code at 0x300 does to a long line).
+    fn clobbered(line: &str, at: usize, junk: &[u8]) -> Vec<u8> {
+        let mut b = atags(&[(ATAG_MEM, &[0x3c00_0000, 0])], Some(line));
+        let text = 20 + 16 + 8;
+        for (i, j) in junk.iter().enumerate() {
+            if text + at + i < b.len() - 8 {
+                b[text + at + i] = *j;
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn a_damaged_atag_cmdline_keeps_its_whole_options() {
+        let line = "hugepagesz=2M hugepages=16 ptdump loglevel=7 console=ttyAMA0";
+        // AArch64 code bytes: `ldr x0, #8` etc. (non-UTF-8 and NULs).
+        let code = [0x40, 0x00, 0x00, 0x58, 0xe1, 0x03, 0x1f, 0xaa];
+        let b1 = clobbered(line, 30, &code);
+        let i = BootInfo::parse(&b1).expect("the blob still parses");
+        assert_eq!(i.cmdline, "hugepagesz=2M hugepages=16");
+        let t = i.cmdline_truncated.expect("the cut is reported");
+        assert_eq!((t.damaged_at, t.kept), (31, 26));
+        assert!(t.declared > line.len());
+        // Memory is still there.
+        assert_eq!(i.banks().unwrap().len(), 1);
+        // Damage in the first option: nothing kept, still reported, still Ok.
+        let b2 = clobbered(line, 3, &[0xff]);
+        let i = BootInfo::parse(&b2).unwrap();
+        assert_eq!(i.cmdline, "");
+        assert_eq!(i.cmdline_truncated.map(|t| t.damaged_at), Some(3));
+        // A NUL in the middle (not the tag's last word) is a cut too; here it falls right
+        // after a space, so `ptdump` is whole.
+        let b3 = clobbered(line, 34, &[0]);
+        let i = BootInfo::parse(&b3).unwrap();
+        assert_eq!(i.cmdline, "hugepagesz=2M hugepages=16 ptdump");
+        assert!(i.cmdline_truncated.is_some());
+        // Control characters are not text.
+        let b4 = clobbered(line, 40, &[0x01, 0x02]);
+        let i = BootInfo::parse(&b4).unwrap();
+        assert_eq!(i.cmdline, "hugepagesz=2M hugepages=16 ptdump");
+        // An intact line is not flagged, whatever its length.
+        let long = "x.y=1 ".repeat(200);
+        let b5 = atags(&[], Some(&long));
+        let i = BootInfo::parse(&b5).unwrap();
+        assert_eq!((i.cmdline, i.cmdline_truncated), (long.as_str(), None));
     }
 }

@@ -16,14 +16,24 @@
 //! | `memhp_reserve=SIZE` | ours: see below |
 //! | `crash=panic\|fault\|udf` | ours: end the boot with a panic, an unexpected data abort or an undefined instruction, to show the reporting path |
 //!
-//! The `hugepages` rules follow `mm/hugetlb.c`: `hugepages=` right after an unsupported
-//! `hugepagesz=` is ignored ("does not follow a valid hugepagesz"); `hugepagesz=` twice for one
-//! size, `default_hugepagesz=` twice, or two `hugepages=` without a `hugepagesz=` between them
-//! are ignored; a `hugepages=` before any `hugepagesz=` counts for the default size, even if
-//! `default_hugepagesz=` comes later, and then overrides a count given for that size with
-//! `hugepagesz=` (Linux warns "Using hugepages=N for number of default huge pages"). One
-//! simplification: after `default_hugepagesz=X`, a `hugepages=` applies to X (Linux keeps the
-//! previous size when X's hstate already existed).
+//! The `hugepages` rules are `mm/hugetlb.c`'s state machine, transcribed (`HugetlbSetup` below;
+//! `kcore/tests/cmdline_linux_hugetlb.rs` checks it against a table of Linux's results):
+//! `hugepages=` right after an unsupported `hugepagesz=` is ignored ("does not follow a valid
+//! hugepagesz"); `hugepagesz=` twice for one size (except to re-name the default size before its
+//! count), `default_hugepagesz=` twice, or two `hugepages=` writing the same count without a
+//! `hugepagesz=` between them are ignored; a `hugepages=` before any `hugepagesz=` counts for the
+//! default size, even if `default_hugepagesz=` comes later, and then overrides a count given for
+//! that size (Linux warns "Using hugepages=N for number of default huge pages"). A count of 0 is
+//! "not given" where Linux tests it (`hugepages=0` overrides nothing), but still counts as the
+//! last `hugepages=`. `default_hugepagesz=X` for a size that already has an hstate leaves the
+//! following `hugepages=` on the previous size, as in Linux.
+//!
+//! Where the values are read, this parser is stricter than Linux and says so: a count with
+//! trailing junk (`hugepages=5x`, which Linux's `sscanf` reads as 5), a per-node count
+//! (`hugepages=0:5`; there is one node), a count above [`MAX_HUGEPAGES`], or a size with junk
+//! after its suffix (`hugepagesz=2Mx`, which `memparse` reads as 2M) is ignored with a warning,
+//! with the same effect on the state as Linux's invalid value. Sizes other than 2M and 1G are
+//! unsupported (arm64 Linux also has 64K and 32M).
 //!
 //! `memhp_reserve=SIZE` has no Linux equivalent: hold back SIZE bytes at the top of the first
 //! RAM bank at boot (not given to the buddy allocator, no vmemmap) so they can be hot-added
@@ -108,12 +118,32 @@ pub enum Warning<'a> {
         /// What is wrong.
         reason: MalformedReason,
     },
+    /// A well-formed option the boot could not honour (see [`Cmdline::refuse_memhp_reserve`]);
+    /// it took no effect.
+    Refused {
+        /// The whole option text.
+        option: &'a str,
+        /// Why.
+        reason: Refusal,
+    },
     /// More warnings than [`MAX_WARNINGS`]; the rest were dropped.
     TooMany,
 }
 
-/// The parsed command line.
+/// Why a well-formed option was not honoured.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Refusal {
+    /// `memhp_reserve=`: no range of that size fits in RAM without the kernel, the boot blob or a
+    /// firmware reservation.
+    NoRoom,
+}
+
+/// The parsed command line.
+///
+/// `Debug` (and `defmt::Format`) show the requests and warnings actually present, not the
+/// fixed-capacity buffers behind them.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Cmdline<'a> {
     requests: [HugepageRequest; 2],
     nr_requests: usize,
@@ -127,8 +157,11 @@ pub struct Cmdline<'a> {
     pub ktest: Option<&'a str>,
     /// `loglevel=`.
     pub loglevel: Option<u8>,
-    /// `memhp_reserve=` in bytes (non-zero, multiple of 128 MiB).
+    /// `memhp_reserve=` in bytes (non-zero, multiple of 128 MiB); `None` again if the boot
+    /// refused it ([`Cmdline::refuse_memhp_reserve`]).
     pub memhp_reserve: Option<u64>,
+    /// The option text that set `memhp_reserve`.
+    memhp_option: &'a str,
     /// `crash=`: fail deliberately at the end of boot.
     pub crash: Option<Crash>,
     warnings: [Warning<'a>; MAX_WARNINGS],
@@ -146,6 +179,7 @@ impl Default for Cmdline<'_> {
             ktest: None,
             loglevel: None,
             memhp_reserve: None,
+            memhp_option: "",
             crash: None,
             warnings: [Warning::TooMany; MAX_WARNINGS],
             nr_warnings: 0,
@@ -169,6 +203,22 @@ impl defmt::Format for Cmdline<'_> {
             self.crash,
             self.warnings()
         )
+    }
+}
+
+impl core::fmt::Debug for Cmdline<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Cmdline")
+            .field("hugepages", &self.hugepage_requests())
+            .field("default_hugepagesz", &self.default_hugepagesz)
+            .field("hugetlb_free_vmemmap", &self.hugetlb_free_vmemmap)
+            .field("ptdump", &self.ptdump)
+            .field("ktest", &self.ktest)
+            .field("loglevel", &self.loglevel)
+            .field("memhp_reserve", &self.memhp_reserve)
+            .field("crash", &self.crash)
+            .field("warnings", &self.warnings())
+            .finish()
     }
 }
 
@@ -203,24 +253,24 @@ impl<'a> Cmdline<'a> {
         }
     }
 
+    /// The boot could not honour `memhp_reserve=`: it takes no effect, and the command line says
+    /// so (a [`Warning::Refused`]) instead of still showing the size. No-op without one.
+    pub fn refuse_memhp_reserve(&mut self, reason: Refusal) {
+        if self.memhp_reserve.take().is_some() {
+            self.warn(Warning::Refused { option: self.memhp_option, reason });
+        }
+    }
+
     fn malformed(&mut self, option: &'a str, reason: MalformedReason) {
         self.warn(Warning::Malformed { option, reason });
     }
 
-    fn set_request(&mut self, size: HugePageSize, count: u64, front: bool) {
-        if let Some(r) = self.requests[..self.nr_requests].iter_mut().find(|r| r.size == size) {
-            r.count = count;
-            return;
+    fn push_request(&mut self, r: HugepageRequest) {
+        // One per hstate, and there are two sizes: this always fits.
+        if let Some(slot) = self.requests.get_mut(self.nr_requests) {
+            *slot = r;
+            self.nr_requests += 1;
         }
-        // At most one request per size, and there are two sizes: this always fits.
-        let new = HugepageRequest { size, count };
-        if front && self.nr_requests == 1 {
-            self.requests[1] = self.requests[0];
-            self.requests[0] = new;
-        } else {
-            self.requests[self.nr_requests] = new;
-        }
-        self.nr_requests += 1;
     }
 }
 
@@ -346,26 +396,189 @@ fn unquote(v: &str) -> &str {
     v.strip_suffix('"').unwrap_or(v)
 }
 
-/// Which hstate a `hugepages=` goes to.
+/// Which count a `hugepages=` writes: Linux's `mhp` pointer in `hugepages_setup`.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Target {
-    /// Before any `hugepagesz=`: the default size, resolved at the end.
+enum Mhp {
+    /// `&default_hstate_max_huge_pages`: no hstate exists yet.
     Default,
-    Size(HugePageSize),
+    /// `&hstates[i].max_huge_pages`.
+    Hstate(usize),
+}
+
+/// One `struct hstate` as far as the command line goes.
+#[derive(Clone, Copy)]
+struct Hstate<'a> {
+    size: HugePageSize,
+    max_huge_pages: u64,
+    /// The `hugepages=` option that set `max_huge_pages` (for the override warning).
+    set_by: &'a str,
+}
+
+/// The boot-time state of `mm/hugetlb.c`, transcribed: `hstates[]`/`hugetlb_max_hstate`,
+/// `parsed_hstate`, `default_hstate_idx`, `parsed_valid_hugepagesz`,
+/// `parsed_default_hugepagesz`, `default_hstate_max_huge_pages` and `hugepages_setup`'s static
+/// `last_mhp`. Each `*_setup` method is the Linux function of that name, statement for statement
+/// (the early gigantic-page allocation aside: the pool allocates later); [`Self::finish`] is the
+/// command-line part of `hugetlb_init`.
+///
+/// A count of 0 in `default_hstate_max_huge_pages` or `max_huge_pages` means "not given", as in
+/// Linux: `hugepages=0` before any `hugepagesz=` does not override a later explicit count.
+struct HugetlbSetup<'a> {
+    /// `hstates[..max_hstate]` exist.
+    hstates: [Hstate<'a>; 2],
+    max_hstate: usize,
+    parsed_hstate: Option<usize>,
+    default_hstate_idx: usize,
+    parsed_valid_hugepagesz: bool,
+    parsed_default_hugepagesz: bool,
+    default_hstate_max_huge_pages: u64,
+    /// The option that set `default_hstate_max_huge_pages`.
+    default_set_by: &'a str,
+    last_mhp: Option<Mhp>,
+}
+
+impl<'a> HugetlbSetup<'a> {
+    fn new() -> Self {
+        HugetlbSetup {
+            hstates: [Hstate { size: HugePageSize::Size2M, max_huge_pages: 0, set_by: "" }; 2],
+            max_hstate: 0,
+            parsed_hstate: None,
+            default_hstate_idx: 0,
+            parsed_valid_hugepagesz: true,
+            parsed_default_hugepagesz: false,
+            default_hstate_max_huge_pages: 0,
+            default_set_by: "",
+            last_mhp: None,
+        }
+    }
+
+    fn size_to_hstate(&self, size: HugePageSize) -> Option<usize> {
+        self.hstates[..self.max_hstate].iter().position(|h| h.size == size)
+    }
+
+    fn hstate(&mut self, i: usize) -> &mut Hstate<'a> {
+        &mut self.hstates[i]
+    }
+
+    /// `hugetlb_add_hstate`: a no-op (not even `parsed_hstate = h`) if the size exists.
+    fn add_hstate(&mut self, size: HugePageSize) {
+        if self.size_to_hstate(size).is_some() {
+            return;
+        }
+        // Two sizes, at most one hstate each: never full.
+        self.hstates[self.max_hstate] = Hstate { size, max_huge_pages: 0, set_by: "" };
+        self.parsed_hstate = Some(self.max_hstate);
+        self.max_hstate += 1;
+    }
+
+    /// `hugepagesz_setup`; `size` is `None` for a value `arch_hugetlb_valid_size` refuses.
+    fn hugepagesz_setup(&mut self, size: Option<HugePageSize>) -> Result<(), MalformedReason> {
+        self.parsed_valid_hugepagesz = false;
+        let size = size.ok_or(MalformedReason::UnsupportedHugePageSize)?;
+        if let Some(h) = self.size_to_hstate(size) {
+            // Allowed only for the default hstate, and only before its count was given.
+            if !self.parsed_default_hugepagesz
+                || h != self.default_hstate_idx
+                || self.hstate(h).max_huge_pages != 0
+            {
+                return Err(MalformedReason::SpecifiedTwice);
+            }
+            self.parsed_hstate = Some(h);
+            self.parsed_valid_hugepagesz = true;
+            return Ok(());
+        }
+        self.add_hstate(size);
+        self.parsed_valid_hugepagesz = true;
+        Ok(())
+    }
+
+    /// `default_hugepagesz_setup`. Returns the `hugepages=` option whose count it overrode
+    /// silently in Linux (an explicit count for that size replaced by the earlier implicit one).
+    fn default_hugepagesz_setup(
+        &mut self,
+        size: Option<HugePageSize>,
+    ) -> Result<Option<&'a str>, MalformedReason> {
+        self.parsed_valid_hugepagesz = false;
+        if self.parsed_default_hugepagesz {
+            return Err(MalformedReason::SpecifiedTwice);
+        }
+        let size = size.ok_or(MalformedReason::UnsupportedHugePageSize)?;
+        self.add_hstate(size);
+        self.parsed_valid_hugepagesz = true;
+        self.parsed_default_hugepagesz = true;
+        // The hstate exists now.
+        self.default_hstate_idx = self.size_to_hstate(size).unwrap_or(0);
+        let mut overridden = None;
+        if self.default_hstate_max_huge_pages != 0 {
+            let (n, by) = (self.default_hstate_max_huge_pages, self.default_set_by);
+            let h = self.hstate(self.default_hstate_idx);
+            if h.max_huge_pages != 0 {
+                overridden = Some(h.set_by);
+            }
+            h.max_huge_pages = n;
+            h.set_by = by;
+            self.default_hstate_max_huge_pages = 0;
+        }
+        Ok(overridden)
+    }
+
+    /// `hugepages_setup`, up to the value: which count it writes, or why it is ignored.
+    fn hugepages_target(&mut self) -> Result<Mhp, MalformedReason> {
+        if !self.parsed_valid_hugepagesz {
+            self.parsed_valid_hugepagesz = true;
+            return Err(MalformedReason::NoValidHugepagesz);
+        }
+        let mhp = match (self.max_hstate, self.parsed_hstate) {
+            (0, _) | (_, None) => Mhp::Default,
+            (_, Some(h)) => Mhp::Hstate(h),
+        };
+        if self.last_mhp == Some(mhp) {
+            return Err(MalformedReason::SpecifiedTwice);
+        }
+        Ok(mhp)
+    }
+
+    /// `hugepages_setup` after the value parsed: store it, remember `last_mhp`.
+    fn hugepages_store(&mut self, mhp: Mhp, n: u64, tok: &'a str) {
+        match mhp {
+            Mhp::Default => {
+                self.default_hstate_max_huge_pages = n;
+                self.default_set_by = tok;
+            }
+            Mhp::Hstate(i) => {
+                let h = self.hstate(i);
+                h.max_huge_pages = n;
+                h.set_by = tok;
+            }
+        }
+        self.last_mhp = Some(mhp);
+    }
+
+    /// The command-line part of `hugetlb_init`: the default hstate (2 MiB, `HPAGE_SIZE` on arm64
+    /// with 4 KiB pages) exists; without `default_hugepagesz=`, an implicit count goes to it and
+    /// overrides an explicit one (returned, for the warning Linux prints).
+    fn finish(&mut self) -> Option<&'a str> {
+        self.add_hstate(HugePageSize::Size2M);
+        if self.parsed_default_hugepagesz {
+            return None;
+        }
+        self.default_hstate_idx = self.size_to_hstate(HugePageSize::Size2M).unwrap_or(0);
+        if self.default_hstate_max_huge_pages == 0 {
+            return None;
+        }
+        let (n, by) = (self.default_hstate_max_huge_pages, self.default_set_by);
+        let h = self.hstate(self.default_hstate_idx);
+        let overridden = (h.max_huge_pages != 0).then_some(h.set_by);
+        h.max_huge_pages = n;
+        h.set_by = by;
+        overridden
+    }
 }
 
 /// Parses a command line. Never fails; see the module documentation.
 pub fn parse(s: &str) -> Cmdline<'_> {
     let mut c = Cmdline::default();
-    // mm/hugetlb.c state.
-    let mut parsed_valid_hugepagesz = true;
-    let mut hstates = [false; 2];
-    let mut any_hstate = false;
-    let mut current = Target::Default;
-    let mut last_target: Option<Target> = None;
-    let mut implicit: Option<u64> = None;
-    // The option text of each size's explicit request, for the override warning.
-    let mut request_tok: [&str; 2] = ["", ""];
+    let mut hs = HugetlbSetup::new();
 
     for tok in (Tokens { rest: s }) {
         if tok == "--" {
@@ -376,85 +589,49 @@ pub fn parse(s: &str) -> Cmdline<'_> {
             None => (tok, None),
         };
         match key {
+            // Without `=`, Linux's `__setup("hugepagesz=")` does not match: no state change.
+            "hugepagesz" | "default_hugepagesz" | "hugepages" if value.is_none() => {
+                c.malformed(tok, MalformedReason::MissingValue)
+            }
             "hugepagesz" | "default_hugepagesz" => {
-                let is_default = key == "default_hugepagesz";
-                parsed_valid_hugepagesz = false;
-                if is_default && c.default_hugepagesz.is_some() {
-                    c.malformed(tok, MalformedReason::SpecifiedTwice);
-                    continue;
-                }
-                let Some(v) = value else {
-                    c.malformed(tok, MalformedReason::MissingValue);
-                    continue;
+                // Linux's memparse turns a malformed value into a size arch_hugetlb_valid_size
+                // refuses: the same state change as an unsupported size, with a precise reason.
+                let (size, reason) = match parse_size(value.unwrap_or("")) {
+                    Ok(b) => (HugePageSize::from_bytes(b), None),
+                    Err(e) => (None, Some(MalformedReason::from(e))),
                 };
-                let size = match parse_size(v) {
-                    Ok(b) => match HugePageSize::from_bytes(b) {
-                        Some(s) => s,
-                        None => {
-                            c.malformed(tok, MalformedReason::UnsupportedHugePageSize);
-                            continue;
+                let r = if key == "default_hugepagesz" {
+                    hs.default_hugepagesz_setup(size).map(|overridden| {
+                        c.default_hugepagesz = size;
+                        if let Some(o) = overridden {
+                            c.malformed(o, MalformedReason::OverriddenByDefault);
                         }
-                    },
-                    Err(e) => {
-                        c.malformed(tok, e.into());
-                        continue;
-                    }
+                    })
+                } else {
+                    hs.hugepagesz_setup(size)
                 };
-                if is_default {
-                    c.default_hugepagesz = Some(size);
-                } else if hstates[size.index()] {
-                    // Allowed only for the default size before its count was given.
-                    let ok = c.default_hugepagesz == Some(size)
-                        && !c.hugepage_requests().iter().any(|r| r.size == size);
-                    if !ok {
-                        c.malformed(tok, MalformedReason::SpecifiedTwice);
-                        continue;
-                    }
-                }
-                hstates[size.index()] = true;
-                any_hstate = true;
-                current = Target::Size(size);
-                parsed_valid_hugepagesz = true;
-                if is_default {
-                    if let Some(n) = implicit.take() {
-                        c.set_request(size, n, true);
-                    }
+                if let Err(e) = r {
+                    let e = match (e, reason) {
+                        (MalformedReason::UnsupportedHugePageSize, Some(r)) => r,
+                        _ => e,
+                    };
+                    c.malformed(tok, e);
                 }
             }
             "hugepages" => {
-                if !parsed_valid_hugepagesz {
-                    c.malformed(tok, MalformedReason::NoValidHugepagesz);
-                    parsed_valid_hugepagesz = true;
-                    continue;
-                }
-                let target = if any_hstate { current } else { Target::Default };
-                if last_target == Some(target) {
-                    c.malformed(tok, MalformedReason::SpecifiedTwice);
-                    continue;
-                }
-                let Some(v) = value else {
-                    c.malformed(tok, MalformedReason::MissingValue);
-                    continue;
-                };
-                let n = match parse_u64(v) {
-                    Ok(n) if n > MAX_HUGEPAGES => {
-                        c.malformed(tok, MalformedReason::CountTooLarge);
-                        continue;
-                    }
-                    Ok(n) => n,
+                let mhp = match hs.hugepages_target() {
+                    Ok(m) => m,
                     Err(e) => {
-                        c.malformed(tok, e.into());
+                        c.malformed(tok, e);
                         continue;
                     }
                 };
-                match target {
-                    Target::Default => implicit = Some(n),
-                    Target::Size(size) => {
-                        c.set_request(size, n, false);
-                        request_tok[size.index()] = tok;
-                    }
+                // Linux's "invalid" path: last_mhp unchanged.
+                match parse_u64(value.unwrap_or("")) {
+                    Ok(n) if n > MAX_HUGEPAGES => c.malformed(tok, MalformedReason::CountTooLarge),
+                    Ok(n) => hs.hugepages_store(mhp, n, tok),
+                    Err(e) => c.malformed(tok, e.into()),
                 }
-                last_target = Some(target);
             }
             "hugetlb_free_vmemmap" => match value.map(parse_bool) {
                 Some(Some(b)) => c.hugetlb_free_vmemmap = Some(b),
@@ -482,7 +659,10 @@ pub fn parse(s: &str) -> Cmdline<'_> {
             },
             "memhp_reserve" => match value.map(parse_size) {
                 Some(Ok(0)) => c.memhp_reserve = None,
-                Some(Ok(n)) if n.is_multiple_of(MEMHP_GRANULE) => c.memhp_reserve = Some(n),
+                Some(Ok(n)) if n.is_multiple_of(MEMHP_GRANULE) => {
+                    c.memhp_reserve = Some(n);
+                    c.memhp_option = tok;
+                }
                 Some(Ok(_)) => c.malformed(tok, MalformedReason::NotSectionAligned),
                 Some(Err(e)) => c.malformed(tok, e.into()),
                 None => c.malformed(tok, MalformedReason::MissingValue),
@@ -494,13 +674,12 @@ pub fn parse(s: &str) -> Cmdline<'_> {
         }
     }
 
-    if let Some(n) = implicit {
-        let size = c.default_hugepage_size();
-        if c.hugepage_requests().iter().any(|r| r.size == size) {
-            // Linux: "Ignoring hugepages=<explicit> associated with <size> page size".
-            c.malformed(request_tok[size.index()], MalformedReason::OverriddenByDefault);
-        }
-        c.set_request(size, n, true);
+    if let Some(o) = hs.finish() {
+        // Linux: "Ignoring hugepages=<explicit> associated with <size> page size".
+        c.malformed(o, MalformedReason::OverriddenByDefault);
+    }
+    for h in hs.hstates[..hs.max_hstate].iter().filter(|h| h.max_huge_pages != 0) {
+        c.push_request(HugepageRequest { size: h.size, count: h.max_huge_pages });
     }
     c
 }
@@ -555,8 +734,9 @@ mod tests {
                 reason: MalformedReason::OverriddenByDefault
             }]
         );
+        // Requests come in hstate order: 1G was created first, 2M at the end (hugetlb_init).
         let c = parse("hugepages=7 hugepagesz=1G hugepages=1");
-        assert_eq!(c.hugepage_requests(), &[req(Size2M, 7), req(Size1G, 1)]);
+        assert_eq!(c.hugepage_requests(), &[req(Size1G, 1), req(Size2M, 7)]);
     }
 
     #[test]
@@ -706,5 +886,52 @@ mod tests {
         assert_eq!(parse_size("16777216T"), Err(NumberError::BadNumber));
         assert_eq!(parse_u64("0x"), Err(NumberError::BadNumber));
         assert_eq!(parse_u64("-1"), Err(NumberError::BadNumber));
+    }
+
+    #[test]
+    fn debug_shows_only_what_is_there() {
+        let d = format!("{:?}", parse(""));
+        assert!(d.contains("hugepages: []") && d.contains("warnings: []"), "{d}");
+        assert!(!d.contains("TooMany") && !d.contains("nr_"), "{d}");
+        let d = format!("{:?}", parse("hugepages=3 bogus"));
+        assert!(d.contains("hugepages: [HugepageRequest { size: Size2M, count: 3 }]"), "{d}");
+        assert!(d.contains("warnings: [Unknown { option: \"bogus\" }]"), "{d}");
+    }
+
+    #[test]
+    fn a_refused_memhp_reserve_is_gone_and_warned() {
+        let mut c = parse("memhp_reserve=5G ptdump");
+        assert_eq!(c.memhp_reserve, Some(5 << 30));
+        c.refuse_memhp_reserve(Refusal::NoRoom);
+        assert_eq!(c.memhp_reserve, None);
+        assert_eq!(
+            c.warnings(),
+            &[Warning::Refused { option: "memhp_reserve=5G", reason: Refusal::NoRoom }]
+        );
+        let d = format!("{c:?}");
+        assert!(d.contains("memhp_reserve: None") && d.contains("Refused"), "{d}");
+        // Twice, or without the option: nothing more.
+        c.refuse_memhp_reserve(Refusal::NoRoom);
+        assert_eq!(c.warnings().len(), 1);
+        let mut c = parse("");
+        c.refuse_memhp_reserve(Refusal::NoRoom);
+        assert!(c.warnings().is_empty());
+    }
+
+    #[test]
+    fn stricter_than_linux_and_says_so() {
+        // Linux's sscanf/memparse would read a prefix; here each is ignored with a reason.
+        for (line, reason) in [
+            ("hugepages=5x", MalformedReason::BadNumber),
+            ("hugepages=0:5", MalformedReason::BadNumber),
+            ("hugepages=65537", MalformedReason::CountTooLarge),
+            ("hugepagesz=2Mx", MalformedReason::UnknownSuffix),
+        ] {
+            let c = parse(line);
+            assert!(c.hugepage_requests().is_empty(), "{line}");
+            assert_eq!(c.warnings(), &[Warning::Malformed { option: line, reason }], "{line}");
+        }
+        // MAX_HUGEPAGES itself is accepted.
+        assert_eq!(parse("hugepages=65536").hugepages(Size2M), MAX_HUGEPAGES);
     }
 }

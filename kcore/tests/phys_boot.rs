@@ -3,7 +3,7 @@
 //! the `memhp_reserve=` range with a self-hosted memmap; page conservation at every stage.
 
 use kcore::addr::{Pfn, PhysAddr, PAGE_SIZE};
-use kcore::bootinfo::{memory_map, BootInfo, MemorySource};
+use kcore::bootinfo::{memory_map, BootInfo, MapLimits, MemorySource};
 use kcore::buddy::{check_conservation, Buddy};
 use kcore::cmdline;
 use kcore::hugetlb::{HugePageSize, HugetlbPool, NoHooks};
@@ -11,6 +11,8 @@ use kcore::memblock::{MemRegion, Memblock, ReservedKind};
 use kcore::page::{PageFlags, PageState};
 use kcore::vmemmap::{hotplug_holdback, HostVmemmap, PAGES_PER_SECTION, VMEMMAP_BLOCK_SIZE};
 
+/// BCM2711 limits: 44-bit PA (Cortex-A72), the kernel image at 0x80000.
+const LIM: MapLimits = MapLimits::bcm2711(4, MemRegion::new(0x8_0000, 0x1000));
 const FIXTURE: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/bcm2711-rpi-4-b.dtb");
 
@@ -22,7 +24,7 @@ fn qemu_boot_sequence() {
     // 1. Boot information and memory map (QEMU: the board table is authoritative).
     let dtb = std::fs::read(FIXTURE).unwrap();
     let info = BootInfo::parse(&dtb).unwrap();
-    let map = memory_map(&QEMU_BOARD, Ok(&info), None, true);
+    let map = memory_map(&QEMU_BOARD, Ok(&info), None, true, &LIM);
     assert_eq!(map.source, MemorySource::BoardTable);
     let cmd =
         cmdline::parse("hugepagesz=1G hugepages=1 hugepagesz=2M hugepages=32 memhp_reserve=256M");

@@ -3,14 +3,16 @@
 
 use kcore::addr::PhysAddr;
 use kcore::bootinfo::{
-    memory_map, BootInfo, BootInfoError, BootSource, DtbDefect, MapWarning, MemorySource,
-    FDT_MAGIC, MAX_BANKS,
+    memory_map, BootInfo, BootInfoError, BootSource, DtbDefect, MapLimits, MapWarning,
+    MemorySource, FDT_MAGIC, MAX_BANKS,
 };
 use kcore::cmdline;
 use kcore::hugetlb::HugePageSize;
 use kcore::memblock::MemRegion;
 use proptest::prelude::*;
 
+/// BCM2711 limits: 44-bit PA (Cortex-A72), the kernel image at 0x80000.
+const LIM: MapLimits = MapLimits::bcm2711(4, MemRegion::new(0x8_0000, 0x1000));
 const FIXTURE: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/bcm2711-rpi-4-b.dtb");
 
@@ -173,7 +175,7 @@ fn fixture_as_shipped() {
     assert_eq!(info.reserved.as_slice(), &[MemRegion::new(0, 0x1000)]);
     // The firmware then falls back to the board's table.
     let board = [MemRegion::new(0, 0x3b40_0000)];
-    let m = memory_map(&board, Ok(&info), None, false);
+    let m = memory_map(&board, Ok(&info), None, false, &LIM);
     assert_eq!(m.source, MemorySource::BoardTable);
     assert_eq!(m.regions.as_slice(), &board);
     assert_eq!(
@@ -224,14 +226,14 @@ fn fixture_patched_like_the_firmware() {
     d[reg + 8..reg + 12].copy_from_slice(&0x3b40_0000u32.to_be_bytes());
     let info = BootInfo::parse(&d).unwrap();
     assert_eq!(info.banks().unwrap(), &[MemRegion::new(0, 0x3b40_0000)]);
-    let m = memory_map(&[], Ok(&info), None, false);
+    let m = memory_map(&[], Ok(&info), None, false, &LIM);
     assert_eq!(m.source, MemorySource::Dtb);
     assert_eq!(m.regions.as_slice(), &[MemRegion::new(0, 0x3b40_0000)]);
     // QEMU raspi4b rewrites -dtb to 0..0x3c000000 only; the board table is authoritative.
     d[reg + 8..reg + 12].copy_from_slice(&0x3c00_0000u32.to_be_bytes());
     let info = BootInfo::parse(&d).unwrap();
     let qemu = [MemRegion::new(0, 0x3c00_0000), MemRegion::new(0x4000_0000, 0x4000_0000)];
-    let m = memory_map(&qemu, Ok(&info), None, true);
+    let m = memory_map(&qemu, Ok(&info), None, true, &LIM);
     assert_eq!(m.source, MemorySource::BoardTable);
     assert_eq!(m.regions.as_slice(), &qemu);
 }
@@ -423,4 +425,57 @@ proptest! {
         }
         let _ = BootInfo::parse(&d);
     }
+}
+
+/// `/memreserve/` entries of size 0 or wrapping past 2^64, and `/reserved-memory` children with
+/// a zero size or a malformed `reg`: none kept as given, each noted, the notes in the map's
+/// warnings.
+#[test]
+fn bad_reservations_are_dropped_or_clipped_and_warned() {
+    use kcore::bootinfo::{ReservationDefect, ReservationNote};
+    let mut b = DtbBuilder::default();
+    b.memreserve(0x5000, 0).memreserve(0xFFFF_FFFF_FFFF_0000, 0x2_0000).memreserve(0, 0x1000);
+    // Found by the fuzzer: a wrapping entry at the very last byte clips to nothing.
+    b.memreserve(u64::MAX, 0x10);
+    b.begin("").cells("#address-cells", &[2]).cells("#size-cells", &[1]);
+    b.begin("reserved-memory").cells("#address-cells", &[2]).cells("#size-cells", &[1]);
+    b.begin("empty@6000").cells("reg", &[0, 0x6000, 0]).end();
+    b.begin("odd@7000").cells("reg", &[0, 0x7000]).end();
+    b.end();
+    b.begin("memory@0").string("device_type", "memory").cells("reg", &[0, 0, 0x3c00_0000]).end();
+    b.end();
+    let d = b.finish();
+    let info = BootInfo::parse(&d).unwrap();
+    assert_eq!(
+        info.reserved.as_slice(),
+        &[MemRegion::from_range(0xFFFF_FFFF_FFFF_0000, u64::MAX), MemRegion::new(0, 0x1000)]
+    );
+    let notes: Vec<_> = info.reservation_notes.iter().collect();
+    assert_eq!(
+        notes,
+        vec![
+            ReservationNote {
+                region: MemRegion::new(0x5000, 0),
+                defect: ReservationDefect::ZeroSize
+            },
+            ReservationNote {
+                region: MemRegion::new(0xFFFF_FFFF_FFFF_0000, 0x2_0000),
+                defect: ReservationDefect::Wraps
+            },
+            ReservationNote {
+                region: MemRegion::new(u64::MAX, 0x10),
+                defect: ReservationDefect::Wraps
+            },
+            ReservationNote {
+                region: MemRegion::new(0x6000, 0),
+                defect: ReservationDefect::ZeroSize
+            },
+        ]
+    );
+    let m = memory_map(&[], Ok(&info), None, false, &LIM);
+    assert_eq!(m.source, MemorySource::Dtb);
+    // Four fit in the notes; the fifth (odd@7000's malformed reg) is counted.
+    assert_eq!(info.reservation_notes.dropped(), 1);
+    assert_eq!(m.warnings().filter(|w| matches!(w, MapWarning::Reservation(_))).count(), 4);
+    assert!(m.warnings().any(|w| w == MapWarning::MoreReservationNotes(1)));
 }

@@ -8,6 +8,7 @@ mod build;
 mod decode;
 mod doctor;
 mod firmware;
+mod fuzz;
 mod gdb;
 mod monitor;
 mod qemu;
@@ -43,6 +44,8 @@ enum Command {
     Doctor,
     /// Decode the firmware log from a serial port (a Pi 4 on GPIO14/15).
     Monitor(monitor::Args),
+    /// Fuzz the boot-input parsers (and kcore's operation-sequence fuzz) for a time budget.
+    Fuzz(fuzz::Args),
 }
 
 /// The boards the firmware can be built for: package `board-<name>`, bin `pi4-hvo-<name>`.
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         Command::Gdb(args) => gdb::main(args),
         Command::Doctor => doctor::main(),
         Command::Monitor(args) => monitor::main(args),
+        Command::Fuzz(args) => fuzz::main(args),
     };
     match result {
         Ok(code) => code,

@@ -182,6 +182,35 @@ pub const TARGET_RUNS: &[TargetRun] = &[
         ],
         status: 0,
     },
+    // Bad boot input (issue 10): the boot goes on, with a warning, and nothing crashes.
+    TargetRun {
+        name: "dtb-alias-loop",
+        bootargs: "hugepages=4",
+        // /aliases that recursed the fdt crate's lookup forever, /chosen aliased to a node whose
+        // bootargs say crash=panic, and zero-size/wrapping /memreserve/ entries.
+        dtb: Some("kcore/tests/dtb/alias-loop-bad-memreserve.dtb"),
+        timeout_secs: 300,
+        expect: &["boot info: Dtb of", "HugeTLB: 4 hugepages of size 2M pre-allocated"],
+        status: 0,
+    },
+    TargetRun {
+        name: "atag-long-cmdline",
+        // 585 characters: QEMU's boot code at 0x300 overwrites the ATAG text past ~466.
+        bootargs: concat!(
+            "hugepagesz=2M hugepages=4 ",
+            "o01.x=1 o02.x=1 o03.x=1 o04.x=1 o05.x=1 o06.x=1 o07.x=1 o08.x=1 o09.x=1 o10.x=1 ",
+            "o11.x=1 o12.x=1 o13.x=1 o14.x=1 o15.x=1 o16.x=1 o17.x=1 o18.x=1 o19.x=1 o20.x=1 ",
+            "o21.x=1 o22.x=1 o23.x=1 o24.x=1 o25.x=1 o26.x=1 o27.x=1 o28.x=1 o29.x=1 o30.x=1 ",
+            "o31.x=1 o32.x=1 o33.x=1 o34.x=1 o35.x=1 o36.x=1 o37.x=1 o38.x=1 o39.x=1 o40.x=1 ",
+            "o41.x=1 o42.x=1 o43.x=1 o44.x=1 o45.x=1 o46.x=1 o47.x=1 o48.x=1 o49.x=1 o50.x=1 ",
+            "o51.x=1 o52.x=1 o53.x=1 o54.x=1 o55.x=1 o56.x=1 o57.x=1 o58.x=1 o59.x=1 o60.x=1 ",
+            "o61.x=1 o62.x=1 o63.x=1 o64.x=1 o65.x=1 o66.x=1 o67.x=1 o68.x=1 o69.x=1 o70.x=1"
+        ),
+        dtb: None,
+        timeout_secs: 300,
+        expect: &["command line TRUNCATED", "HugeTLB: 4 hugepages of size 2M pre-allocated"],
+        status: 0,
+    },
     TargetRun {
         name: "crash-fault",
         bootargs: "crash=fault",
