@@ -83,6 +83,7 @@
 #![deny(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
 
 use crate::addr::{Pfn, PhysAddr, VirtAddr, PAGE_SIZE, PMD_SIZE, PUD_SIZE};
+pub use crate::bbm_sync::{BbmSync, NoSync};
 use crate::buddy::{Buddy, BuddyError};
 use crate::hugetlb::{check_folio, Folio, FolioError};
 use crate::layout::{VMEMMAP_SIZE, VMEMMAP_START};
@@ -262,6 +263,15 @@ pub enum HvoError {
         /// The address.
         pa: PhysAddr,
     },
+    /// The folio's head reference count is not 0: HVO only works on frozen folios (Linux's
+    /// `VM_WARN_ON_ONCE_FOLIO(folio_ref_count(folio), folio)`), so that a speculative
+    /// `folio_try_get()` on another CPU never writes a descriptor HVO copies or makes read-only.
+    NotFrozen {
+        /// Head of the folio.
+        folio: Pfn,
+        /// Its reference count.
+        refcount: u32,
+    },
 }
 
 /// Tunables. [`Default`] gives Linux's behaviour.
@@ -278,6 +288,9 @@ pub struct HvoOptions {
     /// Batched calls: above this many entries, one `TLBI VMALLE1IS` replaces the per-page
     /// `TLBI VAAE1IS`s (Linux: `MAX_DVM_OPS` = `PTRS_PER_PTE` = 512).
     pub flush_all_threshold: u64,
+    /// Refuse ([`HvoError::NotFrozen`]) a folio whose head reference count is not 0. `false`
+    /// only as a test's negative control (showing what the freeze prevents).
+    pub require_frozen: bool,
 }
 
 /// Linux's `MAX_DVM_OPS` on arm64 (`PTRS_PER_PTE`).
@@ -285,7 +298,12 @@ pub const MAX_DVM_OPS: u64 = ENTRIES_PER_TABLE as u64;
 
 impl Default for HvoOptions {
     fn default() -> Self {
-        HvoOptions { replace_head_page: true, verify_tails: true, flush_all_threshold: MAX_DVM_OPS }
+        HvoOptions {
+            replace_head_page: true,
+            verify_tails: true,
+            flush_all_threshold: MAX_DVM_OPS,
+            require_frozen: true,
+        }
     }
 }
 
@@ -555,6 +573,10 @@ struct FreeList {
 }
 
 impl FreeList {
+    fn is_empty(&self) -> bool {
+        self.head.is_none() && self.unlisted == 0
+    }
+
     fn push(&mut self, vm: &Vmemmap, pa: PhysAddr) {
         let pfn = Pfn::containing(pa);
         match vm.get(pfn) {
@@ -680,6 +702,11 @@ struct HvoWalk<'a, M: PhysMem, O: MmuOps> {
     mem: &'a M,
     vm: &'a Vmemmap,
     mmu: &'a mut O,
+    sync: &'a mut dyn BbmSync,
+    /// The VAs a batched pass may leave invalid (its break window), and whether that window is
+    /// open (`break_begin` called, `break_end` not yet).
+    batch_window: (VirtAddr, VirtAddr),
+    window_open: bool,
     strategy: Strategy,
     phase: Phase,
     // Per folio.
@@ -708,11 +735,20 @@ struct HvoWalk<'a, M: PhysMem, O: MmuOps> {
 }
 
 impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
-    fn new(mem: &'a M, vm: &'a Vmemmap, mmu: &'a mut O, strategy: Strategy) -> Self {
+    fn new(
+        mem: &'a M,
+        vm: &'a Vmemmap,
+        mmu: &'a mut O,
+        sync: &'a mut dyn BbmSync,
+        strategy: Strategy,
+    ) -> Self {
         HvoWalk {
             mem,
             vm,
             mmu,
+            sync,
+            batch_window: (VirtAddr(0), VirtAddr(0)),
+            window_open: false,
             strategy,
             phase: Phase::Check,
             folio: Pfn(0),
@@ -768,6 +804,8 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
             unsafe { core::ptr::write_volatile(self.mem.ptr(table + i * 8).cast::<u64>(), d.0) };
         }
         let td = Descriptor::table(Level::L2, table).map_err(|_| HvoError::Encode { pa: table })?;
+        // One break window: the whole block is invalid until the table entry is published.
+        self.sync.break_begin(e.span_start(), e.span_start() + PMD_SIZE);
         // SAFETY: `e` is a live level-2 entry of `init_mm` handed to us by the walker; the block
         // maps vmemmap, and `Hvo::new`'s contract keeps every CPU off the section's descriptors
         // while the entry is invalid (valid -> invalid is the "break").
@@ -788,6 +826,7 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
         // instructions translate through it (ARM ARM "Ordering of translation table walks").
         self.mmu.dsb_ishst();
         self.mmu.isb();
+        self.sync.break_end();
         self.splits += 1;
         Ok(table)
     }
@@ -796,12 +835,20 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
     /// apply pass, or a [`pending`] invalid entry in a batched pass.
     fn replace(&mut self, e: &Entry, new: Descriptor) {
         if self.phase == Phase::Invalidate {
+            if !self.window_open {
+                // The batch's one window opens at its first invalid entry.
+                let (lo, hi) = self.batch_window;
+                self.sync.break_begin(lo, hi);
+                self.window_open = true;
+            }
             // SAFETY: `e` is a live level-3 vmemmap entry of the folio we own (no other CPU
             // touches its descriptors, `Hvo::new`'s contract); valid -> invalid needs no break.
             unsafe { e.set(self.mmu, pending(new)) };
             self.pending += 1;
             return;
         }
+        // One window per entry in the single-folio path.
+        self.sync.break_begin(e.addr(), e.addr() + PAGE_SIZE);
         // SAFETY: as above.
         unsafe { e.set(self.mmu, Descriptor::INVALID) };
         // DSB ISHST: the invalid entry is visible to the walkers before the TLBI (ARM ARM
@@ -814,7 +861,12 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
         self.mmu.dsb_ish();
         // SAFETY: as above; the break is complete.
         unsafe { e.set(self.mmu, new) };
-        // The DSB ISHST + ISB that publish the new entry come at the end of the pass.
+        // DSB ISHST: the new entry is visible to the table walkers of every core; ISB: this
+        // core's later instructions translate with it (ARM ARM "Ordering of translation table
+        // walks"). Published, the window closes.
+        self.mmu.dsb_ishst();
+        self.mmu.isb();
+        self.sync.break_end();
     }
 
     fn remap(&mut self, e: &Entry, pa: PhysAddr, attrs: Attrs) -> Result<(), HvoError> {
@@ -1015,10 +1067,15 @@ fn complete_and_publish<M: PhysMem, O: MmuOps>(
     stats: &mut HvoStats,
 ) -> Result<(), HvoError> {
     let done = complete_batch(guard, mem, w, folios, threshold, stats);
-    // DSB ISHST: the new entries are visible to the table walkers; ISB: this core's later
-    // instructions translate with them (ARM ARM "Ordering of translation table walks").
-    w.mmu.dsb_ishst();
-    w.mmu.isb();
+    if w.window_open {
+        // DSB ISHST: the new entries are visible to the table walkers; ISB: this core's later
+        // instructions translate with them (ARM ARM "Ordering of translation table walks").
+        // (The single-folio path published each entry as it wrote it.)
+        w.mmu.dsb_ishst();
+        w.mmu.isb();
+        w.sync.break_end();
+        w.window_open = false;
+    }
     done
 }
 
@@ -1078,6 +1135,7 @@ pub struct Hvo<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> {
     vm: &'a Vmemmap,
     frames: &'a mut F,
     tables: &'a mut T,
+    sync: Option<&'a mut dyn BbmSync>,
     opts: HvoOptions,
     stats: HvoStats,
 }
@@ -1119,9 +1177,15 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
             vm,
             frames,
             tables,
+            sync: None,
             opts: HvoOptions::default(),
             stats: HvoStats::default(),
         }
+    }
+
+    /// Uses `sync` for the following operations (default: [`NoSync`]).
+    pub fn set_sync(&mut self, sync: &'a mut dyn BbmSync) {
+        self.sync = Some(sync);
     }
 
     /// With options `opts`.
@@ -1175,10 +1239,22 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
     pub fn split_folio(&mut self, folio: &Folio) -> Result<u64, HvoError> {
         check_order(folio)?;
         let before = self.mmu.stats();
-        let mut w = HvoWalk::new(self.mem, self.vm, &mut *self.mmu, Strategy::SplitOnly);
+        let mut nosync = NoSync;
+        let sync: &mut dyn BbmSync = match self.sync.as_deref_mut() {
+            Some(s) => s,
+            None => &mut nosync,
+        };
+        let mut w = HvoWalk::new(self.mem, self.vm, &mut *self.mmu, sync, Strategy::SplitOnly);
         walk_folio(self.guard, self.mem, &mut w, folio, Phase::Check)?;
         alloc_tables(self.mem, &mut *self.tables, &mut w, &mut self.stats)?;
-        let r = walk_folio(self.guard, self.mem, &mut w, folio, Phase::Apply);
+        let r = if w.need_tables > 0 {
+            w.sync.op_begin();
+            let r = walk_folio(self.guard, self.mem, &mut w, folio, Phase::Apply);
+            w.sync.op_end();
+            r
+        } else {
+            Ok(())
+        };
         let splits = w.splits;
         release_tables(self.mem, &mut *self.tables, &mut w, &mut self.stats);
         self.stats.splits += splits;
@@ -1215,6 +1291,15 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         self.restore(folios, true)
     }
 
+    /// Refuses a folio whose head is not frozen (unless the test-only control says not to).
+    fn check_frozen(&self, f: &Folio) -> Result<(), HvoError> {
+        let refcount = self.vm.page(f.head_pfn()).refcount();
+        if self.opts.require_frozen && refcount != 0 {
+            return Err(HvoError::NotFrozen { folio: f.head_pfn(), refcount });
+        }
+        Ok(())
+    }
+
     fn optimize(&mut self, folios: &[Folio], batched: bool) -> Result<u64, HvoError> {
         let vm = self.vm;
         for f in folios {
@@ -1222,6 +1307,7 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
             if folio_is_optimized(vm, f) {
                 continue;
             }
+            self.check_frozen(f)?;
             check_folio(f, vm).map_err(HvoError::Folio)?;
             if self.opts.verify_tails {
                 verify_tails(vm, f)?;
@@ -1234,14 +1320,37 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         if todo.clone().next().is_none() {
             return Ok(0);
         }
+        let window = batch_window(todo.clone());
+        let n_todo = todo.clone().count();
         let before = self.mmu.stats();
-        let mut w = HvoWalk::new(self.mem, vm, &mut *self.mmu, Strategy::Optimize);
+        let mut nosync = NoSync;
+        let sync: &mut dyn BbmSync = match self.sync.as_deref_mut() {
+            Some(s) => s,
+            None => &mut nosync,
+        };
+        let mut w = HvoWalk::new(self.mem, vm, &mut *self.mmu, sync, Strategy::Optimize);
+        w.batch_window = window;
         for f in todo.clone() {
             walk_folio(self.guard, self.mem, &mut w, f, Phase::Check)?;
         }
         alloc_tables(self.mem, &mut *self.tables, &mut w, &mut self.stats)?;
+        // The frames for the copies of page 0, taken before any entry is written (so that no
+        // allocation happens inside a break window). Short: the last folios keep their page 0.
+        let mut heads = Chain::EMPTY;
+        if self.opts.replace_head_page {
+            for _ in 0..n_todo {
+                match self.frames.alloc() {
+                    Some(pa) => {
+                        heads.push(self.mem, pa);
+                        self.stats.frames_allocated += 1;
+                    }
+                    None => break,
+                }
+            }
+        }
         // Linux's hugetlb_optimize_vmemmap_key: fake heads may exist from now on.
         set_fake_head_fixup(true);
+        w.sync.op_begin();
 
         let mut r = Ok(());
         if batched {
@@ -1256,14 +1365,14 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
             if r.is_err() {
                 break;
             }
-            if self.opts.replace_head_page {
-                w.new_head = self.frames.alloc();
-                self.stats.frames_allocated += u64::from(w.new_head.is_some());
-            }
+            w.new_head = heads.pop(self.mem);
             r = walk_folio(self.guard, self.mem, &mut w, f, phase);
             if let Some(unused) = w.new_head.take() {
                 w.to_free.push(vm, unused);
             }
+        }
+        while let Some(unused) = heads.pop(self.mem) {
+            w.to_free.push(vm, unused);
         }
         // Pending entries are completed even after an error (which the check pass makes
         // impossible short of a concurrent edit of the tables), so none stays invalid.
@@ -1275,8 +1384,14 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
             self.opts.flush_all_threshold,
             &mut self.stats,
         ));
-        // The old frames' TLB entries are gone (each break completed with its DSB ISH): free.
+        // The old frames' TLB entries are gone (each break completed with its DSB ISH); once
+        // every other CPU has passed a quiescent state, no reader still holds an address it
+        // computed through the old mapping: free.
+        if !w.to_free.is_empty() {
+            w.sync.grace_period();
+        }
         w.to_free.drain(vm, &mut *self.frames, &mut self.stats);
+        w.sync.op_end();
         release_tables(self.mem, &mut *self.tables, &mut w, &mut self.stats);
         self.stats.splits += w.splits;
         self.stats.ptes_remapped += w.remapped;
@@ -1300,13 +1415,23 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         let vm = self.vm;
         for f in folios {
             check_order(f)?;
+            if folio_is_optimized(vm, f) {
+                self.check_frozen(f)?;
+            }
         }
         let todo = folios.iter().filter(|f| folio_is_optimized(vm, f));
         if todo.clone().next().is_none() {
             return Ok(0);
         }
+        let window = batch_window(todo.clone());
         let before = self.mmu.stats();
-        let mut w = HvoWalk::new(self.mem, vm, &mut *self.mmu, Strategy::Restore);
+        let mut nosync = NoSync;
+        let sync: &mut dyn BbmSync = match self.sync.as_deref_mut() {
+            Some(s) => s,
+            None => &mut nosync,
+        };
+        let mut w = HvoWalk::new(self.mem, vm, &mut *self.mmu, sync, Strategy::Restore);
+        w.batch_window = window;
         for f in todo.clone() {
             walk_folio(self.guard, self.mem, &mut w, f, Phase::Check)?;
         }
@@ -1330,6 +1455,7 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
                 }
             }
         }
+        w.sync.op_begin();
         let phase = if batched { Phase::Invalidate } else { Phase::Apply };
         let mut r = Ok(());
         for f in todo.clone() {
@@ -1344,13 +1470,14 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
             &mut self.stats,
         ));
         while let Some(pa) = w.frames.pop(self.mem) {
-            // Only after an error: frames allocated but not used.
+            // Only after an error: frames allocated but never mapped (no grace period needed).
             if self.frames.free(pa) {
                 self.stats.frames_freed += 1;
             } else {
                 self.stats.free_failures += 1;
             }
         }
+        w.sync.op_end();
         self.stats.ptes_restored += w.restored;
         self.stats.add_mmu(self.mmu.stats().since(before));
         r?;
@@ -1363,6 +1490,14 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         self.stats.folios_restored += n;
         Ok(n)
     }
+}
+
+/// The vmemmap VAs of `folios` (from the lowest start to the highest end): a superset of what
+/// a batched pass over them may leave invalid.
+fn batch_window<'f>(folios: impl Iterator<Item = &'f Folio>) -> (VirtAddr, VirtAddr) {
+    folios.map(folio_vmemmap_range).fold((VirtAddr(u64::MAX), VirtAddr(0)), |(lo, hi), (s, e)| {
+        (if s < lo { s } else { lo }, if e > hi { e } else { hi })
+    })
 }
 
 fn check_order(folio: &Folio) -> Result<(), HvoError> {
