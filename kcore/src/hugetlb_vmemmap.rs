@@ -88,7 +88,7 @@ use crate::buddy::{Buddy, BuddyError};
 use crate::hugetlb::{check_folio, Folio, FolioError};
 use crate::layout::{VMEMMAP_SIZE, VMEMMAP_START};
 use crate::mapper::FrameAlloc;
-use crate::mm::{Kernel, MmapReadGuard};
+use crate::mm::{Kernel, Mm, MmapReadGuard, SpinGuard};
 use crate::page::{set_fake_head_fixup, Page, PageFlags, PageState, PAGE_DESC_SIZE};
 use crate::pagewalk::{
     walk_page_range_novma, Entry, Interests, PageWalkOps, WalkAction, WalkError,
@@ -291,6 +291,10 @@ pub struct HvoOptions {
     /// Refuse ([`HvoError::NotFrozen`]) a folio whose head reference count is not 0. `false`
     /// only as a test's negative control (showing what the freeze prevents).
     pub require_frozen: bool,
+    /// Re-read every live entry under `init_mm`'s `page_table_lock` before replacing it, and
+    /// only replace what the walker saw (Linux's `vmemmap_split_pmd()` re-check). `false` only
+    /// as a test's negative control (showing the double split it prevents).
+    pub recheck_entries: bool,
 }
 
 /// Linux's `MAX_DVM_OPS` on arm64 (`PTRS_PER_PTE`).
@@ -303,6 +307,7 @@ impl Default for HvoOptions {
             verify_tails: true,
             flush_all_threshold: MAX_DVM_OPS,
             require_frozen: true,
+            recheck_entries: true,
         }
     }
 }
@@ -318,6 +323,9 @@ pub struct HvoStats {
     pub folios_restored: u64,
     /// 2 MiB vmemmap blocks split into page tables.
     pub splits: u64,
+    /// Splits skipped because the block had been split by someone else since the walker read
+    /// it (found under `page_table_lock`; the table prepared for it went back unused).
+    pub splits_skipped: u64,
     /// Table pages taken from the table allocator.
     pub tables_allocated: u64,
     /// Tail vmemmap entries remapped read-only onto page 0.
@@ -362,6 +370,7 @@ impl HvoStats {
             folios: f(self.folios, o.folios),
             folios_restored: f(self.folios_restored, o.folios_restored),
             splits: f(self.splits, o.splits),
+            splits_skipped: f(self.splits_skipped, o.splits_skipped),
             tables_allocated: f(self.tables_allocated, o.tables_allocated),
             ptes_remapped: f(self.ptes_remapped, o.ptes_remapped),
             head_pages_replaced: f(self.head_pages_replaced, o.head_pages_replaced),
@@ -703,6 +712,14 @@ struct HvoWalk<'a, M: PhysMem, O: MmuOps> {
     vm: &'a Vmemmap,
     mmu: &'a mut O,
     sync: &'a mut dyn BbmSync,
+    /// `init_mm`, whose `page_table_lock` guards every check-then-write on a live entry.
+    mm: &'a Mm<Kernel>,
+    /// The lock, held from the opening of a batched pass's window to its close.
+    ptl: Option<SpinGuard<'a>>,
+    /// [`HvoOptions::recheck_entries`].
+    recheck: bool,
+    /// Test-only: called in `split` between the walker's read of the block and the re-check.
+    race_hook: Option<&'a mut dyn FnMut(VirtAddr)>,
     /// The VAs a batched pass may leave invalid (its break window), and whether that window is
     /// open (`break_begin` called, `break_end` not yet).
     batch_window: (VirtAddr, VirtAddr),
@@ -729,6 +746,7 @@ struct HvoWalk<'a, M: PhysMem, O: MmuOps> {
     need_frames: u64,
     pending: u64,
     splits: u64,
+    splits_skipped: u64,
     remapped: u64,
     restored: u64,
     heads_replaced: u64,
@@ -740,6 +758,7 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
         vm: &'a Vmemmap,
         mmu: &'a mut O,
         sync: &'a mut dyn BbmSync,
+        mm: &'a Mm<Kernel>,
         strategy: Strategy,
     ) -> Self {
         HvoWalk {
@@ -747,6 +766,10 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
             vm,
             mmu,
             sync,
+            mm,
+            ptl: None,
+            recheck: true,
+            race_hook: None,
             batch_window: (VirtAddr(0), VirtAddr(0)),
             window_open: false,
             strategy,
@@ -764,6 +787,7 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
             need_frames: 0,
             pending: 0,
             splits: 0,
+            splits_skipped: 0,
             remapped: 0,
             restored: 0,
             heads_replaced: 0,
@@ -791,7 +815,30 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
 
     /// Replaces the 2 MiB block `e` by a table of 512 pages mapping the same frames with the
     /// same attributes. Returns the table.
+    ///
+    /// Another CPU optimizing a folio whose descriptors share the block may have split it since
+    /// the walker read the entry: under `init_mm`'s `page_table_lock` the entry is read again
+    /// and only split if it is still that block (Linux's `vmemmap_split_pmd()`). If it has
+    /// become a table, the table page prepared for this split stays unused (it goes back at the
+    /// end of the operation) and the walk descends into the existing table.
     fn split(&mut self, e: &Entry) -> Result<PhysAddr, HvoError> {
+        if let Some(hook) = self.race_hook.as_deref_mut() {
+            hook(e.addr());
+        }
+        let mm = self.mm;
+        let _ptl = self.ptl.is_none().then(|| mm.page_table_lock());
+        if self.recheck {
+            let now = e.reread();
+            if now != e.desc() {
+                return match now.kind(Level::L2) {
+                    DescKind::Table => {
+                        self.splits_skipped += 1;
+                        Ok(now.table_address())
+                    }
+                    _ => Err(self.inconsistent(e.addr())),
+                };
+            }
+        }
         let (pa, attrs) = e.desc().decode_leaf(Level::L2).ok_or(self.inconsistent(e.addr()))?;
         let table =
             self.tables.pop(self.mem).ok_or(HvoError::NoPageTables { needed: 1, got: 0 })?;
@@ -833,19 +880,33 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
 
     /// Replaces the valid page entry `e` by `new`: the full break-before-make sequence in the
     /// apply pass, or a [`pending`] invalid entry in a batched pass.
-    fn replace(&mut self, e: &Entry, new: Descriptor) {
+    ///
+    /// The entry is re-read under `init_mm`'s `page_table_lock` and replaced only if it is still
+    /// what the walker saw ([`HvoError::Inconsistent`] otherwise, nothing written). The lock is
+    /// taken before the window opens and released after it closes: none is taken inside it.
+    fn replace(&mut self, e: &Entry, new: Descriptor) -> Result<(), HvoError> {
+        let mm = self.mm;
         if self.phase == Phase::Invalidate {
             if !self.window_open {
-                // The batch's one window opens at its first invalid entry.
+                // The batch's one window opens at its first invalid entry; the lock is held
+                // until it closes (`complete_and_publish`).
+                self.ptl = Some(mm.page_table_lock());
                 let (lo, hi) = self.batch_window;
                 self.sync.break_begin(lo, hi);
                 self.window_open = true;
+            }
+            if self.recheck && e.reread() != e.desc() {
+                return Err(self.inconsistent(e.addr()));
             }
             // SAFETY: `e` is a live level-3 vmemmap entry of the folio we own (no other CPU
             // touches its descriptors, `Hvo::new`'s contract); valid -> invalid needs no break.
             unsafe { e.set(self.mmu, pending(new)) };
             self.pending += 1;
-            return;
+            return Ok(());
+        }
+        let _ptl = self.ptl.is_none().then(|| mm.page_table_lock());
+        if self.recheck && e.reread() != e.desc() {
+            return Err(self.inconsistent(e.addr()));
         }
         // One window per entry in the single-folio path.
         self.sync.break_begin(e.addr(), e.addr() + PAGE_SIZE);
@@ -867,6 +928,7 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
         self.mmu.dsb_ishst();
         self.mmu.isb();
         self.sync.break_end();
+        Ok(())
     }
 
     fn remap(&mut self, e: &Entry, pa: PhysAddr, attrs: Attrs) -> Result<(), HvoError> {
@@ -878,7 +940,11 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
                 unsafe { copy_frame(self.mem, pa, new) };
                 let d = Descriptor::leaf(Level::L3, new, attrs)
                     .map_err(|_| HvoError::Encode { pa: new })?;
-                self.replace(e, d);
+                if let Err(err) = self.replace(e, d) {
+                    // Not written: the copy is unused (freed with the rest).
+                    self.new_head = Some(new);
+                    return Err(err);
+                }
                 self.to_free.push(self.vm, pa);
                 self.reuse = Some((new, attrs));
                 self.heads_replaced += 1;
@@ -888,7 +954,7 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
         let (reuse, _) = self.reuse.ok_or(self.inconsistent(e.addr()))?;
         let d = Descriptor::leaf(Level::L3, reuse, attrs.read_only())
             .map_err(|_| HvoError::Encode { pa: reuse })?;
-        self.replace(e, d);
+        self.replace(e, d)?;
         self.to_free.push(self.vm, pa);
         self.remapped += 1;
         Ok(())
@@ -908,7 +974,11 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
             reset_descriptors(self.mem, new);
         }
         let d = Descriptor::leaf(Level::L3, new, rw).map_err(|_| HvoError::Encode { pa: new })?;
-        self.replace(e, d);
+        if let Err(err) = self.replace(e, d) {
+            // Not written: the frame goes back with the unused ones.
+            self.frames.push(self.mem, new);
+            return Err(err);
+        }
         self.restored += 1;
         Ok(())
     }
@@ -1075,6 +1145,7 @@ fn complete_and_publish<M: PhysMem, O: MmuOps>(
         w.mmu.isb();
         w.sync.break_end();
         w.window_open = false;
+        w.ptl = None;
     }
     done
 }
@@ -1136,6 +1207,7 @@ pub struct Hvo<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> {
     frames: &'a mut F,
     tables: &'a mut T,
     sync: Option<&'a mut dyn BbmSync>,
+    race_hook: Option<&'a mut dyn FnMut(VirtAddr)>,
     opts: HvoOptions,
     stats: HvoStats,
 }
@@ -1178,6 +1250,7 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
             frames,
             tables,
             sync: None,
+            race_hook: None,
             opts: HvoOptions::default(),
             stats: HvoStats::default(),
         }
@@ -1186,6 +1259,14 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
     /// Uses `sync` for the following operations (default: [`NoSync`]).
     pub fn set_sync(&mut self, sync: &'a mut dyn BbmSync) {
         self.sync = Some(sync);
+    }
+
+    /// Test-only: `hook(va)` runs inside each split between the walker's read of the level-2
+    /// entry at `va` and its re-check under `page_table_lock`, the window in which another CPU
+    /// may split the same block. Host tests use it to interleave a second HVO deterministically.
+    #[cfg(any(test, feature = "std"))]
+    pub fn set_split_race_hook(&mut self, hook: &'a mut dyn FnMut(VirtAddr)) {
+        self.race_hook = Some(hook);
     }
 
     /// With options `opts`.
@@ -1239,12 +1320,15 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
     pub fn split_folio(&mut self, folio: &Folio) -> Result<u64, HvoError> {
         check_order(folio)?;
         let before = self.mmu.stats();
+        let mm = self.guard.mm();
         let mut nosync = NoSync;
         let sync: &mut dyn BbmSync = match self.sync.as_deref_mut() {
             Some(s) => s,
             None => &mut nosync,
         };
-        let mut w = HvoWalk::new(self.mem, self.vm, &mut *self.mmu, sync, Strategy::SplitOnly);
+        let mut w = HvoWalk::new(self.mem, self.vm, &mut *self.mmu, sync, mm, Strategy::SplitOnly);
+        w.recheck = self.opts.recheck_entries;
+        w.race_hook = self.race_hook.as_deref_mut().map(|h| h as &mut dyn FnMut(VirtAddr));
         walk_folio(self.guard, self.mem, &mut w, folio, Phase::Check)?;
         alloc_tables(self.mem, &mut *self.tables, &mut w, &mut self.stats)?;
         let r = if w.need_tables > 0 {
@@ -1256,8 +1340,10 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
             Ok(())
         };
         let splits = w.splits;
+        self.stats.splits_skipped += w.splits_skipped;
         release_tables(self.mem, &mut *self.tables, &mut w, &mut self.stats);
         self.stats.splits += splits;
+        drop(w);
         self.stats.add_mmu(self.mmu.stats().since(before));
         r.map(|()| splits)
     }
@@ -1323,12 +1409,15 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         let window = batch_window(todo.clone());
         let n_todo = todo.clone().count();
         let before = self.mmu.stats();
+        let mm = self.guard.mm();
         let mut nosync = NoSync;
         let sync: &mut dyn BbmSync = match self.sync.as_deref_mut() {
             Some(s) => s,
             None => &mut nosync,
         };
-        let mut w = HvoWalk::new(self.mem, vm, &mut *self.mmu, sync, Strategy::Optimize);
+        let mut w = HvoWalk::new(self.mem, vm, &mut *self.mmu, sync, mm, Strategy::Optimize);
+        w.recheck = self.opts.recheck_entries;
+        w.race_hook = self.race_hook.as_deref_mut().map(|h| h as &mut dyn FnMut(VirtAddr));
         w.batch_window = window;
         for f in todo.clone() {
             walk_folio(self.guard, self.mem, &mut w, f, Phase::Check)?;
@@ -1394,8 +1483,10 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         w.sync.op_end();
         release_tables(self.mem, &mut *self.tables, &mut w, &mut self.stats);
         self.stats.splits += w.splits;
+        self.stats.splits_skipped += w.splits_skipped;
         self.stats.ptes_remapped += w.remapped;
         self.stats.head_pages_replaced += w.heads_replaced;
+        drop(w);
         self.stats.add_mmu(self.mmu.stats().since(before));
         r?;
         let mut n = 0;
@@ -1425,12 +1516,14 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         }
         let window = batch_window(todo.clone());
         let before = self.mmu.stats();
+        let mm = self.guard.mm();
         let mut nosync = NoSync;
         let sync: &mut dyn BbmSync = match self.sync.as_deref_mut() {
             Some(s) => s,
             None => &mut nosync,
         };
-        let mut w = HvoWalk::new(self.mem, vm, &mut *self.mmu, sync, Strategy::Restore);
+        let mut w = HvoWalk::new(self.mem, vm, &mut *self.mmu, sync, mm, Strategy::Restore);
+        w.recheck = self.opts.recheck_entries;
         w.batch_window = window;
         for f in todo.clone() {
             walk_folio(self.guard, self.mem, &mut w, f, Phase::Check)?;
@@ -1479,6 +1572,7 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         }
         w.sync.op_end();
         self.stats.ptes_restored += w.restored;
+        drop(w);
         self.stats.add_mmu(self.mmu.stats().since(before));
         r?;
         let mut n = 0;

@@ -237,6 +237,21 @@ impl ShadowMmu {
         }
     }
 
+    /// A second backend over the same tables and window (another CPU's), recording apart.
+    pub fn another(&self) -> ShadowMmu {
+        ShadowMmu {
+            rec: RecordingMmu::new(),
+            win: self.win,
+            mem: self.mem,
+            root: self.root,
+            drop_tlbi: false,
+            drop_dsb_ish: false,
+            mirror_calls: 0,
+            window: Rc::new(Cell::new(None)),
+            breaks_outside_window: 0,
+        }
+    }
+
     pub fn take_events(&mut self) -> Vec<MmuEvent> {
         self.rec.take_events()
     }
@@ -287,6 +302,19 @@ impl MmuOps for ShadowMmu {
     }
     fn stats(&self) -> MmuStats {
         self.rec.stats()
+    }
+}
+
+/// A frame allocator with no frames (for HVO calls that need none, e.g. `split_folio`).
+pub struct NoFrames;
+
+// SAFETY: hands out nothing.
+unsafe impl VmemmapFrames for NoFrames {
+    fn alloc(&mut self) -> Option<PhysAddr> {
+        None
+    }
+    fn free(&mut self, _: PhysAddr) -> bool {
+        false
     }
 }
 
