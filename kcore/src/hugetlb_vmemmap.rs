@@ -272,6 +272,13 @@ pub enum HvoError {
         /// Its reference count.
         refcount: u32,
     },
+    /// The operation was done (the folios are optimized and flagged), but the frame allocator
+    /// refused `count` of the freed vmemmap frames: they are lost to the allocator, keep their
+    /// `Vmemmap` state, and [`vmemmap_census`] counts them as frames nothing maps.
+    FramesNotFreed {
+        /// Frames refused.
+        count: u64,
+    },
 }
 
 /// Tunables. [`Default`] gives Linux's behaviour.
@@ -430,26 +437,32 @@ pub fn alloc_vmemmap_frame(buddy: &mut Buddy, vm: &Vmemmap) -> Result<PhysAddr, 
 
 /// Gives a frame that backed the vmemmap to the buddy allocator.
 ///
-/// A frame the allocator manages (it came from [`alloc_vmemmap_frame`]) is freed as an
-/// allocated order-0 block. A frame from the boot-time vmemmap came from memblock and is not in
-/// the allocator's managed ranges: it is handed over with [`Buddy::free_range`], which adds it
-/// to them (Linux's `free_bootmem_page()` → `free_reserved_page()`, which also grows the managed
-/// page count).
+/// A frame that came from the allocator ([`alloc_vmemmap_frame`]) is freed as an allocated
+/// order-0 block. A frame of the boot-time vmemmap came from memblock ([`PageFlags::RESERVED`],
+/// set by `Buddy::free_memblock`) and was never counted as managed: it is handed over with
+/// [`Buddy::free_range`] (Linux's `free_bootmem_page()` → `free_reserved_page()`), which grows
+/// the managed page count; inside a RAM bank's span, as on the target, it needs no new
+/// managed range. On failure the frame keeps its `Vmemmap` state (and flags): the caller must
+/// report it, and the vmemmap census ([`vmemmap_census`]) counts it as a frame nothing maps.
 pub fn free_vmemmap_frame(buddy: &mut Buddy, vm: &Vmemmap, pa: PhysAddr) -> Result<(), BuddyError> {
     let pfn = Pfn::containing(pa);
     let p = vm.get(pfn).ok_or(BuddyError::NoDescriptor { pfn })?;
-    let r = if buddy.is_managed(pfn, 1) {
+    let boot = p.test(PageFlags::RESERVED);
+    let r = if boot {
+        p.init(PageState::Reserved);
+        buddy.free_range(vm, pfn, pfn + 1).map(|_| ())
+    } else {
         // The layout `Buddy::free` expects of an allocated order-0 block.
         p.init(PageState::Allocated);
         p.set_refcount(1);
         buddy.free(vm, pfn, 0)
-    } else {
-        p.init(PageState::Reserved);
-        buddy.free_range(vm, pfn, pfn + 1).map(|_| ())
     };
     if r.is_err() {
-        // Leaked: keep it counted as vmemmap in the page census.
+        // Not freed: it stays a vmemmap frame (now one nothing maps).
         p.init(PageState::Vmemmap);
+        if boot {
+            p.set_flags(PageFlags::RESERVED);
+        }
     }
     r
 }
@@ -1479,7 +1492,9 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         if !w.to_free.is_empty() {
             w.sync.grace_period();
         }
+        let failures_before = self.stats.free_failures;
         w.to_free.drain(vm, &mut *self.frames, &mut self.stats);
+        let not_freed = self.stats.free_failures - failures_before;
         w.sync.op_end();
         release_tables(self.mem, &mut *self.tables, &mut w, &mut self.stats);
         self.stats.splits += w.splits;
@@ -1499,6 +1514,10 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
             }
         }
         self.stats.folios += n;
+        if not_freed > 0 {
+            // Never report success for a failed free.
+            return Err(HvoError::FramesNotFreed { count: not_freed });
+        }
         Ok(n)
     }
 
@@ -1716,6 +1735,51 @@ pub fn vmemmap_usage(guard: &MmapReadGuard<'_, Kernel>, mem: &impl PhysMem) -> V
     // The range is page aligned and inside the kernel half: the walk cannot fail.
     let _ = walk_page_range_novma(guard, mem, s, e, &mut w);
     w.u
+}
+
+/// The vmemmap's frames two ways: by page state and by what `init_mm` maps.
+#[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct VmemmapCensus {
+    /// RAM frames in state [`PageState::Vmemmap`].
+    pub state_vmemmap: u64,
+    /// Distinct frames the vmemmap maps (blocks in full).
+    pub mapped: u64,
+}
+
+impl VmemmapCensus {
+    /// Frames in state `Vmemmap` that nothing maps: lost (e.g. a free the allocator refused).
+    pub fn unmapped(&self) -> u64 {
+        self.state_vmemmap.saturating_sub(self.mapped)
+    }
+
+    /// Conservation of the vmemmap: every frame in state `Vmemmap` is mapped, and the vmemmap
+    /// maps no more frames than that (a mapped frame in another state was freed under it).
+    pub fn check(&self) -> Result<(), VmemmapCensus> {
+        if self.state_vmemmap == self.mapped {
+            Ok(())
+        } else {
+            Err(*self)
+        }
+    }
+}
+
+/// Counts the vmemmap's frames by state (over `ram`) and by a walk of `init_mm` (see
+/// [`vmemmap_usage`]): page conservation extended to "nothing holds a vmemmap frame that
+/// nothing maps".
+pub fn vmemmap_census(
+    guard: &MmapReadGuard<'_, Kernel>,
+    mem: &impl PhysMem,
+    vm: &Vmemmap,
+    ram: &[crate::memblock::MemRegion],
+) -> VmemmapCensus {
+    let u = vmemmap_usage(guard, mem);
+    VmemmapCensus {
+        state_vmemmap: crate::buddy::conservation(vm, ram).vmemmap,
+        mapped: u.blocks_1g * (PUD_SIZE / PAGE_SIZE)
+            + u.blocks_2m * (PMD_SIZE / PAGE_SIZE)
+            + u.pte_frames,
+    }
 }
 
 /// Bytes of memory backing the vmemmap, measured (see [`vmemmap_usage`]).
