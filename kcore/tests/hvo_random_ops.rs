@@ -82,6 +82,9 @@ fn mapped_optimized(w: &World, f: &Folio) -> bool {
     on_p0 == 7
 }
 
+/// Every valid entry of init_mm's tables: (table, index, level, value).
+type Tables = Vec<(u64, usize, u8, u64)>;
+
 struct Sim {
     w: World,
     folios: [Option<Folio>; SLOTS],
@@ -113,7 +116,7 @@ impl Sim {
     }
 
     /// What a failed call that promises "nothing changed" must leave as it was.
-    fn snapshot(&self) -> (Vec<(u64, usize, u8, u64)>, u64, [bool; SLOTS]) {
+    fn snapshot(&self) -> (Tables, u64, [bool; SLOTS]) {
         let flags = core::array::from_fn(|i| {
             self.folios[i].as_ref().is_some_and(|f| folio_is_optimized(&self.w.vm, f))
         });
@@ -244,7 +247,7 @@ impl Sim {
         }
     }
 
-    fn snapshot_with(&self, f: &Folio) -> (Vec<(u64, usize, u8, u64)>, u64, bool) {
+    fn snapshot_with(&self, f: &Folio) -> (Tables, u64, bool) {
         (self.w.table_snapshot(), self.w.buddy.free_pages(), folio_is_optimized(&self.w.vm, f))
     }
 
