@@ -188,8 +188,8 @@ impl Sim {
             }
             Op::Restore { slots, batched, fail_frame, fail_replace } => {
                 let b = self.batch(&slots);
-                let fs: Vec<Folio> = b.iter().map(|&s| self.take(s)).collect();
                 let before = self.snapshot();
+                let fs: Vec<Folio> = b.iter().map(|&s| self.take(s)).collect();
                 let (r, _) = self.w.hvo(HvoOptions::default(), fail_frame, |h| {
                     h.inject_replace_failure(fail_replace);
                     if batched {
