@@ -158,8 +158,11 @@ pub fn check_break_before_make(events: &[MmuEvent]) -> Result<(), BbmViolation> 
         let sh = child.size().trailing_zeros();
         (va.0 >> sh, level.size() >> sh)
     };
-    // Level-2 slots the recording saw holding a block (a table linked there is a split).
-    let mut held_block: BTreeSet<usize> = BTreeSet::new();
+    // Entries (slot, level, VA) the recording saw holding a block: a table linked there next is
+    // a split, pre-filled with the block's pages. Keyed by position as well as slot: a table
+    // page freed and reused elsewhere puts the same slot address at another level or VA, where
+    // the old block means nothing. Linking a table consumes the mark.
+    let mut held_block: BTreeSet<(usize, u8, u64)> = BTreeSet::new();
     // In-place changes waiting for their TLBI: slot -> (event, write, dsb seen, tlbi seen).
     let mut changes: BTreeMap<usize, (usize, MmuEvent, bool, bool)> = BTreeMap::new();
     // Breaks not yet complete (invalid written, TLBI + DSB ISH still to come).
@@ -241,9 +244,11 @@ pub fn check_break_before_make(events: &[MmuEvent]) -> Result<(), BbmViolation> 
                 }
                 match (old.kind(level), new.kind(level)) {
                     (DescKind::Block, _) | (_, DescKind::Block) => {
-                        held_block.insert(slot);
+                        held_block.insert((slot, level as u8, va.0));
                     }
-                    (DescKind::Invalid, DescKind::Table) if !held_block.contains(&slot) => {
+                    (DescKind::Invalid, DescKind::Table)
+                        if !held_block.remove(&(slot, level as u8, va.0)) =>
+                    {
                         if let Some(child) = level.next() {
                             let (first, n) = children(va, level, child);
                             invalidated.extend((first..first + n).map(|k| (child as u8, k)));
