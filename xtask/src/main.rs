@@ -13,6 +13,7 @@ mod monitor;
 mod qemu;
 mod run;
 mod sdcard;
+mod setup;
 mod test;
 
 use std::process::ExitCode;

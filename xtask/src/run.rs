@@ -29,6 +29,9 @@ pub struct Args {
     /// Build with plain-text logging and pass the UART bytes through undecoded.
     #[arg(long)]
     plain: bool,
+    /// Do not install missing system packages; print the commands instead.
+    #[arg(long)]
+    no_install: bool,
     /// Boot arguments (QEMU `-append`), e.g. `-- ktest hugepagesz=2M hugepages=64`.
     #[arg(last = true, value_name = "BOOTARGS")]
     bootargs: Vec<String>,
@@ -43,7 +46,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
             args.board.name()
         );
     }
-    qemu::check()?;
+    crate::setup::ensure(crate::setup::FOR_RUN, args.no_install)?;
     let fw = firmware::build(&BuildOptions {
         board: args.board,
         release: args.release,

@@ -193,6 +193,9 @@ pub struct Args {
     /// checks (`atags`, `dtb`, `hugetlb`, `sdcard`) whose name contains STR.
     #[arg(long, value_name = "STR")]
     filter: Option<String>,
+    /// Do not install missing system packages; print the commands instead.
+    #[arg(long)]
+    no_install: bool,
     /// Print every firmware log line, not only the test results.
     #[arg(long, short)]
     verbose: bool,
@@ -225,7 +228,8 @@ pub fn main(args: Args) -> Result<ExitCode> {
     let selected = |name: &str| args.filter.as_deref().is_none_or(|f| name.contains(f));
     let mut tally = Tally::default();
 
-    section("rustc target");
+    section("tools: QEMU, mtools, Pi 4 firmware; rustc target");
+    crate::setup::ensure(crate::setup::FOR_TEST, args.no_install)?;
     firmware::ensure_target()?;
 
     section("host tests: cargo test --workspace");
