@@ -149,7 +149,11 @@ pub fn exit(code: u32) -> ! {
     // SAFETY: as in `board()`; null only if we fail before it is set.
     match unsafe { BOARD.load(Ordering::Acquire).as_ref() } {
         Some(b) if b.semihosting => semihosting::exit(code),
-        _ => cpu::park(),
+        _ => {
+            crate::info!("end of run: status {}; no semihosting here, core 0 waits in WFE", code);
+            crate::log::CONSOLE.flush();
+            cpu::park()
+        }
     }
 }
 
@@ -167,10 +171,7 @@ pub fn kernel_main(board: &'static Board, boot_info: u64, entry_el: u64) -> ! {
     if board.uart.pinmux_gpio14_15 {
         // SAFETY: the boot identity map covers the peripherals as device memory; only core 0
         // runs now.
-        unsafe {
-            gpio::configure(board.gpio_base as usize, 14, gpio::Function::Alt0);
-            gpio::configure(board.gpio_base as usize, 15, gpio::Function::Alt0);
-        }
+        unsafe { gpio::route_uart0_to_gpio14_15(board.gpio_base as usize) };
     }
     // SAFETY: the identity map covers the UART as device memory until the kernel map replaces it.
     unsafe {
@@ -199,12 +200,16 @@ pub fn kernel_main(board: &'static Board, boot_info: u64, entry_el: u64) -> ! {
     let info = unsafe { bootinfo::from_x0(boot_info as usize, blob_max) };
     match &info {
         Ok(i) => {
-            crate::info!("boot info: {:?} of {} bytes, model {:?}", i.source, i.blob_len, i.model)
+            crate::info!("boot info: {:?} of {} bytes, model {:?}", i.source, i.blob_len, i.model);
+            // SAFETY: the parser just read these bytes of the blob.
+            unsafe { crate::devicetree::report_console(boot_info, i.blob_len, board) };
         }
         Err(e) => crate::warn!("boot info at {:#x} unusable: {:?}", boot_info, e),
     }
-    let need_mailbox =
-        !board.prefer_board_table && info.as_ref().map_or(true, |i| i.memory.is_err());
+    // `dt_memory`: the boot blob's banks even where the board's table normally wins (QEMU).
+    let prefer_table = board.prefer_board_table
+        && !info.as_ref().is_ok_and(|i| cmdline::parse(i.cmdline).dt_memory);
+    let need_mailbox = !prefer_table && info.as_ref().map_or(true, |i| i.memory.is_err());
     let mut mailbox_banks = [MemRegion::default(); 1];
     let mailbox = if need_mailbox {
         // SAFETY: the mailbox registers are device memory under the identity map; the message
@@ -225,7 +230,7 @@ pub fn kernel_main(board: &'static Board, boot_info: u64, entry_el: u64) -> ! {
     } else {
         None
     };
-    let map = bootinfo::memory_map(board.ram, info.as_ref(), mailbox, board.prefer_board_table);
+    let map = bootinfo::memory_map(board.ram, info.as_ref(), mailbox, prefer_table);
     for w in map.warnings() {
         match w {
             // Expected on QEMU: its -dtb/ATAGs report 960 MiB of the 2 GiB it has.

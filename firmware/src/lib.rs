@@ -15,6 +15,7 @@ pub mod log;
 pub use defmt::{debug, error, info, warn};
 pub mod arch;
 pub mod board;
+pub mod devicetree;
 pub mod drivers;
 pub mod hvo;
 pub mod init;

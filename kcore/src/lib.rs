@@ -24,6 +24,7 @@ pub mod addr;
 pub mod bootinfo;
 pub mod buddy;
 pub mod cmdline;
+pub mod dt_console;
 pub mod esr;
 pub mod hugetlb;
 pub mod hugetlb_vmemmap;

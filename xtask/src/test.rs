@@ -577,7 +577,12 @@ fn boot_once(
     Ok(report)
 }
 
-/// Build the real SD image and list it with mtools. `Ok(Some(reason))` means skipped.
+/// The boot arguments the `sdcard` check writes (not the default, so the check sees them pass).
+const SDCARD_TEST_BOOTARGS: &str = "hugepagesz=2M hugepages=16 loglevel=7";
+
+/// Build the real SD image, list it with mtools and read config.txt, cmdline.txt and
+/// kernel8.img back with mtools: they must agree with each other and with what was written.
+/// `Ok(Some(reason))` means skipped.
 fn sdcard_check() -> Result<Option<String>> {
     let fw_dir = Path::new(sdcard::DEFAULT_FIRMWARE_DIR);
     if sdcard::missing_firmware(fw_dir).len() == sdcard::FIRMWARE_FILES.len() {
@@ -591,12 +596,13 @@ fn sdcard_check() -> Result<Option<String>> {
     let dtb = root.join(DTB_FIXTURE);
     ensure!(dtb.is_file(), "the DTB fixture {} is missing", dtb.display());
     let out: PathBuf = firmware::target_dir().join("xtask-test-sdcard.img");
-    sdcard::make(&sdcard::Options {
+    let image = sdcard::make(&sdcard::Options {
         out: out.clone(),
         firmware_dir: fw_dir.to_path_buf(),
         dtb: Some(dtb),
         size_mib: sdcard::DEFAULT_SIZE_MIB,
         plain: false,
+        bootargs: SDCARD_TEST_BOOTARGS.to_string(),
     })?;
     let listing = sdcard::mdir(&out)?;
     let missing: Vec<&str> = sdcard::IMAGE_FILES
@@ -607,6 +613,22 @@ fn sdcard_check() -> Result<Option<String>> {
     if !missing.is_empty() {
         bail!("mdir does not list {} in {}:\n{listing}", missing.join(", "), out.display());
     }
+    let scratch = firmware::target_dir();
+    let mut files = Vec::new();
+    for name in ["config.txt", "cmdline.txt", "kernel8.img"] {
+        files.push((name.to_string(), sdcard::mtools_read(&out, name, &scratch)?));
+    }
+    let summary = sdcard::check_card(&files)?;
+    println!("read back with mtools: {summary}");
+    ensure!(
+        summary.bootargs == SDCARD_TEST_BOOTARGS,
+        "cmdline.txt reads back as {:?}, written {SDCARD_TEST_BOOTARGS:?}",
+        summary.bootargs
+    );
+    let built = std::fs::read(&image).context("reading the rpi4 image")?;
+    ensure!(files[2].1 == built, "kernel8.img on the card differs from {}", image.display());
+    let config = std::fs::read(sdcard::config_txt_path()).context("reading config.txt")?;
+    ensure!(files[0].1 == config, "config.txt on the card differs from boards/rpi4/config.txt");
     Ok(None)
 }
 
