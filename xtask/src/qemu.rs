@@ -132,10 +132,13 @@ pub enum Outcome {
 }
 
 /// Start QEMU and stream its stdout to `on_bytes` until it exits or `timeout` passes.
-pub fn run(
+/// `on_bytes` may end the run: `Some(status)` means the firmware said it has
+/// finished with that status (a board without semihosting parks after its final line), so QEMU
+/// is stopped and the run counts as exited with `status`.
+pub fn run_until(
     cfg: &QemuConfig,
     timeout: Option<Duration>,
-    on_bytes: &mut dyn FnMut(&[u8]),
+    on_bytes: &mut dyn FnMut(&[u8]) -> Option<i32>,
 ) -> Result<Outcome> {
     if let Some(dtb) = &cfg.dtb {
         if !dtb.is_file() {
@@ -171,7 +174,12 @@ pub fn run(
             None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
         };
         match received {
-            Ok(bytes) => on_bytes(&bytes),
+            Ok(bytes) => {
+                if let Some(status) = on_bytes(&bytes) {
+                    kill(&mut child);
+                    break Outcome::Exited(status);
+                }
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 kill(&mut child);
                 break Outcome::TimedOut;

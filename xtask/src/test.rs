@@ -61,6 +61,50 @@ pub const TARGET_RUNS: &[TargetRun] = &[
         expect: &["boot info: Dtb of", "device tree: "],
         status: 0,
     },
+    // Real Pi 4 family device trees (Debian's arm64 kernel package), their memory map trusted
+    // (`dt_memory`): QEMU writes one 960 MiB bank into each.
+    TargetRun {
+        name: "dt-rpi-4-b",
+        bootargs: "ktest=mem_ dt_memory",
+        dtb: Some(DTB_FIXTURE),
+        timeout_secs: 300,
+        expect: &[
+            "model Some(\"Raspberry Pi 4 Model B\")",
+            "memory: 1 region(s) from Dtb",
+            "  RAM 0x0..0x3c000000 (960 MiB)",
+            "command line: \"ktest=mem_ dt_memory\"",
+            "device tree: serial0 = /soc/serial@7e201000 (arm,pl011) at 0xfe201000: the UART",
+        ],
+        status: 0,
+    },
+    TargetRun {
+        name: "dt-rpi-400",
+        bootargs: "ktest=mem_ dt_memory",
+        dtb: Some("boards/rpi4/dtbs/bcm2711-rpi-400.dtb"),
+        timeout_secs: 300,
+        expect: &[
+            "model Some(\"Raspberry Pi 400\")",
+            "memory: 1 region(s) from Dtb",
+            "  RAM 0x0..0x3c000000 (960 MiB)",
+            "command line: \"ktest=mem_ dt_memory\"",
+            "device tree: serial0 = /soc/serial@7e201000 (arm,pl011) at 0xfe201000: the UART",
+        ],
+        status: 0,
+    },
+    TargetRun {
+        name: "dt-rpi-cm4-io",
+        bootargs: "ktest=mem_ dt_memory",
+        dtb: Some("boards/rpi4/dtbs/bcm2711-rpi-cm4-io.dtb"),
+        timeout_secs: 300,
+        expect: &[
+            "model Some(\"Raspberry Pi Compute Module 4 IO Board\")",
+            "memory: 1 region(s) from Dtb",
+            "  RAM 0x0..0x3c000000 (960 MiB)",
+            "command line: \"ktest=mem_ dt_memory\"",
+            "device tree: serial0 = /soc/serial@7e201000 (arm,pl011) at 0xfe201000: the UART",
+        ],
+        status: 0,
+    },
     TargetRun {
         name: "hugetlb",
         bootargs: "ktest memhp_reserve=256M hugepagesz=2M hugepages=64 hugepagesz=1G hugepages=1",
@@ -183,6 +227,27 @@ pub const TARGET_RUNS: &[TargetRun] = &[
     },
 ];
 
+/// The `rpi4` image (release, as on the SD card) under QEMU with the real Pi 4 device tree: the
+/// board has no semihosting, so the run ends at the firmware's final line.
+pub const RPI4_RUN: TargetRun = TargetRun {
+    name: "rpi4-qemu",
+    bootargs: "hugepagesz=2M hugepages=16",
+    dtb: Some(DTB_FIXTURE),
+    timeout_secs: 300,
+    expect: &[
+        "pi4-hvo 0.1.0 on board rpi4",
+        "model Some(\"Raspberry Pi 4 Model B\")",
+        "device tree: serial0 = /soc/serial@7e201000 (arm,pl011) at 0xfe201000: the UART this \
+         firmware logs on",
+        "device tree: stdout-path serial1 = /soc/serial@7e215040 (brcm,bcm2835-aux-uart)",
+        "command line: \"hugepagesz=2M hugepages=16\"",
+        "  RAM 0x0..0x3c000000 (960 MiB)",
+        "result: hvo size=2M folios=16 freed_pages=112 ",
+        "end of run: status 0; no semihosting here, core 0 waits in WFE",
+    ],
+    status: 0,
+};
+
 /// The DTB put on the SD image by the `sdcard` check, relative to the project root.
 pub const DTB_FIXTURE: &str = "../shared/fixtures/bcm2711-rpi-4-b.dtb";
 
@@ -239,6 +304,20 @@ pub fn main(args: Args) -> Result<ExitCode> {
     if !runs.is_empty() {
         section("on-target tests: qemu-raspi4b, feature ktest");
         target_tests(&runs, args.verbose, &mut tally);
+    }
+
+    if selected(RPI4_RUN.name) {
+        section("rpi4 image under QEMU: real Pi 4 device tree, ends at its final line");
+        match firmware::build(&BuildOptions {
+            board: Board::Rpi4,
+            release: true,
+            ..Default::default()
+        })
+        .and_then(|fw| Ok((DefmtInfo::load(&fw.elf)?, fw)))
+        {
+            Ok((info, fw)) => boot_and_judge(&RPI4_RUN, &fw.image, &info, args.verbose, &mut tally),
+            Err(err) => tally.fail(RPI4_RUN.name, &format!("not run: {err:#}")),
+        }
     }
 
     if selected("sdcard") {
@@ -465,8 +544,21 @@ fn target_tests(runs: &[&TargetRun], verbose: bool, tally: &mut Tally) {
             return;
         }
     };
-    let root = firmware::project_root();
     for run in runs {
+        boot_and_judge(run, &fw.image, &info, verbose, tally);
+    }
+}
+
+/// Boot `image` once for `run` and count its results.
+fn boot_and_judge(
+    run: &TargetRun,
+    image: &Path,
+    info: &DefmtInfo,
+    verbose: bool,
+    tally: &mut Tally,
+) {
+    let root = firmware::project_root();
+    {
         println!(
             "\n--- run {}: bootargs {:?}, {}",
             run.name,
@@ -474,19 +566,19 @@ fn target_tests(runs: &[&TargetRun], verbose: bool, tally: &mut Tally) {
             run.dtb.map_or("ATAGs".to_string(), |d| format!("dtb {d}"))
         );
         let cfg = QemuConfig {
-            image: fw.image.clone(),
+            image: image.to_path_buf(),
             dtb: run.dtb.map(|d| root.join(d)),
             bootargs: run.bootargs.split_whitespace().map(String::from).collect(),
             gdb: false,
         };
         let started = Instant::now();
         let mut tail = VecDeque::new();
-        let report = boot_once(&cfg, &info, run, verbose, &mut tail);
+        let report = boot_once(&cfg, info, run, verbose, &mut tail);
         let report = match report {
             Ok(report) => report,
             Err(err) => {
                 tally.fail(run.name, &format!("{err:#}"));
-                continue;
+                return;
             }
         };
         tally.passed += report.passes.len() as u64;
@@ -542,7 +634,9 @@ fn boot_once(
     let mut report = RunReport::new(Outcome::Signalled);
     report.found = vec![false; run.expect.len()];
     let mut decoder = info.decoder();
+    let finished = std::cell::Cell::new(None);
     let mut on_line = |line: LogLine| {
+        finished.set(finished.get().or(crate::run::final_status(&line.message)));
         if verbose {
             println!("  | {}", line.rendered);
         }
@@ -569,9 +663,11 @@ fn boot_once(
         tail.push_back(line.rendered.clone());
         report.last_line = Some(line.rendered);
     };
-    let outcome = qemu::run(cfg, Some(Duration::from_secs(run.timeout_secs)), &mut |bytes| {
-        decoder.feed(bytes, &mut on_line)
-    })?;
+    let outcome =
+        qemu::run_until(cfg, Some(Duration::from_secs(run.timeout_secs)), &mut |bytes| {
+            decoder.feed(bytes, &mut on_line);
+            finished.get()
+        })?;
     decoder.finish(&mut on_line);
     report.outcome = outcome;
     Ok(report)
