@@ -8,6 +8,7 @@ mod build;
 mod decode;
 mod doctor;
 mod firmware;
+mod flash;
 mod gdb;
 mod monitor;
 mod qemu;
@@ -44,6 +45,8 @@ enum Command {
     Doctor,
     /// Decode the firmware log from a serial port (a Pi 4 on GPIO14/15).
     Monitor(monitor::Args),
+    /// Load the firmware into a Pi 4 over JTAG with probe-rs and start it (feature `probe`).
+    Flash(flash::Args),
 }
 
 /// The boards the firmware can be built for: package `board-<name>`, bin `pi4-hvo-<name>`.
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
         Command::Gdb(args) => gdb::main(args),
         Command::Doctor => doctor::main(),
         Command::Monitor(args) => monitor::main(args),
+        Command::Flash(args) => flash::main(args),
     };
     match result {
         Ok(code) => code,

@@ -47,7 +47,7 @@ impl TargetRun {
 /// console (a 1 GiB folio does not fit in the 960 MiB QEMU writes into a device tree, so
 /// `mem_gigantic_1g_folio` is left out), with the tree's banks trusted.
 const DT_KTEST_ARGS: &str = "ktest=mem_pfn,mem_conservation,mem_whole_2m,mem_bad,mem_hotplug,\
-                             kmap_,uart_ memhp_reserve=256M dt_memory";
+                             kmap_ memhp_reserve=256M dt_memory";
 
 /// The on-target runs, in order.
 pub const TARGET_RUNS: &[TargetRun] = &[
