@@ -66,6 +66,11 @@ pub struct Args {
     /// Build the firmware with plain-text logging (for a bare serial terminal).
     #[arg(long)]
     plain: bool,
+    /// A card for `cargo xtask flash --probe`: config.txt gets `enable_jtag_gpio=1` and
+    /// kernel8.img is a stub that parks core 0 (at EL2, MMU off) for the debugger to load the
+    /// firmware.
+    #[arg(long)]
+    jtag: bool,
     /// Boot arguments for cmdline.txt [default: hugepagesz=2M hugepages=64 hugepagesz=1G
     /// hugepages=1].
     #[arg(last = true, value_name = "BOOTARGS")]
@@ -86,6 +91,8 @@ pub struct Options {
     pub plain: bool,
     /// The line for cmdline.txt.
     pub bootargs: String,
+    /// JTAG on, and a parking stub instead of the firmware.
+    pub jtag: bool,
 }
 
 /// Run the command.
@@ -101,6 +108,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
         } else {
             args.bootargs.join(" ")
         },
+        jtag: args.jtag,
     };
     if opts.firmware_dir == Path::new(DEFAULT_FIRMWARE_DIR) {
         crate::setup::ensure(&[crate::setup::Tool::PiFirmware], false)?;
@@ -139,7 +147,17 @@ pub fn make(opts: &Options) -> Result<PathBuf> {
         ktest: false,
         plain: opts.plain,
     })?;
-    let files = card_files(&opts.firmware_dir, &fw.image, opts.dtb.as_deref(), &opts.bootargs)?;
+    let mut files = card_files(&opts.firmware_dir, &fw.image, opts.dtb.as_deref(), &opts.bootargs)?;
+    if opts.jtag {
+        for (name, data) in files.iter_mut() {
+            match name.as_str() {
+                "kernel8.img" => *data = parking_stub(),
+                "config.txt" => data.extend_from_slice(JTAG_CONFIG.as_bytes()),
+                _ => {}
+            }
+        }
+        println!("sdcard: --jtag: kernel8.img is the parking stub; load the firmware with flash");
+    }
     let summary = check_card(&files)?;
     println!("sdcard: {summary}");
     write_image(&opts.out, &files, opts.size_mib)?;
@@ -172,6 +190,25 @@ pub fn card_files(
         .collect::<Result<Vec<_>>>()?;
     files.push(("cmdline.txt".into(), cmdline_txt(bootargs)?));
     Ok(files)
+}
+
+/// What `--jtag` appends to config.txt.
+pub const JTAG_CONFIG: &str = "\n# --jtag: JTAG on GPIO22-27 for `cargo xtask flash --probe`; \
+    kernel8.img is a stub that\n# parks core 0 (`wfe; b .-4` at EL2, MMU off, x0 = the DTB) \
+    until the debugger loads the firmware.\nenable_jtag_gpio=1\n";
+
+/// A kernel8.img that parks core 0 for a debugger: an arm64 Image header (text_offset
+/// [`firmware::LOAD_ADDR`]) whose first instruction branches to `wfe; b .-4` at offset 64.
+pub fn parking_stub() -> Vec<u8> {
+    let mut k = vec![0u8; 72];
+    k[0..4].copy_from_slice(&0x1400_0010u32.to_le_bytes()); // b +64
+    k[8..16].copy_from_slice(&firmware::LOAD_ADDR.to_le_bytes()); // text_offset
+    k[16..24].copy_from_slice(&72u64.to_le_bytes()); // image_size
+    k[firmware::IMAGE_MAGIC_OFFSET..firmware::IMAGE_MAGIC_OFFSET + 4]
+        .copy_from_slice(&firmware::IMAGE_MAGIC);
+    k[64..68].copy_from_slice(&0xd503_205fu32.to_le_bytes()); // wfe
+    k[68..72].copy_from_slice(&0x17ff_ffffu32.to_le_bytes()); // b .-4
+    k
 }
 
 /// `boards/rpi4/config.txt`.
@@ -604,6 +641,23 @@ mod tests {
     }
 
     #[test]
+    fn jtag_card_is_consistent_and_parks() {
+        let mut config = fs::read_to_string(config_txt_path()).unwrap();
+        assert!(!config_settings(&config).iter().any(|(k, _)| k == "enable_jtag_gpio"));
+        config.push_str(JTAG_CONFIG);
+        assert!(config_settings(&config).contains(&("enable_jtag_gpio".into(), "1".into())));
+        let stub = parking_stub();
+        check_card(&card(&config, stub.clone(), "x\n")).unwrap();
+        // b +64 lands on the wfe; the b .-4 after it goes back to the wfe.
+        let insn = |o: usize| u32::from_le_bytes(stub[o..o + 4].try_into().unwrap());
+        assert_eq!(insn(0) >> 26, 0b000101);
+        assert_eq!((insn(0) & 0x03ff_ffff) * 4, 64);
+        assert_eq!(insn(64), 0xd503_205f);
+        assert_eq!(insn(68) >> 26, 0b000101);
+        assert_eq!(insn(68) & 0x03ff_ffff, 0x03ff_ffff); // -1 instruction
+    }
+
+    #[test]
     fn inconsistent_cards_are_refused() {
         let good = "arm_64bit=1\nkernel=kernel8.img\nkernel_address=0x80000\nenable_uart=1\n\
                     init_uart_clock=48000000\n";
@@ -658,6 +712,7 @@ mod tests {
             size_mib: 64,
             plain: false,
             bootargs: String::new(),
+            jtag: false,
         })
         .unwrap_err()
         .to_string();

@@ -743,6 +743,7 @@ fn sdcard_check() -> Result<Option<String>> {
         size_mib: sdcard::DEFAULT_SIZE_MIB,
         plain: false,
         bootargs: SDCARD_TEST_BOOTARGS.to_string(),
+        jtag: false,
     })?;
     let listing = sdcard::mdir(&out)?;
     let missing: Vec<&str> = sdcard::IMAGE_FILES
