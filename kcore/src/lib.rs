@@ -32,6 +32,7 @@ pub mod layout;
 pub mod mapper;
 pub mod memblock;
 pub mod mm;
+pub mod pa_range;
 pub mod page;
 pub mod pagewalk;
 pub mod pgtable;
