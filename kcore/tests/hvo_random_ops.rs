@@ -263,7 +263,11 @@ impl Sim {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    // 48 cases in the suite; `cargo xtask fuzz` sets KCORE_FUZZ_CASES (and the seed) per batch.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("KCORE_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn buddy_pool_and_hvo_against_a_model(ops in proptest::collection::vec(op(), 1..25)) {
