@@ -31,6 +31,10 @@ pub struct Board {
     pub gpio_base: u64,
     /// Physical address of the VideoCore mailbox.
     pub mailbox_base: u64,
+    /// Physical address of the GIC-400 distributor.
+    pub gic_dist_base: u64,
+    /// Physical address of the GIC-400 CPU interface.
+    pub gic_cpu_base: u64,
     /// Generic timer frequency if CNTFRQ_EL0 reads 0.
     pub cntfrq_hz: u64,
     /// Physical ranges the firmware/boot stub keep for themselves (spin table, ATAGs).

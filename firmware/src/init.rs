@@ -1,32 +1,21 @@
 //! Boot flow after the assembly entry: console, boot report, memory discovery, the kernel map,
-//! then the on-target tests or the demonstration, and exit.
+//! the other cores, then the on-target tests or the demonstration, and exit.
+//!
+//! This module only runs the boot; what it discovers is stored in `bootstate` (set once) and read
+//! from there by the rest of the firmware. Only the board entry (`board_entry!`) calls in here.
 
-use crate::arch::{cpu, exception, mmu, semihosting};
+use crate::arch::{cpu, exception, mmu};
 use crate::board::Board;
+use crate::bootstate::{self, cmdline, exit, fatal, BOOT_BLOB_MAX, HELD_BACK, MEMBLOCK};
 use crate::drivers::mailbox;
 use crate::drivers::{gpio, timer};
-use crate::kernel_map::{self, KernelMap};
-use crate::sync::{InitOnce, SpinMutex};
+use crate::kernel_map;
 use aarch64_cpu::registers::Readable;
-use core::sync::atomic::AtomicU64;
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::Ordering;
 use kcore::bootinfo::{self, BootInfo, MapWarning};
-use kcore::cmdline::{self, Cmdline, Crash};
+use kcore::cmdline::{self, Crash};
 use kcore::layout::{KIMAGE_VOFFSET, PAGE_OFFSET};
-use kcore::memblock::{MemRegion, Memblock, RegionList, ReservedKind, MAX_MEMORY_REGIONS};
-
-static BOARD: AtomicPtr<Board> = AtomicPtr::new(core::ptr::null_mut());
-/// Physical address of the boot blob (DTB or ATAGs), 0 if unusable.
-static BOOT_BLOB: AtomicU64 = AtomicU64::new(0);
-/// The most bytes of boot blob read (a DTB is far smaller).
-const BOOT_BLOB_MAX: u64 = 1 << 20;
-/// The kernel command line, parsed.
-static CMDLINE: InitOnce<Cmdline<'static>> = InitOnce::new();
-
-/// The kernel command line (empty until parsed at boot).
-pub fn cmdline() -> Cmdline<'static> {
-    CMDLINE.get().copied().unwrap_or_default()
-}
+use kcore::memblock::{MemRegion, Memblock, RegionList, ReservedKind};
 
 /// `crash=`: ends the boot the way a bug would, to show the reports (decoded fault, panic
 /// location and message) and the failing exit status.
@@ -83,7 +72,7 @@ fn compact_dtb(x0: u64, max: usize) {
 
 /// Parses the command line from the boot blob, now through the linear map, and reports it.
 fn parse_cmdline() {
-    let pa = BOOT_BLOB.load(Ordering::Acquire);
+    let pa = bootstate::boot_blob();
     let line: &'static str = if pa == 0 {
         ""
     } else {
@@ -94,7 +83,7 @@ fn parse_cmdline() {
         }
     };
     crate::info!("command line: \"{}\"", line);
-    let c = CMDLINE.set(cmdline::parse(line));
+    let c = bootstate::set_cmdline(cmdline::parse(line));
     if let Some(level) = c.loglevel {
         // Linux prints a message when its priority is below the console log level: err is 3,
         // warning 4, info 6, debug 7. defmt frames are filtered at build time (DEFMT_LOG).
@@ -112,56 +101,38 @@ fn parse_cmdline() {
     crate::info!("command line: {:?}", c);
 }
 
-/// The kernel map built at boot.
-pub static KERNEL_MAP: InitOnce<KernelMap> = InitOnce::new();
-/// RAM as discovered at boot, plus what was hot-added since.
-static RAM: SpinMutex<Option<RegionList<MAX_MEMORY_REGIONS>>> = SpinMutex::new(None);
-/// RAM held back at boot for a later hot-add (`memhp_reserve=`).
-pub static HELD_BACK: SpinMutex<Option<MemRegion>> = SpinMutex::new(None);
-
-/// The RAM the kernel manages now.
-pub fn ram_regions() -> RegionList<MAX_MEMORY_REGIONS> {
-    RAM.lock().expect("RAM discovered at boot")
-}
-
-/// Adds hot-added RAM to the list.
-pub fn add_ram(r: MemRegion) -> Result<(), kcore::memblock::ListFull> {
-    let mut ram = RAM.lock();
-    let list = ram.as_mut().expect("RAM discovered at boot");
-    list.push(r)?;
-    list.sort();
-    Ok(())
-}
-
-/// The early frame allocator (until the buddy allocator takes over).
-pub static MEMBLOCK: SpinMutex<Option<Memblock>> = SpinMutex::new(None);
-
-/// The board this image was built for.
-pub fn board() -> &'static Board {
-    // SAFETY: set from a `&'static Board` first thing in `kernel_main`, before anything calls
-    // this.
-    unsafe { BOARD.load(Ordering::Acquire).as_ref() }.expect("board set at boot")
-}
-
-/// Ends the run: under an emulator, exit with `code`; on hardware, park the core.
-pub fn exit(code: u32) -> ! {
-    crate::log::CONSOLE.flush();
-    // SAFETY: as in `board()`; null only if we fail before it is set.
-    match unsafe { BOARD.load(Ordering::Acquire).as_ref() } {
-        Some(b) if b.semihosting => semihosting::exit(code),
-        _ => cpu::park(),
+/// The GIC (distributor and this core's interface), then cores 1-3.
+fn start_interrupts_and_cores(km: &'static crate::kernel_map::KernelMap) {
+    use crate::drivers::gic::GIC;
+    let board = bootstate::board();
+    match (
+        kcore::layout::mmio_virt(board.gic_dist_base),
+        kcore::layout::mmio_virt(board.gic_cpu_base),
+    ) {
+        (Some(d), Some(c)) => {
+            // SAFETY: both lie in the MMIO window, mapped as device memory by the live kernel
+            // map for the rest of the run.
+            let lines = unsafe { GIC.init_distributor(d.0 as usize, c.0 as usize) };
+            GIC.init_this_cpu();
+            crate::info!(
+                "GIC-400: distributor {:#x}, CPU interface {:#x}, {} interrupt lines",
+                board.gic_dist_base,
+                board.gic_cpu_base,
+                lines
+            );
+        }
+        _ => crate::warn!(
+            "GIC-400 at {:#x}/{:#x} outside the MMIO window: no interrupts",
+            board.gic_dist_base,
+            board.gic_cpu_base
+        ),
     }
-}
-
-/// Stops the boot with a message.
-pub fn fatal(what: &str) -> ! {
-    crate::error!("fatal: {}", what);
-    exit(2)
+    crate::smp::boot_secondaries(km);
 }
 
 /// The first Rust code: runs on core 0 at EL1 with the boot tables live.
 pub fn kernel_main(board: &'static Board, boot_info: u64, entry_el: u64) -> ! {
-    BOARD.store(board as *const Board as *mut Board, Ordering::Release);
+    bootstate::set_board(board);
     exception::install();
     timer::set_fallback_frequency(board.cntfrq_hz);
     if board.uart.pinmux_gpio14_15 {
@@ -260,7 +231,7 @@ pub fn kernel_main(board: &'static Board, boot_info: u64, entry_el: u64) -> ! {
         // QEMU's ATAGs sit inside the reserved boot-stub page already; a DTB needs its own.
         let blob = MemRegion::new(boot_info, i.blob_len as u64);
         reserve_unless_covered(&mut mb, blob, ReservedKind::DeviceTree, "boot blob");
-        BOOT_BLOB.store(boot_info, Ordering::Release);
+        bootstate::set_boot_blob(boot_info);
     }
     // memhp_reserve=: hold back the top of the first bank for a later hot-add. The command line
     // is read here from the boot blob (still identity-mapped); it is parsed for good later.
@@ -287,7 +258,7 @@ pub fn kernel_main(board: &'static Board, boot_info: u64, entry_el: u64) -> ! {
         }
     }
     match RegionList::from_slice(mb.memory()) {
-        Ok(l) => *RAM.lock() = Some(l),
+        Ok(l) => bootstate::set_ram(l),
         Err(_) => fatal("too many RAM regions"),
     }
     let (img_start, img_end) = kernel_map::image_phys();
@@ -326,17 +297,18 @@ pub fn kernel_main(board: &'static Board, boot_info: u64, entry_el: u64) -> ! {
         km.vmemmap_bytes >> 20
     );
     *MEMBLOCK.lock() = Some(mb);
-    let km = KERNEL_MAP.set(km);
+    let km = bootstate::set_kernel_map(km);
     // SAFETY: core 0's stack was mapped by the kernel map; nothing else uses it.
     unsafe { mmu::run_on_stack(km.stack_tops[0], kernel_main_on_stack, 0) }
 }
 
 extern "C" fn kernel_main_on_stack(_: u64) -> ! {
-    let km = KERNEL_MAP.get().expect("kernel map set");
+    let km = bootstate::kernel_map().expect("kernel map set");
     mmu::disable_ttbr0(km.empty_root);
     crate::memory::set_init_mm(km.root);
     parse_cmdline();
     let cmd = cmdline();
+    start_interrupts_and_cores(km);
     {
         let mb = MEMBLOCK.lock();
         if let Err(e) = crate::memory::init(mb.as_ref().expect("memblock"), &cmd) {

@@ -111,26 +111,7 @@ pub fn image_phys() -> (PhysAddr, PhysAddr) {
     (PhysAddr(s[0].1 - KIMAGE_VOFFSET), PhysAddr(s[2].2 - KIMAGE_VOFFSET))
 }
 
-/// What [`build`] made.
-#[derive(Clone, Copy, Debug, Default)]
-#[cfg_attr(feature = "defmt-log", derive(defmt::Format))]
-pub struct KernelMap {
-    /// Root table (TTBR1).
-    pub root: PhysAddr,
-    /// An all-invalid table for the break step of a TTBR switch, and for TTBR0 when no user
-    /// address space is installed.
-    pub empty_root: PhysAddr,
-    /// Linear-map statistics.
-    pub linear: MapStats,
-    /// Image statistics.
-    pub image: MapStats,
-    /// Top of each core's stack.
-    pub stack_tops: [u64; layout::MAX_CPUS],
-    /// 2 MiB block entries mapping the vmemmap.
-    pub vmemmap_blocks: u64,
-    /// RAM backing the vmemmap.
-    pub vmemmap_bytes: u64,
-}
+pub use crate::bootstate::KernelMap;
 
 /// A mapping to add to the map under construction.
 struct Mapping {
@@ -255,7 +236,7 @@ pub fn build(mb: &mut Memblock) -> Result<KernelMap, KernelMapError> {
     // map is not live yet, so nothing can look at them in between).
     let mut blocks = [(VirtAddr(0), PhysAddr(0)); MAX_VMEMMAP_BLOCKS];
     let mut n = 0;
-    let ram = crate::init::ram_regions();
+    let ram = crate::bootstate::ram_regions();
     // SAFETY: every block recorded here is mapped read-write below, before `build` returns and
     // long before the map goes live; a block that cannot be recorded fails `populate`.
     let stats = unsafe {

@@ -85,12 +85,12 @@ impl FrameAlloc for BuddyTables {
 /// Counts every RAM frame by state and checks the sum against RAM and the buddy's free count.
 pub fn check_conservation() -> Result<Census, ConservationError> {
     let buddy = BUDDY.lock();
-    buddy::check_conservation(&VMEMMAP, crate::init::ram_regions().as_slice(), &buddy)
+    buddy::check_conservation(&VMEMMAP, crate::bootstate::ram_regions().as_slice(), &buddy)
 }
 
 /// Brings up the descriptors, the buddy allocator and the HugeTLB pools.
 pub fn init(mb: &Memblock, cmd: &Cmdline<'_>) -> Result<(), BuddyError> {
-    let ram = crate::init::ram_regions();
+    let ram = crate::bootstate::ram_regions();
     let t0 = crate::drivers::timer::ticks();
     let n = VMEMMAP.init_descriptors(ram.as_slice());
     let freed = BUDDY.lock().free_memblock(&VMEMMAP, mb)?;
@@ -207,7 +207,7 @@ pub fn hot_add(range: kcore::memblock::MemRegion) -> Result<(), HotplugError> {
         (Err(_), None) => return Err(HotplugError::Vmemmap),
     };
     VMEMMAP.init_self_hosted(&sh);
-    crate::init::add_ram(range).map_err(|_| HotplugError::TooManyRegions)?;
+    crate::bootstate::add_ram(range).map_err(|_| HotplugError::TooManyRegions)?;
     let mut freed = 0;
     {
         let mut buddy = BUDDY.lock();
@@ -232,8 +232,8 @@ pub fn hot_add(range: kcore::memblock::MemRegion) -> Result<(), HotplugError> {
 /// Logs a `/proc/meminfo`-like summary.
 pub fn meminfo() {
     let free = BUDDY.lock().free_pages();
-    let ram = buddy::ram_pages(crate::init::ram_regions().as_slice());
-    let census = kcore::buddy::conservation(&VMEMMAP, crate::init::ram_regions().as_slice());
+    let ram = buddy::ram_pages(crate::bootstate::ram_regions().as_slice());
+    let census = kcore::buddy::conservation(&VMEMMAP, crate::bootstate::ram_regions().as_slice());
     crate::info!("meminfo: MemTotal:      {} kB", ram * 4);
     crate::info!("meminfo: MemFree:       {} kB", free * 4);
     crate::info!(

@@ -10,5 +10,5 @@ fn panic(info: &PanicInfo<'_>) -> ! {
     #[cfg(any(feature = "plain-log", not(feature = "defmt-log")))]
     crate::error!("panicked at {}:{}: {}", file, line, info.message());
     crate::ktest::on_panic();
-    crate::init::exit(101)
+    crate::bootstate::exit(101)
 }

@@ -1,5 +1,20 @@
-//! Minimal synchronisation for the firmware: a spin mutex and a set-once cell.
+//! Synchronisation for the firmware on four ARMv8.0 cores: a spin mutex (plain and IRQ-saving)
+//! and a set-once cell.
+//!
+//! The Cortex-A72 has no LSE atomics (FEAT_LSE is ARMv8.1): with `-C target-cpu=cortex-a72`
+//! (`.cargo/config.toml`) Rust's atomics compile to load-acquire / store-release exclusives, so
+//! taking the lock is an `LDAXRB`/`STLXRB` loop and releasing it an `STLRB` (the on-target test
+//! `sync_lock_codegen_exclusives` reads the instructions of [`SpinMutex::try_lock`] back and
+//! checks for exactly that, and for the absence of any LSE `CAS`/`SWP`/`LD<op>`).
+//!
+//! Rules (Linux's): a plain [`SpinMutex::lock`] must never be taken in an interrupt handler (an
+//! IRQ arriving while the same core holds it would spin forever); code that shares a lock with an
+//! interrupt handler uses [`SpinMutex::lock_irqsave`] everywhere. `lock` panics when called
+//! inside a handler. Each core counts the locks it holds (`percpu::PerCpu::locks_held`): the
+//! fault-wait strategy refuses to wait in a fault taken with a lock held.
 
+use crate::arch::cpu;
+use crate::percpu::this_cpu;
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -15,28 +30,72 @@ unsafe impl<T: Send> Sync for SpinMutex<T> {}
 // SAFETY: moving the mutex moves the value; `T: Send` makes that fine.
 unsafe impl<T: Send> Send for SpinMutex<T> {}
 
+/// One attempt at the lock word: `LDAXRB`, compare, `STLXRB` (acquire on success). Kept out of
+/// line so the codegen test can find its instructions.
+#[inline(never)]
+pub fn raw_try_lock(word: &AtomicBool) -> bool {
+    word.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok()
+}
+
 impl<T> SpinMutex<T> {
     /// A mutex holding `value`.
     pub const fn new(value: T) -> Self {
         SpinMutex { locked: AtomicBool::new(false), value: UnsafeCell::new(value) }
     }
 
-    /// Spins until the lock is free, then holds it.
-    pub fn lock(&self) -> SpinGuard<'_, T> {
-        while self
-            .locked
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            core::hint::spin_loop();
+    fn acquire(&self) {
+        while !raw_try_lock(&self.locked) {
+            // Wait with plain loads until the lock looks free (no exclusive traffic while
+            // another core holds it), then try again.
+            while self.locked.load(Ordering::Relaxed) {
+                core::hint::spin_loop();
+            }
         }
-        SpinGuard { m: self }
+        this_cpu().locks_held.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Spins until the lock is free, then holds it.
+    ///
+    /// # Panics
+    /// Inside an interrupt handler (use [`SpinMutex::lock_irqsave`] for locks shared with one).
+    pub fn lock(&self) -> SpinGuard<'_, T> {
+        assert!(
+            !this_cpu().in_irq(),
+            "plain spin lock taken in an interrupt handler: use lock_irqsave"
+        );
+        self.acquire();
+        SpinGuard { m: self, daif: None }
+    }
+
+    /// Masks IRQs on this core, then takes the lock; both are undone when the guard drops (IRQs
+    /// back to their state before the call). Usable in and out of interrupt handlers.
+    pub fn lock_irqsave(&self) -> SpinGuard<'_, T> {
+        let daif = cpu::mask_irqs();
+        self.acquire();
+        SpinGuard { m: self, daif: Some(daif) }
+    }
+
+    /// Takes the lock if it is free.
+    pub fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
+        if raw_try_lock(&self.locked) {
+            this_cpu().locks_held.fetch_add(1, Ordering::Relaxed);
+            Some(SpinGuard { m: self, daif: None })
+        } else {
+            None
+        }
+    }
+
+    /// Is the lock held (by anyone) right now?
+    pub fn is_locked(&self) -> bool {
+        self.locked.load(Ordering::Relaxed)
     }
 }
 
 /// Holds a [`SpinMutex`].
 pub struct SpinGuard<'a, T> {
     m: &'a SpinMutex<T>,
+    /// DAIF to restore after unlocking (`lock_irqsave`).
+    daif: Option<u64>,
 }
 
 impl<T> Deref for SpinGuard<'_, T> {
@@ -56,7 +115,12 @@ impl<T> DerefMut for SpinGuard<'_, T> {
 
 impl<T> Drop for SpinGuard<'_, T> {
     fn drop(&mut self) {
+        this_cpu().locks_held.fetch_sub(1, Ordering::Relaxed);
+        // STLRB: every access made under the lock is ordered before the release.
         self.m.locked.store(false, Ordering::Release);
+        if let Some(daif) = self.daif {
+            cpu::restore_irqs(daif);
+        }
     }
 }
 

@@ -255,7 +255,7 @@ impl UserSpace {
         crate::arch::mmu::set_ttbr0(self.mm.root(), self.mm.asid());
         // SAFETY: TTBR0 now holds this space, which maps the program and the stack.
         let r = unsafe { run(task_id, self.entry, self.sp, arg) };
-        let km = crate::init::KERNEL_MAP.get().expect("kernel map");
+        let km = crate::bootstate::kernel_map().expect("kernel map");
         crate::arch::mmu::disable_ttbr0(km.empty_root);
         r
     }

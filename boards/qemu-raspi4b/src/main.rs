@@ -22,6 +22,8 @@ mod wiring {
         },
         gpio_base: 0xFE20_0000,
         mailbox_base: 0xFE00_B880,
+        gic_dist_base: 0xFF84_1000,
+        gic_cpu_base: 0xFF84_2000,
         cntfrq_hz: 62_500_000,
         // QEMU's boot stub, spin table (0xd8..0xf8) and ATAGs (0x100) live in the first page(s).
         firmware_reserved: &[MemRegion::new(0, 0x8_0000)],

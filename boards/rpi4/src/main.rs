@@ -24,6 +24,8 @@ mod wiring {
         },
         gpio_base: 0xFE20_0000,
         mailbox_base: 0xFE00_B880,
+        gic_dist_base: 0xFF84_1000,
+        gic_cpu_base: 0xFF84_2000,
         cntfrq_hz: 54_000_000,
         // The armstub and spin table occupy the first page; keep everything below the image.
         firmware_reserved: &[MemRegion::new(0, 0x8_0000)],

@@ -78,3 +78,12 @@ pub fn oneshot_fired() -> bool {
 pub fn oneshot_disarm() {
     CNTP_CTL_EL0.set(0);
 }
+
+/// Arms the EL1 physical timer to raise its interrupt (PPI 14, INTID 30 through the GIC) in
+/// `ticks` counter ticks. The interrupt handler must disarm it ([`oneshot_disarm`]): the timer's
+/// output is level-sensitive and stays asserted until then.
+pub fn irq_arm(ticks: u32) {
+    CNTP_TVAL_EL0.set(u64::from(ticks));
+    // ENABLE=1, IMASK=0.
+    CNTP_CTL_EL0.set(0b001);
+}

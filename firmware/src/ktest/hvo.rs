@@ -221,7 +221,7 @@ pub fn runtime_switch() -> TestResult {
 }
 
 pub fn boot_param_respected() -> TestResult {
-    let expected = crate::init::cmdline().hugetlb_free_vmemmap.unwrap_or(true);
+    let expected = crate::bootstate::cmdline().hugetlb_free_vmemmap.unwrap_or(true);
     ensure_eq!(hv::hvo_enabled(), expected);
     // Boot-pool folios are optimized exactly when HVO was on at boot.
     let mut checked = 0;

@@ -110,7 +110,7 @@ pub fn wx_audit_clean() -> TestResult {
 pub fn linear_map_uses_2m_blocks() -> TestResult {
     let mm = memory::init_mm();
     let guard = mm.mmap_read();
-    let ram = crate::init::ram_regions();
+    let ram = crate::bootstate::ram_regions();
     let mut expected_blocks = 0;
     let mut expected_bytes = 0;
     for r in ram.iter() {

@@ -9,7 +9,7 @@ use kcore::hugetlb::{check_folio, HugePageSize, NoHooks};
 
 pub fn pfn_to_page_round_trip() -> TestResult {
     let mut n = 0u64;
-    for r in crate::init::ram_regions().iter() {
+    for r in crate::bootstate::ram_regions().iter() {
         for pfn in r.pfns() {
             let page = VMEMMAP.pfn_to_page(Pfn(pfn));
             // SAFETY: every RAM pfn's section is present (populated at boot).
@@ -21,7 +21,7 @@ pub fn pfn_to_page_round_trip() -> TestResult {
             n += 1;
         }
     }
-    ensure_eq!(n, kcore::buddy::ram_pages(crate::init::ram_regions().as_slice()));
+    ensure_eq!(n, kcore::buddy::ram_pages(crate::bootstate::ram_regions().as_slice()));
     conserved()
 }
 
@@ -190,6 +190,6 @@ pub fn hotplug_self_hosted_memmap() -> TestResult {
     }
     ensure!(sections > 0);
     // The hot-added range counts in RAM and conservation holds over it.
-    ensure!(crate::init::ram_regions().iter().any(|r| r.covers(&sh.range)));
+    ensure!(crate::bootstate::ram_regions().iter().any(|r| r.covers(&sh.range)));
     conserved()
 }

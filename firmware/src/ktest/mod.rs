@@ -12,6 +12,7 @@ mod foundation;
 mod hvo;
 mod kernel_map;
 mod memory;
+mod smp;
 mod user;
 
 /// Why a test failed: where, and what did not hold.
@@ -86,6 +87,13 @@ pub static CASES: &[Case] = &[
     case("timer_advances", foundation::timer_advances),
     case("timer_oneshot_fires", foundation::timer_oneshot),
     case("uart_loopback_round_trip", foundation::uart_round_trip),
+    case("smp_every_core_runs_a_job", smp::every_core_runs_a_job),
+    case("smp_sgi_round_trip_each_core", smp::sgi_round_trip_each_core),
+    case("smp_timer_irq_on_secondary", smp::timer_irq_on_secondary),
+    case("sync_spin_mutex_across_cores", smp::spin_mutex_across_cores),
+    case("sync_locks_held_and_irqsave", smp::locks_held_and_irqsave),
+    case("sync_lock_codegen_exclusives", smp::lock_codegen_exclusives),
+    case("exception_fault_hook", smp::fault_hook_sees_data_aborts),
     case("kmap_translation_regime", kernel_map::translation_regime),
     case("kmap_rodata_write_faults", kernel_map::rodata_write_faults),
     case("kmap_text_write_faults", kernel_map::text_write_faults),

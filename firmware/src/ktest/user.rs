@@ -64,7 +64,7 @@ pub fn kernel_cannot_execute_user_pages() -> TestResult {
     // SAFETY: the user program's first instructions would return to us (x0 = 0 path calls
     // `svc`, which from EL1 is not taken as a syscall); PXN makes the fetch fault first.
     let r = unsafe { crate::arch::probe::exec(USER_BASE) };
-    let km = crate::init::KERNEL_MAP.get().expect("kernel map");
+    let km = crate::bootstate::kernel_map().expect("kernel map");
     crate::arch::mmu::disable_ttbr0(km.empty_root);
     let f = r.err().ok_or(Failure {
         file: file!(),

@@ -81,7 +81,22 @@ at_el1:
     msr     cpacr_el1, x0
     isb
 
-    // Zero BSS (includes the boot tables and the boot stack).
+    // Zero BSS (includes the boot tables and the boot stack) with the MMU and caches off.
+    // Cache maintenance follows Linux's head.S (create_idmap / preserve_boot_args):
+    //  1. before the non-cacheable writes, invalidate the range to the PoC, so that no dirty
+    //     line a previous stage left over it can be evicted later on top of what we write
+    //     (ARM ARM D7.4.x: with the cache off, a write goes to memory but an older dirty line for
+    //     the same address may still be written back afterwards);
+    //  2. after them (step below, once the tables are written), invalidate again, so that no
+    //     stale line allocated meanwhile (speculative fills are allowed for cacheable regions of
+    //     a previous stage's mappings) hides the new contents from the cacheable accesses and
+    //     table walks that start when the MMU and caches go on (ARM ARM D7.5.1, D8.2).
+    // QEMU models no caches: these steps cannot fail there and are exercised only on a board.
+    adrp    x0, __bss_start
+    add     x0, x0, :lo12:__bss_start
+    adrp    x1, __bss_end
+    add     x1, x1, :lo12:__bss_end
+    bl      dcache_inval_poc        // step 1 over BSS, the boot tables and the boot stack
     adrp    x0, __bss_start
     add     x0, x0, :lo12:__bss_start
     adrp    x1, __bss_end
@@ -120,27 +135,24 @@ at_el1:
     ldr     x6, =BOOT_BLOCK_NORMAL  // executable at EL1 (PXN clear), never at EL0 (UXN)
     str     x6, [x5]
 
-    // The tables were written with the MMU off (non-cacheable); discard any stale cache lines
-    // over them so the cacheable table walks see the new contents (ARM ARM D8.2: walks may
-    // allocate in and read from the data caches once TCR_EL1.IRGN/ORGN say write-back).
-    mov     x6, x2
-    add     x7, x2, #0x4000
-3:  dc      ivac, x6
-    add     x6, x6, #64
-    cmp     x6, x7
-    b.lo    3b
-    dsb     sy                      // the invalidation completes before the MMU is enabled
+    // Step 2: the zeroed BSS and the tables were written with the MMU off (non-cacheable);
+    // DMB SY orders those writes before the invalidation (Linux: "dmb sy" before
+    // dcache_inval_poc), then discard any line over them so the cacheable table walks and loads
+    // see the new contents (ARM ARM D8.2: walks may read from the data caches once
+    // TCR_EL1.IRGN/ORGN say write-back). dcache_inval_poc ends with DSB SY: the invalidation
+    // completes before the MMU is enabled.
+    dmb     sy
+    adrp    x0, __bss_start
+    add     x0, x0, :lo12:__bss_start
+    adrp    x1, __bss_end
+    add     x1, x1, :lo12:__bss_end
+    bl      dcache_inval_poc
+    adrp    x2, __boot_tables       // x2..x5 were clobbered by the call
+    add     x3, x2, #0x1000
+    add     x4, x2, #0x2000
+    add     x5, x2, #0x3000
 
-    // MAIR_EL1: attr0 = Normal WB RA/WA (0xff), attr1 = Device-nGnRE (0x04).
-    mov     x6, #0x04ff
-    msr     mair_el1, x6
-    // TCR_EL1: T0SZ=T1SZ=16 (48-bit), 4 KiB granules (TG0=0, TG1=2), inner shareable, WB
-    // walks; IPS from ID_AA64MMFR0_EL1.PARange.
-    ldr     x6, =((16 << 0) | (1 << 8) | (1 << 10) | (3 << 12) | (0 << 14) | (16 << 16) | (1 << 24) | (1 << 26) | (3 << 28) | (2 << 30))
-    mrs     x7, id_aa64mmfr0_el1
-    and     x7, x7, #0x7
-    orr     x6, x6, x7, lsl #32
-    msr     tcr_el1, x6
+    bl      set_translation_regime  // MAIR_EL1, TCR_EL1 (shared with the secondaries)
     msr     ttbr0_el1, x2
     msr     ttbr1_el1, x4
     // Invalidate whatever translations the previous stage left (ARM ARM D8.13: TLB contents
@@ -162,6 +174,121 @@ at_el1:
     ldr     x6, =board_main
     br      x6
 
+// Cores 1-3 when they entered this image directly (QEMU's ELF boot starts every core at
+// _start): wait on the same spin table QEMU's stub and the Pi 4 armstub use (0xd8 + 8 * core) for
+// the boot core to write an entry address, as those stubs do.
 park_secondary:
-    wfe
-    b       park_secondary
+    mov     x5, #0xd8
+    mrs     x6, mpidr_el1
+    and     x6, x6, #0xff
+1:  wfe
+    ldr     x4, [x5, x6, lsl #3]
+    cbz     x4, 1b
+    br      x4
+
+// MAIR_EL1 and TCR_EL1 for the boot and the kernel map. Clobbers x6, x7.
+set_translation_regime:
+    // MAIR_EL1: attr0 = Normal WB RA/WA (0xff), attr1 = Device-nGnRE (0x04).
+    mov     x6, #0x04ff
+    msr     mair_el1, x6
+    // TCR_EL1: T0SZ=T1SZ=16 (48-bit), 4 KiB granules (TG0=0, TG1=2), inner shareable, WB
+    // walks; IPS from ID_AA64MMFR0_EL1.PARange.
+    ldr     x6, =((16 << 0) | (1 << 8) | (1 << 10) | (3 << 12) | (0 << 14) | (16 << 16) | (1 << 24) | (1 << 26) | (3 << 28) | (2 << 30))
+    mrs     x7, id_aa64mmfr0_el1
+    and     x7, x7, #0x7
+    orr     x6, x6, x7, lsl #32
+    msr     tcr_el1, x6
+    ret
+
+// dcache_inval_poc(start x0, end x1): invalidate [start, end) to the point of coherency, as
+// Linux's dcache_inval_poc: a partial line at either end is cleaned and invalidated (DC CIVAC)
+// so bytes outside the range sharing it are not lost, whole lines are invalidated (DC IVAC).
+// Line size from CTR_EL0.DminLine. Ends with DSB SY (ARM ARM D7.5.9: maintenance completes at
+// a DSB). Clobbers x0-x3.
+dcache_inval_poc:
+    mrs     x3, ctr_el0
+    ubfx    x3, x3, #16, #4
+    mov     x2, #4
+    lsl     x2, x2, x3              // x2: line size in bytes
+    sub     x3, x2, #1              // x3: line mask
+    tst     x1, x3
+    bic     x1, x1, x3
+    b.eq    1f
+    dc      civac, x1               // partial last line
+1:  tst     x0, x3
+    bic     x0, x0, x3
+    b.eq    2f
+    dc      civac, x0               // partial first line
+    b       3f
+2:  dc      ivac, x0
+3:  add     x0, x0, x2
+    cmp     x0, x1
+    b.lo    2b
+    dsb     sy
+    ret
+
+// Cores 1-3, released from the spin table by smp::boot_secondaries: x0 = 0, at the physical
+// address of this label, MMU and caches off, at EL2 (QEMU raw boot, Pi 4 armstub) or EL3/EL1.
+// Nothing is written to memory until the MMU and caches are on, so no invalidation is needed
+// here (the rules of the primary path are about memory written with caches off); what is read
+// (secondary_boot_data) was cleaned to the PoC by the boot core before the release.
+.global secondary_entry
+secondary_entry:
+    mrs     x20, CurrentEL
+    lsr     x20, x20, #2
+    cmp     x20, #3
+    b.eq    2f
+    cmp     x20, #2
+    b.eq    1f
+    b       secondary_el1
+1:  bl      el2_regs
+    mov     x0, #0x3c5              // SPSR: EL1h, D A I F masked
+    msr     spsr_el2, x0
+    adr     x0, secondary_el1
+    msr     elr_el2, x0
+    eret
+2:  mov     x0, #((1 << 0) | (1 << 4) | (1 << 5) | (1 << 8) | (1 << 10))
+    msr     scr_el3, x0
+    msr     cptr_el3, xzr
+    bl      el2_regs
+    mov     x0, #0x3c5
+    msr     spsr_el3, x0
+    adr     x0, secondary_el1
+    msr     elr_el3, x0
+    eret
+
+secondary_el1:
+    mov     x0, #(3 << 20)          // CPACR_EL1.FPEN
+    msr     cpacr_el1, x0
+    isb
+    mrs     x19, mpidr_el1
+    and     x19, x19, #0xff         // x19: core number
+    cmp     x19, #4
+    b.hs    4f
+    adrp    x0, secondary_boot_data // MMU off: PC-relative gives the physical address
+    add     x0, x0, :lo12:secondary_boot_data
+    ldr     x1, [x0]                // TTBR1: the live kernel map
+    add     x2, x0, x19, lsl #3
+    ldr     x21, [x2, #8]           // this core's stack top (higher half)
+    cbz     x1, 4f
+    cbz     x21, 4f
+    bl      set_translation_regime
+    adrp    x2, __boot_tables       // TTBR0: the boot identity map, to survive the MMU switch
+    msr     ttbr0_el1, x2
+    msr     ttbr1_el1, x1
+    // TLB contents are UNKNOWN out of reset (ARM ARM D8.13): drop them on this core before the
+    // MMU goes on, and synchronise the register writes.
+    tlbi    vmalle1
+    dsb     nsh
+    isb
+    ldr     x6, =(0x30d00800 | (1 << 0) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 12) | (1 << 16) | (1 << 18))
+    msr     sctlr_el1, x6
+    isb                             // the MMU is on for every instruction after this one
+    mov     sp, x21
+    mov     x29, #0
+    mov     x30, #0
+    mov     x0, x19
+    ldr     x6, =secondary_main
+    br      x6
+4:  wfe                             // not a core this firmware releases: park
+    b       4b

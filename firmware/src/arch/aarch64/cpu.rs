@@ -35,3 +35,25 @@ pub fn park() -> ! {
 pub fn has_pan() -> bool {
     (ID_AA64MMFR1_EL1.get() >> 20) & 0xf != 0
 }
+
+/// Unmasks IRQs (PSTATE.I) on this core; FIQ, SError and debug stay as they are.
+#[inline]
+pub fn enable_irqs() {
+    // SAFETY: DAIFClr only changes this core's interrupt masks.
+    unsafe { core::arch::asm!("msr daifclr, #2", options(nostack)) };
+}
+
+/// Are IRQs masked on this core?
+#[inline]
+pub fn irqs_masked() -> bool {
+    DAIF.get() & (1 << 7) != 0
+}
+
+/// The smallest data-cache line size in bytes (CTR_EL0.DminLine, log2 of words).
+#[inline]
+pub fn dcache_line_size() -> u64 {
+    let ctr: u64;
+    // SAFETY: reading CTR_EL0 has no side effects (EL1 may always read it).
+    unsafe { core::arch::asm!("mrs {}, ctr_el0", out(reg) ctr, options(nomem, nostack)) };
+    4 << ((ctr >> 16) & 0xf)
+}

@@ -1,9 +1,10 @@
 //! Exception handling at EL1: installing the vectors, decoding and reporting synchronous
-//! exceptions, fixups for fault probes, and the hand-off of exceptions from EL0 to the user-task
-//! code.
+//! exceptions, a hook that may resolve data aborts before they are reported (fault-wait), fixups
+//! for fault probes, IRQs (to `crate::irq`), and the hand-off of exceptions from EL0 to the
+//! user-task code.
 
 use aarch64_cpu::registers::{Writeable, VBAR_EL1};
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use kcore::esr::{self, ExceptionClass, Syndrome};
 
 /// The registers saved by the vectors (layout shared with `vectors.s`).
@@ -72,23 +73,55 @@ pub struct FaultInfo {
     pub elr: u64,
 }
 
-/// Last fault taken by a probe (ESR, FAR, ELR), read back by [`take_probe_fault`].
-static PROBE_ESR: AtomicU64 = AtomicU64::new(0);
-static PROBE_FAR: AtomicU64 = AtomicU64::new(0);
-static PROBE_ELR: AtomicU64 = AtomicU64::new(0);
 /// Set while `probe_exec` runs: an instruction abort then returns to the probe.
 pub(crate) static EXEC_PROBE_ARMED: AtomicU64 = AtomicU64::new(0);
 
 /// Number of synchronous exceptions fixed up by probes (for tests).
 pub static PROBE_FIXUPS: AtomicU64 = AtomicU64::new(0);
 
-/// The fault recorded by the last probe fixup.
+/// The fault recorded by the last probe fixup on this core.
 pub fn take_probe_fault() -> FaultInfo {
+    let f = &crate::percpu::this_cpu().probe_fault;
     FaultInfo {
-        syndrome: esr::decode(PROBE_ESR.load(Ordering::Acquire)),
-        far: PROBE_FAR.load(Ordering::Acquire),
-        elr: PROBE_ELR.load(Ordering::Acquire),
+        syndrome: esr::decode(f[0].load(Ordering::Acquire)),
+        far: f[1].load(Ordering::Acquire),
+        elr: f[2].load(Ordering::Acquire),
     }
+}
+
+/// What a fault hook decided about a data abort taken at EL1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt-log", derive(defmt::Format))]
+pub enum FaultAction {
+    /// Not the hook's business: go on as without a hook (probe fixup, else report and panic).
+    Report,
+    /// Return to the faulting instruction and execute it again.
+    Retry,
+    /// Resume at this address (ELR_EL1) instead.
+    Fixup(u64),
+}
+
+/// A hook that sees data aborts at EL1 before they are reported.
+pub type FaultHook = fn(&mut TrapFrame, &FaultInfo) -> FaultAction;
+
+static FAULT_HOOK: AtomicUsize = AtomicUsize::new(0);
+
+/// Installs (or with `None` removes) the hook called for every data abort taken at EL1, on any
+/// core, with IRQs masked, before probe fixups and reports. The hook must not take a plain spin
+/// lock a faulting context may hold.
+pub fn set_fault_hook(hook: Option<FaultHook>) {
+    FAULT_HOOK.store(hook.map_or(0, |h| h as usize), Ordering::Release);
+}
+
+fn run_fault_hook(frame: &mut TrapFrame, syndrome: Syndrome) -> FaultAction {
+    let h = FAULT_HOOK.load(Ordering::Acquire);
+    if h == 0 {
+        return FaultAction::Report;
+    }
+    // SAFETY: the slot only ever holds 0 or a `FaultHook` stored by `set_fault_hook`.
+    let hook: FaultHook = unsafe { core::mem::transmute::<usize, FaultHook>(h) };
+    let info = FaultInfo { syndrome, far: frame.far, elr: frame.elr };
+    hook(frame, &info)
 }
 
 /// Points VBAR_EL1 at the vectors.
@@ -121,9 +154,10 @@ fn extable_fixup(elr: u64) -> Option<u64> {
 }
 
 fn record_probe_fault(frame: &TrapFrame) {
-    PROBE_ESR.store(frame.esr, Ordering::Release);
-    PROBE_FAR.store(frame.far, Ordering::Release);
-    PROBE_ELR.store(frame.elr, Ordering::Release);
+    let f = &crate::percpu::this_cpu().probe_fault;
+    f[0].store(frame.esr, Ordering::Release);
+    f[1].store(frame.far, Ordering::Release);
+    f[2].store(frame.elr, Ordering::Release);
     PROBE_FIXUPS.fetch_add(1, Ordering::AcqRel);
 }
 
@@ -159,6 +193,16 @@ extern "C" fn handle_exception(frame: &mut TrapFrame, kind: u64) {
     match kind {
         VectorKind::SyncCurrent => {
             let s = esr::decode(frame.esr);
+            if s.class == ExceptionClass::DataAbortSame {
+                match run_fault_hook(frame, s) {
+                    FaultAction::Report => {}
+                    FaultAction::Retry => return,
+                    FaultAction::Fixup(pc) => {
+                        frame.elr = pc;
+                        return;
+                    }
+                }
+            }
             if let Some(fixup) = extable_fixup(frame.elr) {
                 record_probe_fault(frame);
                 frame.elr = fixup;
@@ -176,6 +220,7 @@ extern "C" fn handle_exception(frame: &mut TrapFrame, kind: u64) {
             report(kind, frame);
             panic!("unexpected synchronous exception at EL1");
         }
+        VectorKind::IrqCurrent => crate::irq::handle(),
         VectorKind::SyncLower | VectorKind::IrqLower | VectorKind::SErrorLower => {
             crate::user::handle_lower_el(kind, frame)
         }

@@ -36,6 +36,19 @@ pub fn disable_ttbr0(empty_root: PhysAddr) {
     barrier::isb(barrier::SY);
 }
 
+/// Stops TTBR0 walks on this core only (a core just arrived through the boot identity map):
+/// the identity translations are in this core's TLB alone, so a local TLBI VMALLE1 and DSB NSH
+/// suffice (ARM ARM D8.13: a non-broadcast TLBI affects only the executing PE).
+pub fn disable_ttbr0_local(empty_root: PhysAddr) {
+    TTBR0_EL1.set(empty_root.as_u64());
+    TCR_EL1.modify(TCR_EL1::EPD0::DisableTTBR0Walks);
+    barrier::isb(barrier::SY);
+    // SAFETY: TLB invalidation has no memory-safety effect.
+    unsafe { core::arch::asm!("tlbi vmalle1", options(nostack)) };
+    barrier::dsb(barrier::NSH);
+    barrier::isb(barrier::SY);
+}
+
 /// Installs a user address space in TTBR0 with its ASID and enables TTBR0 walks.
 pub fn set_ttbr0(root: PhysAddr, asid: u16) {
     TTBR0_EL1.set(root.as_u64() | (u64::from(asid) << 48));

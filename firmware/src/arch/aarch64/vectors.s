@@ -3,12 +3,18 @@
 // Each of the 16 vectors stores x0/x1, puts its index in x0 and branches to the common path,
 // which saves the rest of the trap frame (layout: arch::aarch64::exception::TrapFrame), calls
 // `handle_exception(frame, kind)` and returns with whatever the handler left in the frame.
+//
+// Above the trap frame the path also saves the FP/SIMD registers (q0-q31, FPSR, FPCR): Rust code
+// at EL1 uses them (the target enables NEON), and an interrupt or a fault that is retried
+// (fault-wait) resumes code that may have live values in any of them.
 
 .equ TF_SIZE, 288
+.equ FP_SIZE, 528                   // 32 x 16 bytes + FPSR + FPCR
+.equ FRAME_SIZE, (TF_SIZE + FP_SIZE)
 
 .macro VENTRY kind
     .balign 0x80
-    sub     sp, sp, #TF_SIZE
+    sub     sp, sp, #FRAME_SIZE
     stp     x0, x1, [sp, #0]
     mov     x0, #\kind
     b       trap_common
@@ -58,9 +64,51 @@ trap_common:
     mrs     x1, esr_el1
     mrs     x2, far_el1
     stp     x1, x2, [sp, #272]
+    add     x1, sp, #TF_SIZE
+    stp     q0, q1, [x1, #0]
+    stp     q2, q3, [x1, #32]
+    stp     q4, q5, [x1, #64]
+    stp     q6, q7, [x1, #96]
+    stp     q8, q9, [x1, #128]
+    stp     q10, q11, [x1, #160]
+    stp     q12, q13, [x1, #192]
+    stp     q14, q15, [x1, #224]
+    stp     q16, q17, [x1, #256]
+    stp     q18, q19, [x1, #288]
+    stp     q20, q21, [x1, #320]
+    stp     q22, q23, [x1, #352]
+    stp     q24, q25, [x1, #384]
+    stp     q26, q27, [x1, #416]
+    stp     q28, q29, [x1, #448]
+    stp     q30, q31, [x1, #480]
+    mrs     x2, fpsr
+    mrs     x3, fpcr
+    add     x1, x1, #512        // FPSR, FPCR after the 32 Q registers (beyond STP's reach)
+    stp     x2, x3, [x1]
     mov     x1, x0                  // kind
     mov     x0, sp                  // &mut TrapFrame
     bl      handle_exception
+    add     x1, sp, #TF_SIZE
+    ldp     q0, q1, [x1, #0]
+    ldp     q2, q3, [x1, #32]
+    ldp     q4, q5, [x1, #64]
+    ldp     q6, q7, [x1, #96]
+    ldp     q8, q9, [x1, #128]
+    ldp     q10, q11, [x1, #160]
+    ldp     q12, q13, [x1, #192]
+    ldp     q14, q15, [x1, #224]
+    ldp     q16, q17, [x1, #256]
+    ldp     q18, q19, [x1, #288]
+    ldp     q20, q21, [x1, #320]
+    ldp     q22, q23, [x1, #352]
+    ldp     q24, q25, [x1, #384]
+    ldp     q26, q27, [x1, #416]
+    ldp     q28, q29, [x1, #448]
+    ldp     q30, q31, [x1, #480]
+    add     x1, x1, #512
+    ldp     x2, x3, [x1]
+    msr     fpsr, x2
+    msr     fpcr, x3
     ldp     x1, x2, [sp, #256]
     msr     elr_el1, x1
     msr     spsr_el1, x2
@@ -81,7 +129,7 @@ trap_common:
     ldp     x24, x25, [sp, #192]
     ldp     x26, x27, [sp, #208]
     ldp     x28, x29, [sp, #224]
-    add     sp, sp, #TF_SIZE
+    add     sp, sp, #FRAME_SIZE
     eret
 
 // Fault probes. Each faulting instruction has an entry in .extable; the exception handler
