@@ -18,6 +18,7 @@ pub mod board;
 pub mod bootstate;
 pub mod drivers;
 pub mod hvo;
+pub mod hvo_smp;
 pub mod init;
 pub mod irq;
 pub mod kernel_map;

@@ -1,0 +1,188 @@
+//! On-target tests of HVO on four cores (issue 9): the stress test per strategy, the negative
+//! controls (`none`, HVO without the reference freeze), two cores splitting one vmemmap block
+//! at once, the fault-wait refusal, and the live break-before-make auditor.
+
+use super::TestResult;
+use crate::hvo_smp::fault_wait::{self, Decision};
+use crate::hvo_smp::stress::{self, StressConfig};
+use crate::hvo_smp::HvoBbm;
+use crate::{ensure, ensure_eq};
+use kcore::esr::FaultKind;
+
+/// Cycles per strategy in the suite (the long run is `cargo xtask run -- stress=N hvo_bbm=S`).
+const CYCLES: u64 = 2;
+/// 2 MiB folios in the suite's runs.
+const FOLIOS_2M: usize = 16;
+
+fn ticks_us(us: u64) -> u64 {
+    crate::drivers::timer::frequency() / 1_000_000 * us
+}
+
+fn stress_clean(
+    strategy: HvoBbm,
+    delay: (u64, u64),
+) -> Result<stress::StressResult, super::Failure> {
+    let cfg = StressConfig { delay, max_2m: FOLIOS_2M, ..StressConfig::new(strategy, CYCLES) };
+    let r = stress::run(&cfg);
+    let r = match r {
+        Ok(r) => r,
+        Err(e) => {
+            crate::error!("stress: {:?}", e);
+            ensure!(false, "the stress run ran");
+            unreachable!()
+        }
+    };
+    stress::report(strategy, &r);
+    ensure_eq!(r.cycles, CYCLES);
+    ensure!(r.readers >= 1, "at least one reader core");
+    ensure!(r.reads > 0 && r.gets > 0, "both kinds of reader did work");
+    ensure_eq!(r.wrong, 0);
+    ensure_eq!(r.counters.unexpected_faults, 0);
+    ensure_eq!(r.leaked, 0);
+    ensure_eq!(r.bad_refcounts, 0);
+    ensure_eq!(r.counters.pause_timeouts, 0);
+    ensure_eq!(r.counters.refused_faults, 0);
+    super::conserved()?;
+    Ok(r)
+}
+
+/// stop-machine: clean, and the other cores were held (IPIs sent, ticks counted).
+pub fn stress_stop_machine() -> TestResult {
+    let r = stress_clean(HvoBbm::StopMachine, (0, 0))?;
+    ensure!(r.counters.ipis > 0 && r.counters.held_ticks > 0, "cores were held");
+    ensure_eq!(r.counters.faults_waited, 0);
+    Ok(())
+}
+
+/// pause-window: clean, held around each window only.
+pub fn stress_pause_window() -> TestResult {
+    let r = stress_clean(HvoBbm::PauseWindow, (0, 0))?;
+    ensure!(r.counters.ipis > 0 && r.counters.held_ticks > 0, "cores were held");
+    ensure!(r.counters.pauses == r.counters.windows, "one rendezvous per window");
+    ensure_eq!(r.counters.faults_waited, 0);
+    Ok(())
+}
+
+/// fault-wait: clean, no IPI; readers' faults in windows waited (windows widened by a delay so
+/// that waits happen in a short run), some with interrupts masked and a lock held.
+pub fn stress_fault_wait() -> TestResult {
+    let r = stress_clean(HvoBbm::FaultWait, (0, ticks_us(200)))?;
+    ensure_eq!(r.counters.ipis, 0);
+    ensure!(r.counters.faults_waited > 0, "readers faulted in windows and waited");
+    ensure!(r.counters.waited_irqs_masked > 0, "a wait with IRQs masked");
+    Ok(())
+}
+
+/// none, the negative control: the readers take unexpected vmemmap faults.
+pub fn stress_none_shows_failure() -> TestResult {
+    let cfg = StressConfig {
+        delay: (0, ticks_us(200)),
+        max_2m: FOLIOS_2M,
+        ..StressConfig::new(HvoBbm::None, CYCLES)
+    };
+    let r = match stress::run(&cfg) {
+        Ok(r) => r,
+        Err(e) => {
+            crate::error!("stress: {:?}", e);
+            ensure!(false, "the stress run ran");
+            unreachable!()
+        }
+    };
+    stress::report(HvoBbm::None, &r);
+    ensure!(r.counters.unexpected_faults > 0, "none: readers took unexpected vmemmap faults");
+    ensure_eq!(r.leaked, 0);
+    super::conserved()
+}
+
+/// Without the reference freeze (test-only), a speculative get lands on page 0 while HVO copies
+/// it: a reference is lost (or a write faults). With the freeze (the stress runs above) none is.
+pub fn no_freeze_loses_references() -> TestResult {
+    let cfg = StressConfig {
+        freeze: false,
+        gets_only: true,
+        delay: (ticks_us(300), 0),
+        max_2m: 4,
+        max_1g: 0,
+        ..StressConfig::new(HvoBbm::FaultWait, 4)
+    };
+    let r = match stress::run(&cfg) {
+        Ok(r) => r,
+        Err(e) => {
+            crate::error!("stress: {:?}", e);
+            ensure!(false, "the stress run ran");
+            unreachable!()
+        }
+    };
+    crate::info!(
+        "smp no-freeze: gets {}, refused {}, folios with a wrong refcount {}, unexpected faults {}",
+        r.gets,
+        r.gets_refused,
+        r.bad_refcounts,
+        r.counters.unexpected_faults
+    );
+    ensure!(r.gets > 0, "speculative gets happened");
+    ensure!(
+        r.bad_refcounts > 0 || r.counters.unexpected_faults > 0,
+        "without the freeze a reference is lost or a write faults"
+    );
+    super::conserved()
+}
+
+/// Two cores optimize folios whose descriptors share one unsplit vmemmap block at the same
+/// moment: one split per block, the other core's table goes back, nothing wrong or leaked.
+pub fn concurrent_split() -> TestResult {
+    let peer = match (1..kcore::layout::MAX_CPUS).find(|&c| crate::smp::is_online(c)) {
+        Some(c) => c,
+        None => {
+            ensure!(false, "a second core is online");
+            unreachable!()
+        }
+    };
+    let r = match stress::concurrent_split(peer, 3, HvoBbm::FaultWait) {
+        Ok(r) => r,
+        Err(e) => {
+            crate::error!("concurrent split: {:?}", e);
+            ensure!(false, "the concurrent-split run ran");
+            unreachable!()
+        }
+    };
+    stress::report_split(HvoBbm::FaultWait, &r);
+    ensure!(r.blocks > 0, "at least one block raced on");
+    ensure_eq!(r.splits, r.blocks);
+    ensure_eq!(r.tables, r.blocks);
+    ensure_eq!(r.errors, 0);
+    ensure_eq!(r.wrong, 0);
+    ensure_eq!(r.leaked, 0);
+    ensure_eq!(r.counters.unexpected_faults, 0);
+    super::conserved()
+}
+
+/// fault-wait's decision: wait on another core's window, refuse on one's own, retry at once when
+/// the window has closed and the address translates, unexpected otherwise.
+pub fn fault_wait_refuses_own_window() -> TestResult {
+    let me = crate::percpu::this_cpu().id;
+    let other = (me + 1) % kcore::layout::MAX_CPUS;
+    // A mapped vmemmap address: the first descriptor of the first RAM frame.
+    let ram = crate::bootstate::ram_regions();
+    let pfn = kcore::addr::Pfn(ram.as_slice()[0].base.0 >> 12);
+    let va = kcore::hugetlb_vmemmap::vmemmap_va(pfn).0;
+    let tf = Some(FaultKind::Translation(3));
+    fault_wait::set_mode(true, false);
+    fault_wait::open(me, va, va + 4096);
+    let own = fault_wait::decide(me, va, tf, false);
+    let from_other = fault_wait::decide(other, va + 8, tf, false);
+    let outside = fault_wait::decide(other, va + 4096, tf, false);
+    let alignment = fault_wait::decide(other, va, Some(FaultKind::Alignment), false);
+    fault_wait::close(me);
+    let after = fault_wait::decide(other, va, tf, false);
+    fault_wait::clear_mode();
+    ensure_eq!(own, Decision::OwnWindow);
+    ensure!(
+        matches!(from_other, Decision::Wait { owner, .. } if owner == me),
+        "another core waits"
+    );
+    ensure_eq!(outside, Decision::Unexpected);
+    ensure_eq!(alignment, Decision::NotOurs);
+    ensure_eq!(after, Decision::Raced);
+    Ok(())
+}
