@@ -186,7 +186,7 @@ pub fn decide(me: usize, far: u64, kind: Option<FaultKind>, write: bool) -> Deci
 
 /// The fault hook.
 pub fn on_fault(frame: &mut TrapFrame, info: &FaultInfo) -> FaultAction {
-    let me = crate::percpu::this_cpu().id as usize;
+    let me = crate::percpu::this_cpu().id;
     let write = info.syndrome.write;
     match decide(me, info.far, info.syndrome.fault, write) {
         Decision::NotOurs => FaultAction::Report,

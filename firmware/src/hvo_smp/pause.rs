@@ -104,7 +104,7 @@ fn on_pause_ipi() {
     if RELEASE_GEN.load(Ordering::Acquire) >= gen {
         return; // a late SGI of a pause already over
     }
-    let me = crate::percpu::this_cpu().id as usize;
+    let me = crate::percpu::this_cpu().id;
     let t0 = timer::ticks();
     PAUSED.fetch_add(1, Ordering::AcqRel);
     // Interrupts are masked inside read-side sections, so this core is between two.

@@ -125,7 +125,7 @@ impl Rng {
 /// The reader job (`smp::launch` entry): runs until [`stop`]. `arg`: [`HOLD_LOCK`],
 /// [`GETS_ONLY`].
 pub fn job(arg: u64) {
-    let me = crate::percpu::this_cpu().id as usize;
+    let me = crate::percpu::this_cpu().id;
     RUNNING.fetch_add(1, Ordering::AcqRel);
     let n = NR.load(Ordering::Acquire);
     let mut rng =

@@ -27,7 +27,7 @@ pub struct SmpSync {
 impl SmpSync {
     /// `strategy` for HVO running on this core.
     pub fn new(strategy: HvoBbm) -> Self {
-        SmpSync { strategy, cpu: crate::percpu::this_cpu().id as usize, op: None, window: None }
+        SmpSync { strategy, cpu: crate::percpu::this_cpu().id, op: None, window: None }
     }
 }
 

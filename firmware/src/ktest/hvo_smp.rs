@@ -2,7 +2,7 @@
 //! controls (`none`, HVO without the reference freeze), two cores splitting one vmemmap block
 //! at once, the fault-wait refusal, and the live break-before-make auditor.
 
-use super::TestResult;
+use super::{Failure, TestResult};
 use crate::hvo_smp::fault_wait::{self, Decision};
 use crate::hvo_smp::stress::{self, StressConfig};
 use crate::hvo_smp::HvoBbm;
@@ -14,6 +14,11 @@ const CYCLES: u64 = 2;
 /// 2 MiB folios in the suite's runs.
 const FOLIOS_2M: usize = 16;
 
+/// The run's figures, or a failure if it could not run (the error is logged by the caller).
+fn ran<T>(r: Result<T, ()>, what: &'static str) -> Result<T, Failure> {
+    r.map_err(|()| Failure { file: file!(), line: line!(), what })
+}
+
 fn ticks_us(us: u64) -> u64 {
     crate::drivers::timer::frequency() / 1_000_000 * us
 }
@@ -22,16 +27,14 @@ fn stress_clean(
     strategy: HvoBbm,
     delay: (u64, u64),
 ) -> Result<stress::StressResult, super::Failure> {
-    let cfg = StressConfig { delay, max_2m: FOLIOS_2M, ..StressConfig::new(strategy, CYCLES) };
-    let r = stress::run(&cfg);
-    let r = match r {
-        Ok(r) => r,
-        Err(e) => {
-            crate::error!("stress: {:?}", e);
-            ensure!(false, "the stress run ran");
-            unreachable!()
-        }
+    let cfg = StressConfig {
+        delay,
+        max_2m: FOLIOS_2M,
+        top_up: true,
+        ..StressConfig::new(strategy, CYCLES)
     };
+    let r =
+        ran(stress::run(&cfg).map_err(|e| crate::error!("stress: {:?}", e)), "the stress run ran")?;
     stress::report(strategy, &r);
     ensure_eq!(r.cycles, CYCLES);
     ensure!(r.readers >= 1, "at least one reader core");
@@ -78,16 +81,11 @@ pub fn stress_none_shows_failure() -> TestResult {
     let cfg = StressConfig {
         delay: (0, ticks_us(200)),
         max_2m: FOLIOS_2M,
+        top_up: true,
         ..StressConfig::new(HvoBbm::None, CYCLES)
     };
-    let r = match stress::run(&cfg) {
-        Ok(r) => r,
-        Err(e) => {
-            crate::error!("stress: {:?}", e);
-            ensure!(false, "the stress run ran");
-            unreachable!()
-        }
-    };
+    let r =
+        ran(stress::run(&cfg).map_err(|e| crate::error!("stress: {:?}", e)), "the stress run ran")?;
     stress::report(HvoBbm::None, &r);
     ensure!(r.counters.unexpected_faults > 0, "none: readers took unexpected vmemmap faults");
     ensure_eq!(r.leaked, 0);
@@ -103,16 +101,11 @@ pub fn no_freeze_loses_references() -> TestResult {
         delay: (ticks_us(300), 0),
         max_2m: 4,
         max_1g: 0,
+        top_up: true,
         ..StressConfig::new(HvoBbm::FaultWait, 4)
     };
-    let r = match stress::run(&cfg) {
-        Ok(r) => r,
-        Err(e) => {
-            crate::error!("stress: {:?}", e);
-            ensure!(false, "the stress run ran");
-            unreachable!()
-        }
-    };
+    let r =
+        ran(stress::run(&cfg).map_err(|e| crate::error!("stress: {:?}", e)), "the stress run ran")?;
     crate::info!(
         "smp no-freeze: gets {}, refused {}, folios with a wrong refcount {}, unexpected faults {}",
         r.gets,
@@ -131,21 +124,15 @@ pub fn no_freeze_loses_references() -> TestResult {
 /// Two cores optimize folios whose descriptors share one unsplit vmemmap block at the same
 /// moment: one split per block, the other core's table goes back, nothing wrong or leaked.
 pub fn concurrent_split() -> TestResult {
-    let peer = match (1..kcore::layout::MAX_CPUS).find(|&c| crate::smp::is_online(c)) {
-        Some(c) => c,
-        None => {
-            ensure!(false, "a second core is online");
-            unreachable!()
-        }
-    };
-    let r = match stress::concurrent_split(peer, 3, HvoBbm::FaultWait) {
-        Ok(r) => r,
-        Err(e) => {
-            crate::error!("concurrent split: {:?}", e);
-            ensure!(false, "the concurrent-split run ran");
-            unreachable!()
-        }
-    };
+    let peer = ran(
+        (1..kcore::layout::MAX_CPUS).find(|&c| crate::smp::is_online(c)).ok_or(()),
+        "a second core is online",
+    )?;
+    let r = ran(
+        stress::concurrent_split(peer, 3, HvoBbm::FaultWait)
+            .map_err(|e| crate::error!("concurrent split: {:?}", e)),
+        "the concurrent-split run ran",
+    )?;
     stress::report_split(HvoBbm::FaultWait, &r);
     ensure!(r.blocks > 0, "at least one block raced on");
     ensure_eq!(r.splits, r.blocks);
