@@ -48,6 +48,61 @@ fn reserve_unless_covered(mb: &mut Memblock, r: MemRegion, kind: ReservedKind, w
     }
 }
 
+/// `memhp_reserve=size`: removes from `mb` the range to hot-add at the end of boot and records it,
+/// or warns and holds nothing back. The range never contains a reservation made so far (firmware,
+/// boot-information ranges, the boot blob) nor the kernel image (`img`).
+fn hold_back_for_hotplug(
+    mb: &mut Memblock,
+    banks: &[MemRegion],
+    size: u64,
+    img_start: kcore::addr::PhysAddr,
+    img_end: kcore::addr::PhysAddr,
+) {
+    let mut avoid: heapless::Vec<MemRegion, { kcore::memblock::MAX_RESERVED_REGIONS + 1 }> =
+        heapless::Vec::new();
+    let image = MemRegion::from_range(img_start.0, img_end.0);
+    for r in core::iter::once(image).chain(mb.reserved().iter().map(|r| r.region)) {
+        if avoid.push(r).is_err() {
+            crate::warn!("memhp_reserve: too many reservations to check; nothing held back");
+            return;
+        }
+    }
+    let Some(first) = banks.first() else { return };
+    let naive = kcore::vmemmap::hotplug_holdback(first, size);
+    let Some(held) =
+        banks.iter().find_map(|b| kcore::vmemmap::hotplug_holdback_avoiding(b, size, &avoid))
+    else {
+        crate::warn!(
+            "memhp_reserve={:#x}: no {} MiB of whole sections in RAM free of the kernel, the boot blob and firmware ranges; nothing held back",
+            size,
+            size >> 20
+        );
+        return;
+    };
+    if let Some(n) = naive.filter(|n| *n != held) {
+        let clash = avoid.iter().find(|r| r.overlaps(&n)).copied().unwrap_or_default();
+        crate::info!(
+            "memory hot-plug: {:#x}..{:#x} holds {:#x}..{:#x}, which the boot needs; choosing another range",
+            n.base.0,
+            n.end(),
+            clash.base.0,
+            clash.end()
+        );
+    }
+    match mb.remove_memory(held.base, held.size) {
+        Ok(()) => {
+            crate::info!(
+                "memory hot-plug: holding back {:#x}..{:#x} ({} MiB) to hot-add later",
+                held.base.0,
+                held.end(),
+                held.size >> 20
+            );
+            *HELD_BACK.lock() = Some(held);
+        }
+        Err(e) => crate::warn!("memhp_reserve: cannot remove {:?}: {:?}", held, e),
+    }
+}
+
 /// A DTB from QEMU or the Pi firmware has NOP tokens where nodes were deleted; squeeze them out
 /// (the blob is ours) so the parser accepts it.
 fn compact_dtb(x0: u64, max: usize) {
@@ -233,35 +288,19 @@ pub fn kernel_main(board: &'static Board, boot_info: u64, entry_el: u64) -> ! {
         reserve_unless_covered(&mut mb, blob, ReservedKind::DeviceTree, "boot blob");
         bootstate::set_boot_blob(boot_info);
     }
-    // memhp_reserve=: hold back the top of the first bank for a later hot-add. The command line
-    // is read here from the boot blob (still identity-mapped); it is parsed for good later.
+    // memhp_reserve=: hold back the highest whole sections of the first bank that has room
+    // for them without any memory the boot still needs (kernel image, boot blob, firmware
+    // ranges). The command line is read here from the boot blob (still identity-mapped); it is
+    // parsed for good later.
     let early = info.as_ref().map(|i| cmdline::parse(i.cmdline)).unwrap_or_default();
-    if let (Some(size), Some(first)) = (early.memhp_reserve, map.regions.iter().next()) {
-        match kcore::vmemmap::hotplug_holdback(first, size) {
-            Some(held) => match mb.remove_memory(held.base, held.size) {
-                Ok(()) => {
-                    crate::info!(
-                        "memory hot-plug: holding back {:#x}..{:#x} ({} MiB) to hot-add later",
-                        held.base.0,
-                        held.end(),
-                        held.size >> 20
-                    );
-                    *HELD_BACK.lock() = Some(held);
-                }
-                Err(e) => crate::warn!("memhp_reserve: cannot remove {:?}: {:?}", held, e),
-            },
-            None => crate::warn!(
-                "memhp_reserve={:#x}: does not fit in the first bank {:?}; ignored",
-                size,
-                first
-            ),
-        }
+    let (img_start, img_end) = kernel_map::image_phys();
+    if let Some(size) = early.memhp_reserve {
+        hold_back_for_hotplug(&mut mb, map.regions.as_slice(), size, img_start, img_end);
     }
     match RegionList::from_slice(mb.memory()) {
         Ok(l) => bootstate::set_ram(l),
         Err(_) => fatal("too many RAM regions"),
     }
-    let (img_start, img_end) = kernel_map::image_phys();
     if let Err(e) = mb.reserve(img_start, img_end - img_start, ReservedKind::KernelImage) {
         crate::error!("kernel image {:#x}..{:#x} not reserved: {:?}", img_start.0, img_end.0, e);
         fatal("cannot reserve the kernel image");

@@ -2,7 +2,8 @@
 //!
 //! The layout is documented in one place, `kcore::layout`. This module maps, from frames the
 //! early allocator (memblock) hands out:
-//! - the linear map of all RAM at `PAGE_OFFSET`, 2 MiB blocks where aligned, 4 KiB at the edges;
+//! - the linear map of all RAM at `PAGE_OFFSET`, 2 MiB blocks where aligned, 4 KiB at the edges
+//!   and over the image, whose text and rodata frames are read-only through this alias too;
 //! - the kernel image at its link address with 4 KiB pages and W^X: text RX, rodata R, data and
 //!   BSS RW + XN;
 //! - the MMIO window (BCM2711 peripherals and GIC) as Device-nGnRE, XN;
@@ -13,7 +14,7 @@
 //! console moves to the MMIO window, core 0 moves to its guarded stack, and TTBR0 walks stop.
 
 use crate::arch::mmu;
-use kcore::addr::{PhysAddr, VirtAddr, PAGE_SIZE, PMD_SIZE};
+use kcore::addr::{align_down, align_up, PhysAddr, VirtAddr, PAGE_SIZE, PMD_SIZE};
 use kcore::layout::{
     self, KIMAGE_VOFFSET, MMIO_PBASE, MMIO_SIZE, MMIO_VBASE, PAGE_OFFSET, STACK_SIZE,
 };
@@ -105,6 +106,12 @@ pub fn image_sections() -> [(&'static str, u64, u64, Attrs); 3] {
     ]
 }
 
+/// Physical range of the image's text and rodata, `[start, end)`: read-only in every mapping.
+pub fn image_ro_phys() -> (PhysAddr, PhysAddr) {
+    let s = image_sections();
+    (PhysAddr(s[0].1 - KIMAGE_VOFFSET), PhysAddr(s[1].2 - KIMAGE_VOFFSET))
+}
+
 /// Physical range of the whole image, `[start, end)`.
 pub fn image_phys() -> (PhysAddr, PhysAddr) {
     let s = image_sections();
@@ -167,22 +174,51 @@ pub fn build(mb: &mut Memblock) -> Result<KernelMap, KernelMapError> {
     for (slot, r) in ram.iter_mut().zip(mb.memory()) {
         *slot = (r.base.0, r.size);
     }
+    // The linear map: 2 MiB blocks, except the block(s) holding the image's text and rodata,
+    // which are split into pages so those frames are read-only (and never executable) through
+    // their linear alias too (Linux: mark_linear_text_alias_ro()).
+    let (ro_start, ro_end) = image_ro_phys();
+    let (win_start, win_end) = (align_down(ro_start.0, PMD_SIZE), align_up(ro_end.0, PMD_SIZE));
+    let blocks = BlockPolicy::AllowBlocks { max: Level::L2 };
     for &(base, size) in &ram[..n] {
-        let s = map(
-            root,
-            mb,
-            Mapping {
-                region: "linear map",
-                va: PAGE_OFFSET + base,
-                pa: base,
-                size,
-                attrs: Attrs::kernel_data(),
-                policy: BlockPolicy::AllowBlocks { max: Level::L2 },
-            },
-        )?;
-        km.linear.blocks_l2 += s.blocks_l2;
-        km.linear.pages += s.pages;
-        km.linear.tables_allocated += s.tables_allocated;
+        let end = base + size;
+        let pieces = [
+            (base, end.min(win_start), Attrs::kernel_data(), blocks),
+            (
+                base.max(win_start),
+                end.min(ro_start.0),
+                Attrs::kernel_data(),
+                BlockPolicy::PagesOnly,
+            ),
+            (
+                base.max(ro_start.0),
+                end.min(ro_end.0),
+                Attrs::kernel_rodata(),
+                BlockPolicy::PagesOnly,
+            ),
+            (base.max(ro_end.0), end.min(win_end), Attrs::kernel_data(), BlockPolicy::PagesOnly),
+            (base.max(win_end), end, Attrs::kernel_data(), blocks),
+        ];
+        for (start, stop, attrs, policy) in pieces {
+            if start >= stop {
+                continue;
+            }
+            let s = map(
+                root,
+                mb,
+                Mapping {
+                    region: "linear map",
+                    va: PAGE_OFFSET + start,
+                    pa: start,
+                    size: stop - start,
+                    attrs,
+                    policy,
+                },
+            )?;
+            km.linear.blocks_l2 += s.blocks_l2;
+            km.linear.pages += s.pages;
+            km.linear.tables_allocated += s.tables_allocated;
+        }
     }
     for (name, start, end, attrs) in image_sections() {
         let s = map(

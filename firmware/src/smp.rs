@@ -154,6 +154,8 @@ fn clean_to_poc(va: u64, len: u64) {
 
 /// Brings up cores 1..=3 through the spin table and reports each. Called once on the boot core,
 /// with the kernel map live and the GIC distributor set up.
+// The core number indexes several per-core tables and names the core in the report.
+#[allow(clippy::needless_range_loop)]
 pub fn boot_secondaries(km: &KernelMap) {
     extern "C" {
         static secondary_entry: u8;

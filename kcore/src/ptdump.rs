@@ -4,7 +4,8 @@
 //! of an address space, merges consecutive leaf entries with the same level, attributes and
 //! region into one [`PtdumpLine`], and hands each line to a sink (the firmware logs it; on the
 //! host the line's `Display` gives Linux-like text). [`wx_audit`] reports every mapping that is
-//! writable and executable.
+//! writable and executable; [`alias_audit`] every writable mapping of a frame that another
+//! mapping makes executable or (in the kernel image) read-only.
 
 use crate::addr::{is_aligned, VirtAddr};
 use crate::layout::Region;
@@ -309,4 +310,173 @@ pub fn wx_audit<L: WalkLock, M: PhysMem>(
     let mut a = WxAudit { report: WxReport::default() };
     walk_page_range_novma(guard, mem, start, end, &mut a)?;
     Ok(a.report)
+}
+
+/// Physical ranges an [`alias_audit`] can track as protected (after merging neighbours).
+pub const ALIAS_MAX_PROTECTED: usize = 32;
+
+/// A writable mapping of a frame that another mapping makes executable or read-only.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct AliasOffender {
+    /// VA of the writable leaf entry.
+    pub va: VirtAddr,
+    /// Its level.
+    pub level: Level,
+    /// The descriptor.
+    pub desc: Descriptor,
+    /// The first protected physical address it maps.
+    pub pa: crate::addr::PhysAddr,
+}
+
+/// The result of an [`alias_audit`].
+#[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct AliasReport {
+    /// Bytes of physical memory protected (executable somewhere, or read-only in the image).
+    pub protected_bytes: u64,
+    /// Number of writable leaf entries mapping protected memory.
+    pub count: u64,
+    /// The first [`WX_MAX_REPORTED`] of them.
+    pub first: [Option<AliasOffender>; WX_MAX_REPORTED],
+}
+
+impl AliasReport {
+    /// The offenders kept, in walk order.
+    pub fn offenders(&self) -> impl Iterator<Item = &AliasOffender> {
+        self.first.iter().flatten()
+    }
+}
+
+/// Why an alias audit could not finish.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum AliasAuditError {
+    /// The walk failed.
+    Walk(WalkError<Infallible>),
+    /// More than [`ALIAS_MAX_PROTECTED`] separate protected ranges.
+    TooManyRanges,
+}
+
+/// Pass 1: the physical ranges to protect.
+struct Protected {
+    image: (VirtAddr, VirtAddr),
+    ranges: [(u64, u64); ALIAS_MAX_PROTECTED],
+    n: usize,
+    overflow: bool,
+}
+
+impl Protected {
+    fn add(&mut self, start: u64, end: u64) {
+        for r in &mut self.ranges[..self.n] {
+            if start <= r.1 && r.0 <= end {
+                r.0 = r.0.min(start);
+                r.1 = r.1.max(end);
+                return;
+            }
+        }
+        if self.n == ALIAS_MAX_PROTECTED {
+            self.overflow = true;
+            return;
+        }
+        self.ranges[self.n] = (start, end);
+        self.n += 1;
+    }
+
+    fn overlap(&self, start: u64, end: u64) -> Option<u64> {
+        self.ranges[..self.n].iter().find(|r| start < r.1 && r.0 < end).map(|r| r.0.max(start))
+    }
+
+    fn leaf(&mut self, e: &Entry) -> Result<WalkAction<Infallible>, Infallible> {
+        if !e.kind().is_leaf() {
+            return Ok(WalkAction::Subtree);
+        }
+        let attrs = e.desc().attrs();
+        let in_image = e.addr().0 >= self.image.0 .0 && e.addr().0 < self.image.1 .0;
+        let protect = attrs.is_executable_el1()
+            || attrs.is_executable_el0()
+            || (in_image && !attrs.is_writable());
+        if protect {
+            let pa = e.desc().output_address(e.level()).0;
+            self.add(pa, pa + e.level().size());
+        }
+        Ok(WalkAction::Continue)
+    }
+}
+
+/// Pass 2: writable leaves over protected ranges.
+struct AliasCheck<'a> {
+    protected: &'a Protected,
+    report: AliasReport,
+}
+
+impl AliasCheck<'_> {
+    fn leaf(&mut self, e: &Entry) -> Result<WalkAction<Infallible>, Infallible> {
+        if !e.kind().is_leaf() {
+            return Ok(WalkAction::Subtree);
+        }
+        let attrs = e.desc().attrs();
+        let w_el0 = matches!(attrs.ap, AccessPerm::RwEl0El1);
+        if !attrs.is_writable() && !w_el0 {
+            return Ok(WalkAction::Continue);
+        }
+        let pa = e.desc().output_address(e.level()).0;
+        if let Some(hit) = self.protected.overlap(pa, pa + e.level().size()) {
+            let n = self.report.count as usize;
+            if n < WX_MAX_REPORTED {
+                self.report.first[n] = Some(AliasOffender {
+                    va: e.addr(),
+                    level: e.level(),
+                    desc: e.desc(),
+                    pa: crate::addr::PhysAddr(hit),
+                });
+            }
+            self.report.count += 1;
+        }
+        Ok(WalkAction::Continue)
+    }
+}
+
+macro_rules! leaf_ops {
+    ($t:ty) => {
+        impl PageWalkOps for $t {
+            type Output = Infallible;
+            type Error = Infallible;
+            const INTERESTS: Interests = Interests::PUD.union(Interests::PMD).union(Interests::PTE);
+            fn pud_entry(&mut self, e: &Entry) -> Result<WalkAction<Infallible>, Infallible> {
+                self.leaf(e)
+            }
+            fn pmd_entry(&mut self, e: &Entry) -> Result<WalkAction<Infallible>, Infallible> {
+                self.leaf(e)
+            }
+            fn pte_entry(&mut self, e: &Entry) -> Result<WalkAction<Infallible>, Infallible> {
+                self.leaf(e)
+            }
+        }
+    };
+}
+leaf_ops!(Protected);
+leaf_ops!(AliasCheck<'_>);
+
+/// The W^X audit extended to aliases (Linux: `mark_linear_text_alias_ro()` is what keeps it
+/// clean): a frame that one leaf entry in `[start, end)` maps executable (at EL1 or EL0), or
+/// that `image` (the kernel image's VA range) maps read-only, must not be writable through any
+/// other leaf. Reports every writable leaf that maps such a frame.
+pub fn alias_audit<L: WalkLock, M: PhysMem>(
+    guard: &L,
+    mem: &M,
+    start: VirtAddr,
+    end: VirtAddr,
+    image: (VirtAddr, VirtAddr),
+) -> Result<AliasReport, AliasAuditError> {
+    let mut p = Protected { image, ranges: [(0, 0); ALIAS_MAX_PROTECTED], n: 0, overflow: false };
+    walk_page_range_novma(guard, mem, start, end, &mut p).map_err(AliasAuditError::Walk)?;
+    if p.overflow {
+        return Err(AliasAuditError::TooManyRanges);
+    }
+    let protected_bytes = p.ranges[..p.n].iter().map(|r| r.1 - r.0).sum();
+    let mut c =
+        AliasCheck { protected: &p, report: AliasReport { protected_bytes, ..Default::default() } };
+    walk_page_range_novma(guard, mem, start, end, &mut c).map_err(AliasAuditError::Walk)?;
+    Ok(c.report)
 }

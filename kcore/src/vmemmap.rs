@@ -81,6 +81,29 @@ pub fn hotplug_holdback(bank: &MemRegion, size: u64) -> Option<MemRegion> {
     (start >= bank.base.0).then(|| MemRegion::from_range(start, end))
 }
 
+/// Like [`hotplug_holdback`], but never a range that overlaps one of `avoid` (the kernel image,
+/// the boot blob, firmware ranges: memory the boot still needs): the highest whole sections of
+/// `bank` totalling `size` that overlap none of them, or `None` if there is no such range.
+pub fn hotplug_holdback_avoiding(
+    bank: &MemRegion,
+    size: u64,
+    avoid: &[MemRegion],
+) -> Option<MemRegion> {
+    let mut cand = hotplug_holdback(bank, size)?;
+    loop {
+        // Every candidate ending above the lowest reservation it overlaps overlaps it too (it
+        // starts lower): continue with the windows ending at or below that reservation.
+        let lowest = avoid.iter().filter(|r| r.overlaps(&cand)).map(|r| r.base.0).min();
+        let Some(lowest) = lowest else { return Some(cand) };
+        let end = crate::addr::align_down(lowest, SECTION_SIZE);
+        let start = end.checked_sub(size)?;
+        if start < bank.base.0 {
+            return None;
+        }
+        cand = MemRegion::from_range(start, end);
+    }
+}
+
 /// Errors from populating the vmemmap.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]

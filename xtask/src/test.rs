@@ -103,6 +103,34 @@ pub const TARGET_RUNS: &[TargetRun] = &[
             "command line: \"hugepages=8 bogus==\"",
             "command line: ignored: Unknown { option: \"bogus==\" }",
             "HugeTLB: 8 hugepages of size 2M pre-allocated",
+            "SMP: 4 of 4 cores online (mask 0xf)",
+        ],
+        status: 0,
+    },
+    // memhp_reserve= never holds back memory the boot needs (issue 10 item 1): the first GiB
+    // holds the kernel, so 1G comes from the second bank; with the Pi 4 DTB at 0x8000000, 896M
+    // cannot fit above it in the first bank either.
+    TargetRun {
+        name: "memhp-1g",
+        bootargs: "memhp_reserve=1G",
+        dtb: None,
+        timeout_secs: 300,
+        expect: &[
+            "memory hot-plug: 0x0..0x40000000 holds 0x80000..",
+            "memory hot-plug: holding back 0x40000000..0x80000000 (1024 MiB) to hot-add later",
+            "memory hot-plug: added 0x40000000..0x80000000",
+        ],
+        status: 0,
+    },
+    TargetRun {
+        name: "memhp-dtb-896m",
+        bootargs: "memhp_reserve=896M",
+        dtb: Some("../shared/fixtures/bcm2711-rpi-4-b.dtb"),
+        timeout_secs: 300,
+        expect: &[
+            "memory hot-plug: 0x8000000..0x40000000 holds 0x8000000..",
+            "memory hot-plug: holding back 0x48000000..0x80000000 (896 MiB) to hot-add later",
+            "memory hot-plug: added 0x48000000..0x80000000",
         ],
         status: 0,
     },
@@ -127,7 +155,8 @@ pub const TARGET_RUNS: &[TargetRun] = &[
         timeout_secs: 300,
         expect: &[
             "---[ Linear Mapping ]---",
-            "      2G BLK 2M RW     PXN UXN    Normal [Linear Mapping]",
+            "2046M BLK 2M RW     PXN UXN    Normal [Linear Mapping]",
+            "K PTE 4K ro     PXN UXN    Normal [Linear Mapping]",
             "PTE 4K ro     x   UXN    Normal [Kernel Image]",
             "PTE 4K RW     PXN UXN    Normal [Kernel Image]",
             "BLK 2M RW     PXN UXN    Device [MMIO]",

@@ -147,7 +147,7 @@ impl Gic {
         for i in 0..8 {
             d.IPRIORITYR[i].set(prio | prio << 8 | prio << 16 | prio << 24);
         }
-        d.ISENABLER[0].set((1 << NR_SGIS) - 1 | 1 << TIMER_EL1_PHYS_INTID);
+        d.ISENABLER[0].set(((1 << NR_SGIS) - 1) | (1 << TIMER_EL1_PHYS_INTID));
         c.PMR.set(PRIORITY_MASK);
         c.BPR.set(0);
         // EnableGrp0 | EnableGrp1 (the Non-secure view: bit 0 enables group 1).

@@ -103,6 +103,10 @@ pub static CASES: &[Case] = &[
         "kmap_linear_alias_of_text_not_executable",
         kernel_map::linear_alias_of_text_not_executable,
     ),
+    case(
+        "kmap_linear_alias_of_text_and_rodata_read_only",
+        kernel_map::linear_alias_of_text_and_rodata_read_only,
+    ),
     case("kmap_hole_and_guard_page_fault", kernel_map::hole_and_guard_page_fault),
     case("kmap_wx_audit_clean", kernel_map::wx_audit_clean),
     case("kmap_linear_map_uses_2m_blocks", kernel_map::linear_map_uses_2m_blocks),
