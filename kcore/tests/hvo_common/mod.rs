@@ -16,6 +16,7 @@
 #![allow(dead_code)]
 
 use kcore::addr::{Pfn, PhysAddr, VirtAddr, PAGE_SIZE, PMD_SIZE};
+use kcore::bbm_check::{AuditMmu, BbmViolation};
 use kcore::bbm_sync::{BbmSync, SyncEvent};
 use kcore::buddy::Buddy;
 use kcore::hugetlb::{Folio, HugePageSize, HugetlbPool, NoHooks};
@@ -163,9 +164,14 @@ pub struct WindowMap {
     fd: c_int,
 }
 
-/// [`RecordingMmu`] plus the window mirror.
+/// Breaks an [`AuditMmu`] can follow at once in the host world (a 1 GiB batch opens 4096).
+pub const AUDIT_SLOTS: usize = 4200;
+
+/// [`RecordingMmu`] behind the online auditor, plus the window mirror. Every HVO sequence of
+/// the host tests goes through [`AuditMmu`]; [`ShadowMmu::take_events`] fails the test if it
+/// found a violation (unless a step is being dropped on purpose).
 pub struct ShadowMmu {
-    pub rec: RecordingMmu,
+    pub rec: Box<AuditMmu<RecordingMmu, AUDIT_SLOTS>>,
     win: WindowMap,
     mem: PhysView,
     root: PhysAddr,
@@ -240,7 +246,7 @@ impl ShadowMmu {
     /// A second backend over the same tables and window (another CPU's), recording apart.
     pub fn another(&self) -> ShadowMmu {
         ShadowMmu {
-            rec: RecordingMmu::new(),
+            rec: Box::new(AuditMmu::new(RecordingMmu::new())),
             win: self.win,
             mem: self.mem,
             root: self.root,
@@ -252,8 +258,21 @@ impl ShadowMmu {
         }
     }
 
+    /// The recorded events, and the auditor's verdict on them (which is then reset).
+    pub fn take_events_audited(&mut self) -> (Vec<MmuEvent>, Result<(), BbmViolation>) {
+        let verdict = self.rec.check();
+        self.rec.reset();
+        (self.rec.inner_mut().take_events(), verdict)
+    }
+
+    /// The recorded events; panics if the online auditor found a violation in them, unless a
+    /// step is being dropped on purpose (then see [`ShadowMmu::take_events_audited`]).
     pub fn take_events(&mut self) -> Vec<MmuEvent> {
-        self.rec.take_events()
+        let (ev, verdict) = self.take_events_audited();
+        if !self.drop_tlbi && !self.drop_dsb_ish {
+            assert_eq!(verdict, Ok(()), "the online break-before-make auditor");
+        }
+        ev
     }
 }
 
@@ -411,7 +430,7 @@ impl World {
         // SAFETY: a fresh zeroed table page of the simulated RAM, owned by this mm only.
         let mm = unsafe { Mm::new_kernel(root) };
         let mut mmu = ShadowMmu {
-            rec: RecordingMmu::new(),
+            rec: Box::new(AuditMmu::new(RecordingMmu::new())),
             win,
             mem,
             root,
