@@ -22,7 +22,9 @@ use kcore::hugetlb_vmemmap::{
 use kcore::mapper::FrameAlloc;
 use kcore::pgtable::{Descriptor, Level};
 use kcore::phys::OffsetWindow;
-use kcore::tlb::{HwMmu, MmuOps, MmuStats};
+#[cfg(not(feature = "ktest"))]
+use kcore::tlb::HwMmu;
+use kcore::tlb::{MmuOps, MmuStats};
 
 /// Folios handled in one batch.
 pub const BATCH: usize = 64;
@@ -163,8 +165,110 @@ impl<O: MmuOps> MmuOps for BreakDelay<O> {
     }
 }
 
+/// The live break-before-make auditor (test builds): every entry HVO writes on the live
+/// tables goes through kcore's [`kcore::bbm_check::AuditMmu`] around [`HwMmu`], one per core,
+/// and a violation fails the run. (Compiled in every build, used only with the `ktest` feature.)
+pub mod audit {
+    use crate::sync::{SpinGuard, SpinMutex};
+    use core::sync::atomic::{AtomicU64, Ordering};
+    use kcore::addr::VirtAddr;
+    use kcore::bbm_check::AuditMmu;
+    use kcore::layout::MAX_CPUS;
+    use kcore::pgtable::{Descriptor, Level};
+    use kcore::tlb::{HwMmu, MmuOps, MmuStats};
+
+    /// Entries followed at once: a 1 GiB folio's 4096 pending entries plus a 2 MiB batch's 512.
+    pub const TRACKS: usize = 4608;
+    /// The auditor over the hardware backend.
+    pub type Audit = AuditMmu<HwMmu, TRACKS>;
+    /// One auditor per core (HVO may run on any core, two at once).
+    pub static AUDIT: [SpinMutex<Audit>; MAX_CPUS] =
+        [const { SpinMutex::new(AuditMmu::new(HwMmu::new())) }; MAX_CPUS];
+    /// Operations audited, and violations found (all cores).
+    pub static AUDITED: AtomicU64 = AtomicU64::new(0);
+    /// Violations found.
+    pub static VIOLATIONS: AtomicU64 = AtomicU64::new(0);
+
+    /// This core's auditor, held for one HVO operation.
+    pub struct Audited(SpinGuard<'static, Audit>);
+
+    impl Audited {
+        /// Takes this core's auditor, cleared.
+        pub fn take() -> Self {
+            let mut g = AUDIT[crate::percpu::this_cpu().id].lock();
+            g.reset();
+            Audited(g)
+        }
+
+        /// End of the operation: fails the run on a violation.
+        pub fn finish(&mut self) {
+            AUDITED.fetch_add(1, Ordering::Relaxed);
+            if let Err(v) = self.0.check() {
+                VIOLATIONS.fetch_add(1, Ordering::Relaxed);
+                crate::error!(
+                    "live break-before-make auditor: {} violation(s), the first {:?}",
+                    self.0.violations(),
+                    v
+                );
+                panic!("break-before-make violated on the live tables");
+            }
+        }
+    }
+
+    impl MmuOps for Audited {
+        unsafe fn write_entry(
+            &mut self,
+            slot: *mut u64,
+            va: VirtAddr,
+            level: Level,
+            new: Descriptor,
+        ) {
+            // SAFETY: forwarded with the caller's guarantee.
+            unsafe { self.0.write_entry(slot, va, level, new) }
+        }
+        fn dsb_ishst(&mut self) {
+            self.0.dsb_ishst()
+        }
+        fn dsb_ish(&mut self) {
+            self.0.dsb_ish()
+        }
+        fn isb(&mut self) {
+            self.0.isb()
+        }
+        fn tlbi_vaae1is(&mut self, va: VirtAddr) {
+            self.0.tlbi_vaae1is(va)
+        }
+        fn tlbi_vae1is(&mut self, va: VirtAddr, asid: u16) {
+            self.0.tlbi_vae1is(va, asid)
+        }
+        fn tlbi_aside1is(&mut self, asid: u16) {
+            self.0.tlbi_aside1is(asid)
+        }
+        fn tlbi_vmalle1is(&mut self) {
+            self.0.tlbi_vmalle1is()
+        }
+        fn stats(&self) -> MmuStats {
+            self.0.stats()
+        }
+    }
+}
+
+/// The backend under [`BreakDelay`]: the hardware, audited in test builds.
+#[cfg(feature = "ktest")]
+pub type Backend = audit::Audited;
+/// The backend under [`BreakDelay`]: the hardware, audited in test builds.
+#[cfg(not(feature = "ktest"))]
+pub type Backend = HwMmu;
+
+fn backend() -> Backend {
+    #[cfg(feature = "ktest")]
+    return audit::Audited::take();
+    #[cfg(not(feature = "ktest"))]
+    return HwMmu::new();
+}
+
 /// The MMU backend HVO runs with on the live tables.
-pub type LiveMmu = BreakDelay<HwMmu>;
+pub type LiveMmu = BreakDelay<Backend>;
 
 /// The HVO instance [`with_hvo`] hands out.
 pub type LiveHvo<'a, 's> = Hvo<'a, OffsetWindow, LiveMmu, Frames<'s>, Tables<'s>>;
@@ -200,26 +304,31 @@ pub fn with_hvo_in<R>(
     let guard = mm.mmap_read();
     let mut shared = SharedBuddy::new();
     setup(&mut shared);
-    let mut mmu = BreakDelay::new(HwMmu::new());
+    let mut mmu = BreakDelay::new(backend());
     (mmu.before_break, mmu.in_break) = cfg.delay;
     let mut frames = Frames(&shared);
     let mut tables = Tables(&shared);
-    // SAFETY: LINEAR reaches every RAM frame; VMEMMAP is the memmap init_mm maps at
-    // VMEMMAP_START; the other cores either touch no descriptor of these folios or are
-    // coordinated by `cfg.sync` (the strategies of `hvo_smp`; without one, only this core reads
-    // descriptors, or the run is the `none` negative control that counts the faults); the
-    // folios passed in by callers are owned by them (taken off the pool's free list or
-    // allocated, their reference count frozen), and their tails are not written while
-    // optimized.
-    let mut hvo =
-        unsafe { Hvo::new(&guard, &LINEAR, &mut mmu, &VMEMMAP, &mut frames, &mut tables) };
-    if let Some(o) = cfg.options {
-        hvo.set_options(o);
-    }
-    if let Some(s) = cfg.sync {
-        hvo.set_sync(s);
-    }
-    f(&mut hvo)
+    let r = {
+        // SAFETY: LINEAR reaches every RAM frame; VMEMMAP is the memmap init_mm maps at
+        // VMEMMAP_START; the other cores either touch no descriptor of these folios or are
+        // coordinated by `cfg.sync` (the strategies of `hvo_smp`; without one, only this core reads
+        // descriptors, or the run is the `none` negative control that counts the faults); the
+        // folios passed in by callers are owned by them (taken off the pool's free list or
+        // allocated, their reference count frozen), and their tails are not written while
+        // optimized.
+        let mut hvo =
+            unsafe { Hvo::new(&guard, &LINEAR, &mut mmu, &VMEMMAP, &mut frames, &mut tables) };
+        if let Some(o) = cfg.options {
+            hvo.set_options(o);
+        }
+        if let Some(s) = cfg.sync {
+            hvo.set_sync(s);
+        }
+        f(&mut hvo)
+    };
+    #[cfg(feature = "ktest")]
+    mmu.inner.finish();
+    r
 }
 
 /// References the owner of a folio taken off the pool holds (Linux's `dequeue_hugetlb_folio`

@@ -136,6 +136,7 @@ pub static CASES: &[Case] = &[
     case("bbm_stress_none_shows_failure", hvo_smp::stress_none_shows_failure),
     case("bbm_no_freeze_loses_references", hvo_smp::no_freeze_loses_references),
     case("bbm_concurrent_split", hvo_smp::concurrent_split),
+    case("bbm_auditor_catches_broken_sequence", hvo_smp::auditor_catches_broken_sequence),
     case("user_el0_task_syscalls", user::el0_task_syscalls),
     case("user_el0_read_of_kernel_faults", user::el0_read_of_kernel_faults),
     case("user_el0_read_of_vmemmap_faults", user::el0_read_of_vmemmap_faults),
