@@ -469,6 +469,7 @@ static PEER_GO: AtomicU8 = AtomicU8::new(0);
 static PEER_DONE: AtomicU8 = AtomicU8::new(0);
 static PEER_SPLITS: AtomicU64 = AtomicU64::new(0);
 static PEER_TABLES: AtomicU64 = AtomicU64::new(0);
+static PEER_SKIPPED: AtomicU64 = AtomicU64::new(0);
 static PEER_ERR: AtomicU8 = AtomicU8::new(0);
 
 fn peer_job(strategy: u64) {
@@ -485,6 +486,7 @@ fn peer_job(strategy: u64) {
         Ok(s) => {
             PEER_SPLITS.store(s.splits, Ordering::Relaxed);
             PEER_TABLES.store(s.tables_allocated, Ordering::Relaxed);
+            PEER_SKIPPED.store(s.splits_skipped, Ordering::Relaxed);
         }
         Err(e) => {
             crate::error!("concurrent split: core {}: {:?}", crate::percpu::this_cpu().id, e);
@@ -504,6 +506,9 @@ pub struct SplitResult {
     pub splits: u64,
     /// Table pages both cores kept (one per block is right; the loser gives its back).
     pub tables: u64,
+    /// Splits the re-check under `page_table_lock` skipped because the other core had split
+    /// the block since this one's walker read it: the race, observed.
+    pub skipped: u64,
     /// Wrong answers (readers and every-pfn verification).
     pub wrong: u64,
     /// Frames lost (buddy free count against the tables kept).
@@ -592,6 +597,9 @@ pub fn concurrent_split(
         PEER_GO.store(0, Ordering::Release);
         PEER_DONE.store(0, Ordering::Release);
         PEER_ERR.store(0, Ordering::Release);
+        PEER_SPLITS.store(0, Ordering::Release);
+        PEER_TABLES.store(0, Ordering::Release);
+        PEER_SKIPPED.store(0, Ordering::Release);
         let idx = HvoBbm::ALL.iter().position(|s| *s == strategy).unwrap_or(0) as u64;
         if crate::smp::launch(peer, peer_job, idx).is_err() {
             stop_readers(mask);
@@ -606,6 +614,7 @@ pub fn concurrent_split(
             Ok(s) => {
                 res.splits += s.splits;
                 res.tables += s.tables_allocated;
+                res.skipped += s.splits_skipped;
             }
             Err(e) => {
                 crate::error!("concurrent split: core 0: {:?}", e);
@@ -614,6 +623,7 @@ pub fn concurrent_split(
         }
         res.splits += PEER_SPLITS.load(Ordering::Acquire);
         res.tables += PEER_TABLES.load(Ordering::Acquire);
+        res.skipped += PEER_SKIPPED.load(Ordering::Acquire);
         res.errors += u64::from(PEER_ERR.load(Ordering::Acquire));
         for f in pair.iter() {
             res.wrong += verify_heads(f);
@@ -666,11 +676,12 @@ fn release_folio(f: Folio) {
 /// Prints the concurrent-split result line.
 pub fn report_split(strategy: HvoBbm, r: &SplitResult) {
     crate::info!(
-        "result: smp-split strategy={} blocks={} splits={} tables_kept={} reads={} faults_waited={} wrong={} unexpected_faults={} leaked={} errors={}",
+        "result: smp-split strategy={} blocks={} splits={} tables_kept={} races_seen={} reads={} faults_waited={} wrong={} unexpected_faults={} leaked={} errors={}",
         strategy.name(),
         r.blocks,
         r.splits,
         r.tables,
+        r.skipped,
         r.reads,
         r.counters.faults_waited,
         r.wrong,
