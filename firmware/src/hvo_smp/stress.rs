@@ -540,6 +540,8 @@ pub fn concurrent_split(
     let vmemmap_block_pfns = PMD_SIZE / kcore::page::PAGE_DESC_SIZE;
     let nr = HugePageSize::Size2M.nr_pages();
     let ram = crate::bootstate::ram_regions();
+    // Hot-added memory hosting its own memmap is refused by HVO: not a candidate.
+    let self_hosted = crate::memory::SELF_HOSTED.lock().map(|sh| sh.range);
     for _ in 0..rounds {
         // Two free 2M-aligned ranges in one unsplit block.
         let mut pair: Option<Vec<Folio, 2>> = None;
@@ -548,7 +550,11 @@ pub fn concurrent_split(
             let mut block = lo / vmemmap_block_pfns * vmemmap_block_pfns;
             while block < hi {
                 let first = block.max(lo).next_multiple_of(nr);
-                if first < hi && block_unsplit(Pfn(first)) {
+                let hosted = self_hosted.is_some_and(|r| {
+                    r.contains(kcore::addr::PhysAddr(first << 12))
+                        || r.contains(kcore::addr::PhysAddr((block + vmemmap_block_pfns - 1) << 12))
+                });
+                if first < hi && !hosted && block_unsplit(Pfn(first)) {
                     let mut got: Vec<Folio, 2> = Vec::new();
                     let mut p = first;
                     while p + nr <= hi.min(block + vmemmap_block_pfns) && !got.is_full() {
