@@ -195,10 +195,20 @@ pub fn boot_secondaries(km: &KernelMap) {
                 .compare_exchange(RELEASED, GAVE_UP, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok();
         if !gave_up {
-            // Arrived, possibly just after the deadline: wait for it to finish setting up.
-            while !is_online(core) {
+            // Arrived, possibly just after the deadline: give it as long again to finish its
+            // set-up (a few register writes) and come online.
+            let t1 = timer::ticks();
+            while !is_online(core) && timer::ticks() - t1 < deadline {
                 core::hint::spin_loop();
             }
+        }
+        if !gave_up && !is_online(core) {
+            crate::warn!(
+                "SMP: core {} arrived but did not come online within {} ms; carrying on without it",
+                core,
+                ARRIVAL_TIMEOUT_MS
+            );
+        } else if !gave_up {
             let ticks = percpu::cpu(core).boot_ticks.load(Ordering::Acquire);
             crate::info!(
                 "SMP: core {} up at EL1 (released at {:#x}, arrived in {} us)",

@@ -19,6 +19,14 @@ use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
+/// Why a lock was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt-log", derive(defmt::Format))]
+pub enum LockError {
+    /// A plain (not IRQ-saving) lock requested inside an interrupt handler.
+    InIrq,
+}
+
 /// A spin lock guarding a `T`.
 pub struct SpinMutex<T> {
     locked: AtomicBool,
@@ -59,12 +67,22 @@ impl<T> SpinMutex<T> {
     /// # Panics
     /// Inside an interrupt handler (use [`SpinMutex::lock_irqsave`] for locks shared with one).
     pub fn lock(&self) -> SpinGuard<'_, T> {
-        assert!(
-            !this_cpu().in_irq(),
-            "plain spin lock taken in an interrupt handler: use lock_irqsave"
-        );
+        match self.lock_checked() {
+            Ok(g) => g,
+            Err(LockError::InIrq) => {
+                panic!("plain spin lock taken in an interrupt handler: use lock_irqsave")
+            }
+        }
+    }
+
+    /// [`SpinMutex::lock`], but refusing with an error inside an interrupt handler instead of
+    /// panicking.
+    pub fn lock_checked(&self) -> Result<SpinGuard<'_, T>, LockError> {
+        if this_cpu().in_irq() {
+            return Err(LockError::InIrq);
+        }
         self.acquire();
-        SpinGuard { m: self, daif: None }
+        Ok(SpinGuard { m: self, daif: None })
     }
 
     /// Masks IRQs on this core, then takes the lock; both are undone when the guard drops (IRQs

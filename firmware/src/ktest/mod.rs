@@ -94,6 +94,7 @@ pub static CASES: &[Case] = &[
     case("sync_spin_mutex_across_cores", smp::spin_mutex_across_cores),
     case("sync_locks_held_and_irqsave", smp::locks_held_and_irqsave),
     case("sync_lock_codegen_exclusives", smp::lock_codegen_exclusives),
+    case("sync_plain_lock_refused_in_irq_handler", smp::plain_lock_refused_in_irq_handler),
     case("exception_fault_hook", smp::fault_hook_sees_data_aborts),
     case("kmap_translation_regime", kernel_map::translation_regime),
     case("kmap_rodata_write_faults", kernel_map::rodata_write_faults),

@@ -317,3 +317,31 @@ pub fn fault_hook_sees_data_aborts() -> TestResult {
     ensure!(unhooked.is_err(), "without the hook the read faults");
     Ok(())
 }
+
+static IRQ_SHARED: SpinMutex<u64> = SpinMutex::new(0);
+/// What the handler got: bit 0 = plain lock refused, bit 1 = irqsave lock taken.
+static IRQ_LOCK_RESULT: AtomicU64 = AtomicU64::new(0);
+const SGI_LOCK: u8 = 3;
+
+fn lock_in_handler() {
+    let plain_refused = IRQ_SHARED.lock_checked().is_err();
+    let irqsave_ok = {
+        let mut g = IRQ_SHARED.lock_irqsave();
+        *g += 1;
+        true
+    };
+    IRQ_LOCK_RESULT.store(u64::from(plain_refused) | u64::from(irqsave_ok) << 1, Ordering::Release);
+}
+
+pub fn plain_lock_refused_in_irq_handler() -> TestResult {
+    ensure!(irq::set_sgi_handler(SGI_LOCK, lock_in_handler).is_ok());
+    IRQ_LOCK_RESULT.store(0, Ordering::Release);
+    let before = *IRQ_SHARED.lock();
+    irq::send_sgi(1 << 3, SGI_LOCK);
+    ensure!(wait_for(|| IRQ_LOCK_RESULT.load(Ordering::Acquire) != 0), "the handler ran");
+    ensure_eq!(IRQ_LOCK_RESULT.load(Ordering::Acquire), 0b11);
+    ensure_eq!(*IRQ_SHARED.lock(), before + 1);
+    // Control: outside a handler the same plain lock is granted.
+    ensure!(IRQ_SHARED.lock_checked().is_ok(), "granted outside an IRQ handler");
+    Ok(())
+}

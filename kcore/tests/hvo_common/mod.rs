@@ -23,9 +23,9 @@ use kcore::hugetlb::{Folio, HugePageSize, HugetlbPool, NoHooks};
 use kcore::hugetlb_vmemmap::{BuddyFrames, Hvo, HvoOptions, VmemmapFrames};
 use kcore::layout::VMEMMAP_START;
 use kcore::mapper::{translate, BlockPolicy, FrameAlloc, VecFrameAlloc};
-use kcore::memblock::MemRegion;
+use kcore::memblock::{MemRegion, Memblock, ReservedKind};
 use kcore::mm::{Kernel, Mm};
-use kcore::page::{Page, PageFlags, PageState};
+use kcore::page::Page;
 use kcore::pgtable::{Attrs, DescKind, Descriptor, Level, ENTRIES_PER_TABLE};
 use kcore::phys::PhysMem;
 use kcore::tlb::{MmuEvent, MmuOps, MmuStats, RecordingMmu};
@@ -342,6 +342,8 @@ unsafe impl VmemmapFrames for NoFrames {
 pub struct TestFrames<'a> {
     pub inner: BuddyFrames<'a>,
     pub fail_at: Option<u64>,
+    /// Refuse every free (the frame is not given to the buddy allocator).
+    pub fail_free: bool,
     pub calls: u64,
     pub allocated: u64,
     pub freed: u64,
@@ -360,6 +362,9 @@ unsafe impl VmemmapFrames for TestFrames<'_> {
         r
     }
     fn free(&mut self, pa: PhysAddr) -> bool {
+        if self.fail_free {
+            return false;
+        }
         let ok = self.inner.free(pa);
         self.freed += u64::from(ok);
         ok
@@ -390,6 +395,8 @@ pub struct World {
     pub hot: Option<SelfHosted>,
     /// The boot vmemmap blocks' frames and the table region (not managed by the buddy).
     pub backing: MemRegion,
+    /// HVO sessions' frame allocator refuses every free.
+    pub fail_frees: bool,
 }
 
 /// Table pages for init_mm and the splits.
@@ -465,18 +472,17 @@ impl World {
             unsafe { vm.mark_section_present(s) };
             vm.init_section(s);
         }
-        for pfn in MemRegion::from_range(resv, tbl).pfns() {
-            vm.page(Pfn(pfn)).set_state(PageState::Vmemmap);
-        }
-        for pfn in MemRegion::new(tbl, TABLE_PAGES * PAGE_SIZE).pfns() {
-            let p = vm.page(Pfn(pfn));
-            p.set_state(PageState::PageTable);
-            p.set_flags(PageFlags::TABLE);
-        }
-        let mut buddy = Buddy::new();
+        // Memory handed over as the firmware does it: memblock with the boot vmemmap and the
+        // early tables reserved, then `free_memblock`, which makes each RAM bank one managed
+        // span (so the boot vmemmap is inside it, as on the target) and gives the reserved
+        // frames their states.
         let end = BASE + sections * SECTION_SIZE;
-        buddy.free_range(&vm, Pfn(BASE >> 12), Pfn(resv >> 12)).unwrap();
-        buddy.free_range(&vm, Pfn(backing.end() >> 12), Pfn(end >> 12)).unwrap();
+        let mut mb = Memblock::new();
+        mb.add_memory(PhysAddr(BASE), sections * SECTION_SIZE).unwrap();
+        mb.reserve(PhysAddr(resv), tbl - resv, ReservedKind::Vmemmap).unwrap();
+        mb.reserve(PhysAddr(tbl), TABLE_PAGES * PAGE_SIZE, ReservedKind::EarlyTables).unwrap();
+        let mut buddy = Buddy::new();
+        buddy.free_memblock(&vm, &mb).unwrap();
 
         let mut hot_sh = None;
         if hot > 0 {
@@ -522,6 +528,7 @@ impl World {
             ram: vec![MemRegion::new(BASE, total)],
             hot: hot_sh,
             backing,
+            fail_frees: false,
         }
     }
 
@@ -548,6 +555,7 @@ impl World {
         let mut frames = TestFrames {
             inner: BuddyFrames::new(&mut self.buddy, &self.vm),
             fail_at,
+            fail_free: self.fail_frees,
             calls: 0,
             allocated: 0,
             freed: 0,
@@ -584,6 +592,11 @@ impl World {
                 self.pool.alloc_pool_folio(size, &mut self.buddy, &self.vm, &mut NoHooks).unwrap()
             }
         }
+    }
+
+    /// The vmemmap's frames by state and by mapping.
+    pub fn vmemmap_census(&self) -> kcore::hugetlb_vmemmap::VmemmapCensus {
+        kcore::hugetlb_vmemmap::vmemmap_census(&self.mm.mmap_read(), &self.mem, &self.vm, &self.ram)
     }
 
     /// Software translation in the simulated init_mm.
