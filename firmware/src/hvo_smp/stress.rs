@@ -43,6 +43,9 @@ pub struct StressConfig {
     pub max_1g: usize,
     /// Readers do only speculative gets (the freeze control).
     pub gets_only: bool,
+    /// Every reader holds [`readers::READER_LOCK`] during its operations (otherwise only the
+    /// highest reader core does), so that every fault-wait wait is taken with a lock held.
+    pub all_hold_lock: bool,
     /// Top the pool's 2 MiB folios up to `max_2m` with fresh ones from the buddy allocator
     /// (on-target tests, which also run without a boot pool).
     pub top_up: bool,
@@ -59,6 +62,7 @@ impl StressConfig {
             max_2m: hvo::BATCH,
             max_1g: 1,
             gets_only: false,
+            all_hold_lock: false,
             top_up: false,
         }
     }
@@ -300,7 +304,8 @@ fn run_on(cfg: &StressConfig, b2: &Batch, b1: &Batch) -> Result<StressResult, St
     let top = 7 - mask.leading_zeros() as usize;
     let gets_only = if cfg.gets_only { readers::GETS_ONLY } else { 0 };
     let n_readers = start_readers(mask, |c| {
-        gets_only | if c == top && mask.count_ones() > 1 { readers::HOLD_LOCK } else { 0 }
+        let lock = cfg.all_hold_lock || (c == top && mask.count_ones() > 1);
+        gets_only | if lock { readers::HOLD_LOCK } else { 0 }
     });
 
     let mut res = StressResult {
