@@ -10,7 +10,8 @@
 //!   waits until that window closes (the slot's sequence number changes) and retries the
 //!   instruction (`faults_waited`, the longest wait);
 //! - the same fault just after the window closed (the entry is valid again when the hook looks,
-//!   and the address was in that slot's last window) retries at once, counted as waited;
+//!   and the address was in that core's last window or one of the [`HISTORY`] before it)
+//!   retries at once, counted as waited;
 //! - anything else on the vmemmap is an *unexpected* fault: counted and, while a stress run is
 //!   going, retried once the address translates again (so that the run finishes and reports
 //!   the failure); outside a run it is reported as before. Faults elsewhere are not ours.
@@ -41,8 +42,16 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use kcore::esr::FaultKind;
 use kcore::layout::{Region, MAX_CPUS};
 
+/// The address of the first unexpected fault since [`set_mode`] (0: none), for the report.
+pub static FIRST_UNEXPECTED: AtomicU64 = AtomicU64::new(0);
+
 /// Give up waiting (and report the fault) after this long: a window never takes this long.
 pub const WAIT_LIMIT_MS: u64 = 5000;
+
+/// Closed windows each slot remembers: a fault taken in a window that has closed, and been
+/// followed by another window of the same core (a block split, then the batch), before the
+/// faulting core looked, is still recognised.
+const HISTORY: usize = 4;
 
 #[repr(align(64))]
 struct Window {
@@ -50,11 +59,20 @@ struct Window {
     seq: AtomicU64,
     start: AtomicU64,
     end: AtomicU64,
+    /// The last [`HISTORY`] closed windows (start, end), written at close.
+    closed: [(AtomicU64, AtomicU64); HISTORY],
+    /// Windows closed (index into `closed`, modulo [`HISTORY`]).
+    nr_closed: AtomicU64,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
-const WINDOW: Window =
-    Window { seq: AtomicU64::new(0), start: AtomicU64::new(0), end: AtomicU64::new(0) };
+const WINDOW: Window = Window {
+    seq: AtomicU64::new(0),
+    start: AtomicU64::new(0),
+    end: AtomicU64::new(0),
+    closed: [const { (AtomicU64::new(0), AtomicU64::new(0)) }; HISTORY],
+    nr_closed: AtomicU64::new(0),
+};
 static WINDOWS: [Window; MAX_CPUS] = [WINDOW; MAX_CPUS];
 
 /// How vmemmap faults are treated now (a [`kcore::cmdline::HvoBbm`] as u8, see [`set_mode`]).
@@ -69,6 +87,7 @@ static TOLERATE: AtomicBool = AtomicBool::new(false);
 /// Installs the hook: `wait` makes windows waitable (fault-wait); otherwise every vmemmap
 /// fault is unexpected. `tolerate`: retry unexpected faults once the address translates.
 pub fn set_mode(wait: bool, tolerate: bool) {
+    FIRST_UNEXPECTED.store(0, Ordering::Release);
     MODE.store(if wait { MODE_WAIT } else { MODE_COUNT }, Ordering::Release);
     TOLERATE.store(tolerate, Ordering::Release);
     crate::arch::exception::set_fault_hook(Some(on_fault));
@@ -92,7 +111,20 @@ pub fn open(cpu: usize, start: u64, end: u64) {
 
 /// Closes `cpu`'s window (after its new entries are published).
 pub fn close(cpu: usize) {
-    WINDOWS[cpu].seq.fetch_add(1, Ordering::Release);
+    let w = &WINDOWS[cpu];
+    let n = w.nr_closed.load(Ordering::Relaxed);
+    let h = &w.closed[n as usize % HISTORY];
+    h.0.store(w.start.load(Ordering::Relaxed), Ordering::Relaxed);
+    h.1.store(w.end.load(Ordering::Relaxed), Ordering::Relaxed);
+    w.nr_closed.store(n + 1, Ordering::Release);
+    w.seq.fetch_add(1, Ordering::Release);
+}
+
+/// Was `va` in one of `w`'s recently closed windows?
+fn recently_closed(w: &Window, va: u64) -> bool {
+    w.closed
+        .iter()
+        .any(|(s, e)| (s.load(Ordering::Acquire)..e.load(Ordering::Acquire)).contains(&va))
 }
 
 fn dsb_ish() {
@@ -166,6 +198,7 @@ pub fn decide(me: usize, far: u64, kind: Option<FaultKind>, write: bool) -> Deci
     for (cpu, w) in WINDOWS.iter().enumerate() {
         let (open, start, end, seq) = read_window(w);
         if !(start..end).contains(&far) {
+            in_last |= recently_closed(w, far);
             continue;
         }
         if open {
@@ -224,6 +257,8 @@ pub fn on_fault(frame: &mut TrapFrame, info: &FaultInfo) -> FaultAction {
         }
         Decision::Unexpected => {
             COUNTERS.unexpected_faults.fetch_add(1, Ordering::Relaxed);
+            let _ =
+                FIRST_UNEXPECTED.compare_exchange(0, info.far, Ordering::AcqRel, Ordering::Relaxed);
             if !TOLERATE.load(Ordering::Acquire) {
                 return FaultAction::Report;
             }

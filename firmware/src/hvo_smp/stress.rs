@@ -655,6 +655,15 @@ pub fn concurrent_split(
         res.counters.refused_faults += c.refused_faults;
         res.counters.longest_wait = res.counters.longest_wait.max(c.longest_wait);
         res.counters.windows += c.windows;
+        let far = fault_wait::FIRST_UNEXPECTED.load(Ordering::Acquire);
+        if far != 0 {
+            crate::error!(
+                "concurrent split: unexpected vmemmap fault at {:#x} (folios {:#x}, {:#x})",
+                far,
+                a.head_pfn().0,
+                b.head_pfn().0
+            );
+        }
         let (reads, _, _, wrong, _) = readers::totals();
         res.reads += reads;
         res.wrong += wrong;
