@@ -11,18 +11,20 @@
 
 use crate::drivers::timer;
 use crate::memory::{init_mm, BUDDY, HUGETLB, LINEAR, VMEMMAP};
-use core::cell::RefCell;
 use heapless::Vec;
-use kcore::addr::{Pfn, PhysAddr, PAGE_SIZE};
-use kcore::buddy::Buddy;
+use kcore::addr::{Pfn, PhysAddr, VirtAddr, PAGE_SIZE};
 use kcore::cmdline::Cmdline;
 use kcore::hugetlb::{Folio, HugePageSize};
 use kcore::hugetlb_vmemmap::{
-    self as hv, alloc_vmemmap_frame, free_vmemmap_frame, Hvo, HvoError, HvoStats, VmemmapFrames,
+    self as hv, alloc_vmemmap_frame, free_vmemmap_frame, BbmSync, Hvo, HvoError, HvoOptions,
+    HvoStats, VmemmapFrames,
 };
 use kcore::mapper::FrameAlloc;
+use kcore::pgtable::{Descriptor, Level};
 use kcore::phys::OffsetWindow;
+#[cfg(not(feature = "ktest"))]
 use kcore::tlb::HwMmu;
+use kcore::tlb::{MmuOps, MmuStats};
 
 /// Folios handled in one batch.
 pub const BATCH: usize = 64;
@@ -30,20 +32,21 @@ pub const BATCH: usize = 64;
 /// A batch of folios.
 pub type Batch = Vec<Folio, BATCH>;
 
-/// The buddy allocator, locked once and shared by the two allocators HVO needs: frames for the
-/// vmemmap and pages for split tables.
-pub struct SharedBuddy<'a> {
-    buddy: RefCell<&'a mut Buddy>,
+/// The buddy allocator as HVO's two allocators see it: frames for the vmemmap and pages for
+/// split tables. The lock is taken per allocation and per free, never for a whole operation,
+/// so two cores can run HVO at once (and kcore's HVO allocates before its break windows and
+/// frees after them, so no allocation happens inside one).
+pub struct SharedBuddy {
     /// Fail the allocation with this index (0-based, counting frame allocations): failure
     /// injection for tests.
     fail_frame_at: Option<u64>,
     frame_allocs: core::cell::Cell<u64>,
 }
 
-impl<'a> SharedBuddy<'a> {
-    /// Shares `buddy`.
-    pub fn new(buddy: &'a mut Buddy) -> Self {
-        SharedBuddy { buddy: RefCell::new(buddy), fail_frame_at: None, frame_allocs: 0.into() }
+impl SharedBuddy {
+    /// The firmware's buddy allocator.
+    pub fn new() -> Self {
+        SharedBuddy { fail_frame_at: None, frame_allocs: 0.into() }
     }
 
     /// Makes the `n`-th frame allocation (0-based) from now fail.
@@ -53,16 +56,22 @@ impl<'a> SharedBuddy<'a> {
 
     /// Free pages in the allocator now.
     pub fn free_pages(&self) -> u64 {
-        self.buddy.borrow().free_pages()
+        BUDDY.lock().free_pages()
+    }
+}
+
+impl Default for SharedBuddy {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
 /// Vmemmap frames from a [`SharedBuddy`].
-pub struct Frames<'s, 'a>(pub &'s SharedBuddy<'a>);
+pub struct Frames<'s>(pub &'s SharedBuddy);
 
 // SAFETY: frames come from the buddy allocator, which hands each free frame out once; they go
 // back only through `free_vmemmap_frame` once HVO no longer maps them.
-unsafe impl VmemmapFrames for Frames<'_, '_> {
+unsafe impl VmemmapFrames for Frames<'_> {
     fn alloc(&mut self) -> Option<PhysAddr> {
         let n = self.0.frame_allocs.get();
         self.0.frame_allocs.set(n + 1);
@@ -70,47 +79,288 @@ unsafe impl VmemmapFrames for Frames<'_, '_> {
             crate::info!("hvo: injected allocation failure at frame allocation {}", n);
             return None;
         }
-        alloc_vmemmap_frame(&mut self.0.buddy.borrow_mut(), &VMEMMAP).ok()
+        alloc_vmemmap_frame(&mut BUDDY.lock(), &VMEMMAP).ok()
     }
     fn free(&mut self, pa: PhysAddr) -> bool {
-        free_vmemmap_frame(&mut self.0.buddy.borrow_mut(), &VMEMMAP, pa).is_ok()
+        free_vmemmap_frame(&mut BUDDY.lock(), &VMEMMAP, pa).is_ok()
     }
 }
 
 /// Split-table pages from a [`SharedBuddy`], zeroed, their descriptors marked as page tables.
-pub struct Tables<'s, 'a>(pub &'s SharedBuddy<'a>);
+pub struct Tables<'s>(pub &'s SharedBuddy);
 
-impl FrameAlloc for Tables<'_, '_> {
+impl FrameAlloc for Tables<'_> {
     fn alloc_table(&mut self) -> Option<PhysAddr> {
-        crate::memory::alloc_table_page(&mut self.0.buddy.borrow_mut())
+        crate::memory::alloc_table_page(&mut BUDDY.lock())
     }
     fn free_table(&mut self, pa: PhysAddr) {
-        crate::memory::free_table_page(&mut self.0.buddy.borrow_mut(), pa)
+        crate::memory::free_table_page(&mut BUDDY.lock(), pa)
     }
 }
 
+/// Test device: widens break-before-make windows with a delay, to make a race that needs a
+/// window reliable in a bounded run. `before_break` spins before each live entry is made
+/// invalid (after page 0 was copied: the gap the reference freeze protects); `in_break` spins
+/// after each DSB ISH (after the TLBIs completed, before the new entry: the break itself).
+#[derive(Debug, Default)]
+pub struct BreakDelay<O: MmuOps> {
+    inner: O,
+    /// Ticks before each valid -> invalid write.
+    pub before_break: u64,
+    /// Ticks after each DSB ISH.
+    pub in_break: u64,
+}
+
+impl<O: MmuOps> BreakDelay<O> {
+    /// `inner` with no delay.
+    pub fn new(inner: O) -> Self {
+        BreakDelay { inner, before_break: 0, in_break: 0 }
+    }
+}
+
+fn spin_ticks(t: u64) {
+    if t != 0 {
+        let t0 = timer::ticks();
+        while timer::ticks() - t0 < t {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+impl<O: MmuOps> MmuOps for BreakDelay<O> {
+    unsafe fn write_entry(&mut self, slot: *mut u64, va: VirtAddr, level: Level, new: Descriptor) {
+        if self.before_break != 0 && !new.is_valid() {
+            // SAFETY: the caller's guarantee covers reading the entry it is about to write.
+            if unsafe { kcore::tlb::read_entry(slot) }.is_valid() {
+                spin_ticks(self.before_break);
+            }
+        }
+        // SAFETY: forwarded with the caller's guarantee.
+        unsafe { self.inner.write_entry(slot, va, level, new) }
+    }
+    fn dsb_ishst(&mut self) {
+        self.inner.dsb_ishst()
+    }
+    fn dsb_ish(&mut self) {
+        self.inner.dsb_ish();
+        spin_ticks(self.in_break);
+    }
+    fn isb(&mut self) {
+        self.inner.isb()
+    }
+    fn tlbi_vaae1is(&mut self, va: VirtAddr) {
+        self.inner.tlbi_vaae1is(va)
+    }
+    fn tlbi_vae1is(&mut self, va: VirtAddr, asid: u16) {
+        self.inner.tlbi_vae1is(va, asid)
+    }
+    fn tlbi_aside1is(&mut self, asid: u16) {
+        self.inner.tlbi_aside1is(asid)
+    }
+    fn tlbi_vmalle1is(&mut self) {
+        self.inner.tlbi_vmalle1is()
+    }
+    fn stats(&self) -> MmuStats {
+        self.inner.stats()
+    }
+}
+
+/// The live break-before-make auditor (test builds): every entry HVO writes on the live
+/// tables goes through kcore's [`kcore::bbm_check::AuditMmu`] around [`HwMmu`], one per core,
+/// and a violation fails the run. (Compiled in every build, used only with the `ktest` feature.)
+pub mod audit {
+    use crate::sync::{SpinGuard, SpinMutex};
+    use core::sync::atomic::{AtomicU64, Ordering};
+    use kcore::addr::VirtAddr;
+    use kcore::bbm_check::AuditMmu;
+    use kcore::layout::MAX_CPUS;
+    use kcore::pgtable::{Descriptor, Level};
+    use kcore::tlb::{HwMmu, MmuOps, MmuStats};
+
+    /// Entries followed at once: a 1 GiB folio's 4096 pending entries plus a 2 MiB batch's 512.
+    pub const TRACKS: usize = 4608;
+    /// The auditor over the hardware backend.
+    pub type Audit = AuditMmu<HwMmu, TRACKS>;
+    /// One auditor per core (HVO may run on any core, two at once).
+    pub static AUDIT: [SpinMutex<Audit>; MAX_CPUS] =
+        [const { SpinMutex::new(AuditMmu::new(HwMmu::new())) }; MAX_CPUS];
+    /// Operations audited, and violations found (all cores).
+    pub static AUDITED: AtomicU64 = AtomicU64::new(0);
+    /// Violations found.
+    pub static VIOLATIONS: AtomicU64 = AtomicU64::new(0);
+
+    /// This core's auditor, held for one HVO operation.
+    pub struct Audited(SpinGuard<'static, Audit>);
+
+    impl Audited {
+        /// Takes this core's auditor, cleared.
+        pub fn take() -> Self {
+            let mut g = AUDIT[crate::percpu::this_cpu().id].lock();
+            g.reset();
+            Audited(g)
+        }
+
+        /// End of the operation: fails the run on a violation.
+        pub fn finish(&mut self) {
+            AUDITED.fetch_add(1, Ordering::Relaxed);
+            if let Err(v) = self.0.check() {
+                VIOLATIONS.fetch_add(1, Ordering::Relaxed);
+                crate::error!(
+                    "live break-before-make auditor: {} violation(s), the first {:?}",
+                    self.0.violations(),
+                    v
+                );
+                panic!("break-before-make violated on the live tables");
+            }
+        }
+    }
+
+    impl MmuOps for Audited {
+        unsafe fn write_entry(
+            &mut self,
+            slot: *mut u64,
+            va: VirtAddr,
+            level: Level,
+            new: Descriptor,
+        ) {
+            // SAFETY: forwarded with the caller's guarantee.
+            unsafe { self.0.write_entry(slot, va, level, new) }
+        }
+        fn dsb_ishst(&mut self) {
+            self.0.dsb_ishst()
+        }
+        fn dsb_ish(&mut self) {
+            self.0.dsb_ish()
+        }
+        fn isb(&mut self) {
+            self.0.isb()
+        }
+        fn tlbi_vaae1is(&mut self, va: VirtAddr) {
+            self.0.tlbi_vaae1is(va)
+        }
+        fn tlbi_vae1is(&mut self, va: VirtAddr, asid: u16) {
+            self.0.tlbi_vae1is(va, asid)
+        }
+        fn tlbi_aside1is(&mut self, asid: u16) {
+            self.0.tlbi_aside1is(asid)
+        }
+        fn tlbi_vmalle1is(&mut self) {
+            self.0.tlbi_vmalle1is()
+        }
+        fn stats(&self) -> MmuStats {
+            self.0.stats()
+        }
+    }
+}
+
+/// The backend under [`BreakDelay`]: the hardware, audited in test builds.
+#[cfg(feature = "ktest")]
+pub type Backend = audit::Audited;
+/// The backend under [`BreakDelay`]: the hardware, audited in test builds.
+#[cfg(not(feature = "ktest"))]
+pub type Backend = HwMmu;
+
+fn backend() -> Backend {
+    #[cfg(feature = "ktest")]
+    return audit::Audited::take();
+    #[cfg(not(feature = "ktest"))]
+    return HwMmu::new();
+}
+
+/// The MMU backend HVO runs with on the live tables.
+pub type LiveMmu = BreakDelay<Backend>;
+
+/// The HVO instance [`with_hvo`] hands out.
+pub type LiveHvo<'a, 's> = Hvo<'a, OffsetWindow, LiveMmu, Frames<'s>, Tables<'s>>;
+
+/// How [`with_hvo_in`] sets HVO up beyond the defaults.
+#[derive(Default)]
+pub struct HvoSetup<'x> {
+    /// Coordination with the other cores (default: none, [`kcore::hugetlb_vmemmap::NoSync`]).
+    pub sync: Option<&'x mut dyn BbmSync>,
+    /// Options (default: Linux's).
+    pub options: Option<HvoOptions>,
+    /// Test delays (see [`BreakDelay`]): ticks before each break, ticks inside each.
+    pub delay: (u64, u64),
+}
+
 /// Runs `f` with an HVO instance over the live `init_mm` (mmap_lock held for read), the real
-/// MMU backend and the buddy allocator (locked for the duration). `setup` may arrange failure
+/// MMU backend and the buddy allocator (locked per allocation). `setup` may arrange failure
 /// injection before HVO starts.
 pub fn with_hvo<R>(
-    setup: impl FnOnce(&mut SharedBuddy<'_>),
-    f: impl FnOnce(&mut Hvo<'_, OffsetWindow, HwMmu, Frames<'_, '_>, Tables<'_, '_>>) -> R,
+    setup: impl FnOnce(&mut SharedBuddy),
+    f: impl FnOnce(&mut LiveHvo<'_, '_>) -> R,
+) -> R {
+    with_hvo_in(HvoSetup::default(), setup, f)
+}
+
+/// [`with_hvo`] with a strategy, options and test delays.
+pub fn with_hvo_in<R>(
+    cfg: HvoSetup<'_>,
+    setup: impl FnOnce(&mut SharedBuddy),
+    f: impl FnOnce(&mut LiveHvo<'_, '_>) -> R,
 ) -> R {
     let mm = init_mm();
     let guard = mm.mmap_read();
-    let mut buddy = BUDDY.lock();
-    let mut shared = SharedBuddy::new(&mut buddy);
+    let mut shared = SharedBuddy::new();
     setup(&mut shared);
-    let mut mmu = HwMmu::new();
+    let mut mmu = BreakDelay::new(backend());
+    (mmu.before_break, mmu.in_break) = cfg.delay;
     let mut frames = Frames(&shared);
     let mut tables = Tables(&shared);
-    // SAFETY: LINEAR reaches every RAM frame; VMEMMAP is the memmap init_mm maps at
-    // VMEMMAP_START; only this core runs and it touches no descriptor of the folios it hands to
-    // HVO while HVO runs; the folios passed in by callers are owned by them (taken off the
-    // pool's free list or allocated), and their tails are not written while optimized.
-    let mut hvo =
-        unsafe { Hvo::new(&guard, &LINEAR, &mut mmu, &VMEMMAP, &mut frames, &mut tables) };
-    f(&mut hvo)
+    let r = {
+        // SAFETY: LINEAR reaches every RAM frame; VMEMMAP is the memmap init_mm maps at
+        // VMEMMAP_START; the other cores either touch no descriptor of these folios or are
+        // coordinated by `cfg.sync` (the strategies of `hvo_smp`; without one, only this core reads
+        // descriptors, or the run is the `none` negative control that counts the faults); the
+        // folios passed in by callers are owned by them (taken off the pool's free list or
+        // allocated, their reference count frozen), and their tails are not written while
+        // optimized.
+        let mut hvo =
+            unsafe { Hvo::new(&guard, &LINEAR, &mut mmu, &VMEMMAP, &mut frames, &mut tables) };
+        if let Some(o) = cfg.options {
+            hvo.set_options(o);
+        }
+        if let Some(s) = cfg.sync {
+            hvo.set_sync(s);
+        }
+        f(&mut hvo)
+    };
+    #[cfg(feature = "ktest")]
+    mmu.inner.finish();
+    r
+}
+
+/// References the owner of a folio taken off the pool holds (Linux's `dequeue_hugetlb_folio`
+/// leaves 1).
+pub const OWNER_REFS: u32 = 1;
+
+/// Freezes each folio's head reference count from the owner's [`OWNER_REFS`] to 0 (Linux's
+/// `folio_ref_freeze()`), waiting out transient references of speculative readers on other
+/// cores. HVO runs on frozen folios only: a speculative `try_get` then fails without writing
+/// the descriptor HVO copies.
+pub fn freeze(folios: &[Folio]) {
+    for f in folios {
+        let head = VMEMMAP.page(f.head_pfn());
+        while !head.ref_freeze(OWNER_REFS) {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+/// Gives the owner its references back (`folio_ref_unfreeze()`).
+pub fn unfreeze(folios: &[Folio]) {
+    for f in folios {
+        VMEMMAP.page(f.head_pfn()).ref_unfreeze(OWNER_REFS);
+    }
+}
+
+/// Runs `f` on `folios` frozen (see [`freeze`]).
+pub fn frozen<R>(folios: &[Folio], f: impl FnOnce() -> R) -> R {
+    freeze(folios);
+    let r = f();
+    unfreeze(folios);
+    r
 }
 
 /// How a folio size is named in Linux's boot line.
@@ -143,7 +393,8 @@ pub fn verify_heads(folio: &Folio) -> u64 {
     wrong
 }
 
-/// Takes up to [`BATCH`] free folios of `size` off the pool's free list.
+/// Takes up to [`BATCH`] free folios of `size` off the pool's free list, their reference
+/// count frozen at 0 (see [`freeze`]).
 pub fn take_from_pool(size: HugePageSize, max: usize) -> Batch {
     let mut out = Batch::new();
     let mut pool = HUGETLB.lock();

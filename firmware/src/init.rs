@@ -381,7 +381,10 @@ extern "C" fn kernel_main_on_stack(_: u64) -> ! {
             Err(e) => crate::error!("memory hot-add of {:?} failed: {:?}", held, e),
         }
     }
-    let hvo_ok = crate::hvo::boot(&cmd);
+    let mut hvo_ok = crate::hvo::boot(&cmd);
+    if let Some(n) = cmd.stress {
+        hvo_ok &= crate::hvo_smp::stress::boot(n, cmd.hvo_bbm);
+    }
     crate::memory::meminfo();
     if cmd.ptdump {
         crate::ptdump::dump_kernel();

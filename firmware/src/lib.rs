@@ -19,6 +19,7 @@ pub mod bootstate;
 pub mod devicetree;
 pub mod drivers;
 pub mod hvo;
+pub mod hvo_smp;
 pub mod init;
 pub mod irq;
 pub mod kernel_map;

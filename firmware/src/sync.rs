@@ -11,7 +11,8 @@
 //! IRQ arriving while the same core holds it would spin forever); code that shares a lock with an
 //! interrupt handler uses [`SpinMutex::lock_irqsave`] everywhere. `lock` panics when called
 //! inside a handler. Each core counts the locks it holds (`percpu::PerCpu::locks_held`): the
-//! fault-wait strategy refuses to wait in a fault taken with a lock held.
+//! fault-wait strategy counts the waits taken with a lock held (it handles them; why that is
+//! safe is argued in `hvo_smp::fault_wait`).
 
 use crate::arch::cpu;
 use crate::percpu::this_cpu;

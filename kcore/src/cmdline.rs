@@ -16,6 +16,8 @@
 //! | `memhp_reserve=SIZE` | ours: see below |
 //! | `crash=panic\|fault\|udf` | ours: end the boot with a panic, an unexpected data abort or an undefined instruction, to show the reporting path |
 //! | `dt_memory` | ours: take the RAM banks from the device tree even on a board whose own table normally wins (QEMU rewrites a `-dtb` to 960 MiB of its 2 GiB) |
+//! | `stress=N` | ours: after boot, run N cycles of the four-core HVO stress (readers on cores 1-3) |
+//! | `hvo_bbm=none\|stop-machine\|pause-window\|fault-wait` | ours: how HVO's break-before-make windows are made safe for the other cores |
 //!
 //! The `hugepages` rules are `mm/hugetlb.c`'s state machine, transcribed (`HugetlbSetup` below;
 //! `kcore/tests/cmdline_linux_hugetlb.rs` checks it against a table of Linux's results):
@@ -103,6 +105,41 @@ pub enum Crash {
     Udf,
 }
 
+/// How HVO makes its break-before-make windows safe for the other cores (`hvo_bbm=`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum HvoBbm {
+    /// `none`: no coordination (the negative control: readers fault).
+    None,
+    /// `stop-machine`: the other cores are held for the whole operation.
+    StopMachine,
+    /// `pause-window`: the other cores are held around each break window only.
+    PauseWindow,
+    /// `fault-wait`: a fault on a vmemmap address in a window waits for it and retries.
+    FaultWait,
+}
+
+impl HvoBbm {
+    /// Every strategy, in the order the stress test runs them.
+    pub const ALL: [HvoBbm; 4] =
+        [HvoBbm::StopMachine, HvoBbm::PauseWindow, HvoBbm::FaultWait, HvoBbm::None];
+
+    /// The boot-argument spelling.
+    pub const fn name(self) -> &'static str {
+        match self {
+            HvoBbm::None => "none",
+            HvoBbm::StopMachine => "stop-machine",
+            HvoBbm::PauseWindow => "pause-window",
+            HvoBbm::FaultWait => "fault-wait",
+        }
+    }
+
+    /// Parses the boot-argument spelling.
+    pub fn from_name(s: &str) -> Option<HvoBbm> {
+        HvoBbm::ALL.into_iter().find(|b| b.name() == s)
+    }
+}
+
 /// A problem with one option; the option was ignored.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -167,6 +204,10 @@ pub struct Cmdline<'a> {
     pub crash: Option<Crash>,
     /// `dt_memory`: trust the device tree's memory banks over the board's table.
     pub dt_memory: bool,
+    /// `stress=N`: cycles of the four-core HVO stress run after boot.
+    pub stress: Option<u64>,
+    /// `hvo_bbm=`: the break-before-make strategy for HVO with other cores running.
+    pub hvo_bbm: Option<HvoBbm>,
     warnings: [Warning<'a>; MAX_WARNINGS],
     nr_warnings: usize,
 }
@@ -185,6 +226,8 @@ impl Default for Cmdline<'_> {
             memhp_option: "",
             crash: None,
             dt_memory: false,
+            stress: None,
+            hvo_bbm: None,
             warnings: [Warning::TooMany; MAX_WARNINGS],
             nr_warnings: 0,
         }
@@ -196,7 +239,7 @@ impl defmt::Format for Cmdline<'_> {
     fn format(&self, f: defmt::Formatter<'_>) {
         defmt::write!(
             f,
-            "Cmdline {{ hugepages: {=[?]}, default_hugepagesz: {}, hugetlb_free_vmemmap: {}, ptdump: {}, ktest: {}, loglevel: {}, memhp_reserve: {}, crash: {}, dt_memory: {}, warnings: {=[?]} }}",
+            "Cmdline {{ hugepages: {=[?]}, default_hugepagesz: {}, hugetlb_free_vmemmap: {}, ptdump: {}, ktest: {}, loglevel: {}, memhp_reserve: {}, crash: {}, dt_memory: {}, stress: {}, hvo_bbm: {}, warnings: {=[?]} }}",
             self.hugepage_requests(),
             self.default_hugepagesz,
             self.hugetlb_free_vmemmap,
@@ -206,6 +249,8 @@ impl defmt::Format for Cmdline<'_> {
             self.memhp_reserve,
             self.crash,
             self.dt_memory,
+            self.stress,
+            self.hvo_bbm,
             self.warnings()
         )
     }
@@ -223,6 +268,8 @@ impl core::fmt::Debug for Cmdline<'_> {
             .field("memhp_reserve", &self.memhp_reserve)
             .field("crash", &self.crash)
             .field("dt_memory", &self.dt_memory)
+            .field("stress", &self.stress)
+            .field("hvo_bbm", &self.hvo_bbm)
             .field("warnings", &self.warnings())
             .finish()
     }
@@ -678,6 +725,16 @@ pub fn parse(s: &str) -> Cmdline<'_> {
                 Some(Err(e)) => c.malformed(tok, e.into()),
                 None => c.malformed(tok, MalformedReason::MissingValue),
             },
+            "stress" => match value.map(parse_u64) {
+                Some(Ok(n)) => c.stress = Some(n),
+                Some(Err(e)) => c.malformed(tok, e.into()),
+                None => c.malformed(tok, MalformedReason::MissingValue),
+            },
+            "hvo_bbm" => match value.map(HvoBbm::from_name) {
+                Some(Some(b)) => c.hvo_bbm = Some(b),
+                Some(None) => c.malformed(tok, MalformedReason::UnknownValue),
+                None => c.malformed(tok, MalformedReason::MissingValue),
+            },
             k if IGNORED.contains(&k) => {}
             // Module parameters (`module.param=value`) are for modules we do not have.
             k if k.contains('.') && !k.starts_with('.') && !k.ends_with('.') => {}
@@ -702,6 +759,29 @@ mod tests {
 
     fn req(size: HugePageSize, count: u64) -> HugepageRequest {
         HugepageRequest { size, count }
+    }
+
+    #[test]
+    fn stress_and_hvo_bbm() {
+        let c = parse("stress=5 hvo_bbm=pause-window");
+        assert_eq!((c.stress, c.hvo_bbm), (Some(5), Some(HvoBbm::PauseWindow)));
+        assert!(c.warnings().is_empty());
+        for b in HvoBbm::ALL {
+            assert_eq!(HvoBbm::from_name(b.name()), Some(b));
+        }
+        let c = parse("hvo_bbm=sometimes stress=x hvo_bbm");
+        assert_eq!((c.stress, c.hvo_bbm), (None, None));
+        assert_eq!(
+            c.warnings(),
+            &[
+                Warning::Malformed {
+                    option: "hvo_bbm=sometimes",
+                    reason: MalformedReason::UnknownValue
+                },
+                Warning::Malformed { option: "stress=x", reason: MalformedReason::BadNumber },
+                Warning::Malformed { option: "hvo_bbm", reason: MalformedReason::MissingValue },
+            ]
+        );
     }
 
     #[test]

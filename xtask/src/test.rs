@@ -127,6 +127,22 @@ pub const TARGET_RUNS: &[TargetRun] = &[
         expect: &["hvo: boot param false, 1 pool folio(s) checked"],
         status: 0,
     },
+    // Four cores (issue 9): the stress test per strategy (`none` must fail, checked by its
+    // test case), the concurrent split, the freeze control, the fault-wait refusal, the auditor.
+    TargetRun {
+        name: "bbm",
+        bootargs: "ktest=bbm_ hugepagesz=2M hugepages=16 hugepagesz=1G hugepages=1",
+        dtb: None,
+        timeout_secs: 600,
+        expect: &[
+            "result: smp strategy=stop-machine cycles=2 ",
+            "result: smp strategy=pause-window cycles=2 ",
+            "result: smp strategy=fault-wait cycles=2 ",
+            "result: smp strategy=none cycles=2 ",
+            "result: smp-split strategy=fault-wait ",
+        ],
+        status: 0,
+    },
     // Demonstration boots: what `cargo xtask run -- ARGS` prints, checked.
     TargetRun {
         name: "bootargs",
@@ -259,6 +275,18 @@ pub const TARGET_RUNS: &[TargetRun] = &[
         dtb: None,
         timeout_secs: 300,
         expect: &["command line TRUNCATED", "HugeTLB: 4 hugepages of size 2M pre-allocated"],
+        status: 0,
+    },
+    TargetRun {
+        name: "stress",
+        bootargs: "stress=2 hvo_bbm=fault-wait hugepagesz=2M hugepages=16",
+        dtb: None,
+        timeout_secs: 300,
+        expect: &[
+            "stress: 2 cycle(s) with hvo_bbm=fault-wait",
+            "result: smp strategy=fault-wait cycles=2 ",
+            " wrong=0 unexpected_faults=0 leaked=0 ",
+        ],
         status: 0,
     },
     TargetRun {

@@ -10,6 +10,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 mod foundation;
 mod hvo;
+mod hvo_smp;
 mod kernel_map;
 mod memory;
 mod smp;
@@ -129,6 +130,14 @@ pub static CASES: &[Case] = &[
     case("hvo_self_hosted_refused", hvo::self_hosted_refused),
     case("hvo_batching_needs_fewer_barriers", hvo::batching_needs_fewer_barriers),
     case("hvo_dissolve_restores_first", hvo::dissolve_restores_first),
+    case("bbm_fault_wait_refuses_own_window", hvo_smp::fault_wait_refuses_own_window),
+    case("bbm_stress_stop_machine", hvo_smp::stress_stop_machine),
+    case("bbm_stress_pause_window", hvo_smp::stress_pause_window),
+    case("bbm_stress_fault_wait", hvo_smp::stress_fault_wait),
+    case("bbm_stress_none_shows_failure", hvo_smp::stress_none_shows_failure),
+    case("bbm_no_freeze_loses_references", hvo_smp::no_freeze_loses_references),
+    case("bbm_concurrent_split", hvo_smp::concurrent_split),
+    case("bbm_auditor_catches_broken_sequence", hvo_smp::auditor_catches_broken_sequence),
     case("user_el0_task_syscalls", user::el0_task_syscalls),
     case("user_el0_read_of_kernel_faults", user::el0_read_of_kernel_faults),
     case("user_el0_read_of_vmemmap_faults", user::el0_read_of_vmemmap_faults),

@@ -1,0 +1,197 @@
+//! The descriptor readers run on cores 1-3 while core 0 (or two cores) does HVO: the two kinds
+//! Linux has, checked against the truth (the folio layout of the pool under test).
+//!
+//! - PFN walker (compaction's `isolate_migratepages_block()`, `page_idle`, `/proc/kpageflags`):
+//!   scans a run of pfns and asks of each descriptor `PageHead()`, `PageTail()` and
+//!   `compound_head()`, with ordinary loads.
+//! - Speculative reference taker (`folio_try_get()` on a pfn found by a scan, GUP-fast,
+//!   `page_cache_get_speculative()`): looks the pfn's folio up, takes a reference on its head
+//!   unless the count is zero (`page_ref_add_unless(page, 1, 0)`), checks that the pfn still
+//!   belongs to that folio, and puts the reference. A folio under HVO has its count frozen at
+//!   zero, so the speculative get fails without writing.
+//!
+//! Each operation is a read-side section (interrupts masked, [`super::grace::read_lock`]); the
+//! quiescent point comes between operations. A reader launched with [`HOLD_LOCK`] also holds a
+//! spinlock during each operation, so that fault-wait is exercised with a lock held.
+
+use super::grace;
+use crate::arch::cpu;
+use crate::memory::VMEMMAP;
+use crate::sync::SpinMutex;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use kcore::addr::Pfn;
+use kcore::hugetlb::Folio;
+use kcore::hugetlb_vmemmap as hv;
+use kcore::layout::MAX_CPUS;
+
+/// Folios the readers know (the pool under test).
+pub const MAX_FOLIOS: usize = 80;
+/// Pfns a walker examines per operation.
+pub const WALK_RUN: u64 = 16;
+/// Job argument bit: hold [`READER_LOCK`] during each operation.
+pub const HOLD_LOCK: u64 = 1;
+/// Job argument bit: only speculative gets (no walks), for the freeze test.
+pub const GETS_ONLY: u64 = 2;
+
+#[allow(clippy::declare_interior_mutable_const)]
+const Z64: AtomicU64 = AtomicU64::new(0);
+#[allow(clippy::declare_interior_mutable_const)]
+const Z8: AtomicU8 = AtomicU8::new(0);
+static HEADS: [AtomicU64; MAX_FOLIOS] = [Z64; MAX_FOLIOS];
+static ORDERS: [AtomicU8; MAX_FOLIOS] = [Z8; MAX_FOLIOS];
+static NR: AtomicUsize = AtomicUsize::new(0);
+static STOP: AtomicBool = AtomicBool::new(false);
+/// Readers running now.
+static RUNNING: AtomicU32 = AtomicU32::new(0);
+
+/// A lock some readers hold while they read.
+pub static READER_LOCK: SpinMutex<u64> = SpinMutex::new(0);
+
+/// One core's counts.
+#[repr(align(64))]
+pub struct ReaderStats {
+    /// Descriptors examined by walks (each: head, tail and compound-head asked).
+    pub reads: AtomicU64,
+    /// Speculative references taken (and put).
+    pub gets: AtomicU64,
+    /// Speculative gets refused because the count was zero (frozen).
+    pub refused: AtomicU64,
+    /// Answers that disagree with the truth.
+    pub wrong: AtomicU64,
+    /// Operations done.
+    pub ops: AtomicU64,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const RS: ReaderStats = ReaderStats { reads: Z64, gets: Z64, refused: Z64, wrong: Z64, ops: Z64 };
+/// Per-core counts.
+pub static STATS: [ReaderStats; MAX_CPUS] = [RS; MAX_CPUS];
+
+/// Sums over the cores: (reads, gets, refused, wrong, ops).
+pub fn totals() -> (u64, u64, u64, u64, u64) {
+    STATS.iter().fold((0, 0, 0, 0, 0), |t, s| {
+        (
+            t.0 + s.reads.load(Ordering::Relaxed),
+            t.1 + s.gets.load(Ordering::Relaxed),
+            t.2 + s.refused.load(Ordering::Relaxed),
+            t.3 + s.wrong.load(Ordering::Relaxed),
+            t.4 + s.ops.load(Ordering::Relaxed),
+        )
+    })
+}
+
+/// Publishes the truth (the folios readers pick from) and zeroes the counts. Call before
+/// launching readers.
+pub fn publish<'f>(folios: impl Iterator<Item = &'f Folio>) {
+    let mut n = 0;
+    for f in folios.take(MAX_FOLIOS) {
+        HEADS[n].store(f.head_pfn().0, Ordering::Relaxed);
+        ORDERS[n].store(f.order(), Ordering::Relaxed);
+        n += 1;
+    }
+    for s in STATS.iter() {
+        for c in [&s.reads, &s.gets, &s.refused, &s.wrong, &s.ops] {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+    STOP.store(false, Ordering::Relaxed);
+    NR.store(n, Ordering::Release);
+}
+
+/// Asks the readers to stop after their current operation.
+pub fn stop() {
+    STOP.store(true, Ordering::Release);
+}
+
+/// Readers running now.
+pub fn running() -> u32 {
+    RUNNING.load(Ordering::Acquire)
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
+
+/// The reader job (`smp::launch` entry): runs until [`stop`]. `arg`: [`HOLD_LOCK`],
+/// [`GETS_ONLY`].
+pub fn job(arg: u64) {
+    let me = crate::percpu::this_cpu().id;
+    RUNNING.fetch_add(1, Ordering::AcqRel);
+    let n = NR.load(Ordering::Acquire);
+    let mut rng =
+        Rng(0x9E37_79B9_7F4A_7C15 ^ ((me as u64 + 1) << 32) ^ crate::drivers::timer::ticks());
+    let st = &STATS[me];
+    let mut k = 0u64;
+    while n != 0 && !STOP.load(Ordering::Acquire) {
+        let i = (rng.next() % n as u64) as usize;
+        let head = Pfn(HEADS[i].load(Ordering::Relaxed));
+        let nr = 1u64 << ORDERS[i].load(Ordering::Relaxed);
+        let r = rng.next();
+        let daif = cpu::mask_irqs();
+        grace::read_lock(me);
+        let guard = (arg & HOLD_LOCK != 0).then(|| READER_LOCK.lock());
+        if arg & GETS_ONLY != 0 || k % 2 == 1 {
+            speculative_get(st, head, Pfn(head.0 + r % nr));
+        } else {
+            let start = r % (nr - WALK_RUN.min(nr) + 1);
+            walk(st, head, head.0 + start, WALK_RUN.min(nr));
+        }
+        if let Some(mut g) = guard {
+            *g += 1;
+        }
+        grace::read_unlock(me);
+        cpu::restore_irqs(daif);
+        st.ops.fetch_add(1, Ordering::Relaxed);
+        k += 1;
+    }
+    RUNNING.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// PFN walker: `len` pfns from `first`, all in the folio headed by `head`.
+fn walk(st: &ReaderStats, head: Pfn, first: u64, len: u64) {
+    let mut wrong = 0;
+    for p in first..first + len {
+        let pfn = Pfn(p);
+        let is_head = pfn == head;
+        if hv::page_is_head(&VMEMMAP, pfn) != is_head
+            || hv::page_is_tail(&VMEMMAP, pfn) == is_head
+            || hv::page_compound_head_pfn(&VMEMMAP, pfn) != head
+        {
+            wrong += 1;
+        }
+    }
+    st.reads.fetch_add(len, Ordering::Relaxed);
+    if wrong != 0 {
+        st.wrong.fetch_add(wrong, Ordering::Relaxed);
+    }
+}
+
+/// Speculative reference: look `pfn`'s folio up, try_get its head, re-check, put.
+fn speculative_get(st: &ReaderStats, truth: Pfn, pfn: Pfn) {
+    let head = hv::page_compound_head_pfn(&VMEMMAP, pfn);
+    if head != truth {
+        st.wrong.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let page = VMEMMAP.page(head);
+    if !page.try_get() {
+        st.refused.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    // Still the folio we looked up? (Linux: `folio != page_folio(page)` -> put and retry.)
+    if hv::page_compound_head_pfn(&VMEMMAP, pfn) != head || !hv::page_is_head(&VMEMMAP, head) {
+        st.wrong.fetch_add(1, Ordering::Relaxed);
+    }
+    page.put();
+    st.gets.fetch_add(1, Ordering::Relaxed);
+}
