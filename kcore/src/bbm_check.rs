@@ -158,11 +158,12 @@ pub fn check_break_before_make(events: &[MmuEvent]) -> Result<(), BbmViolation> 
         let sh = child.size().trailing_zeros();
         (va.0 >> sh, level.size() >> sh)
     };
-    // Entries (slot, level, VA) the recording saw holding a block: a table linked there next is
-    // a split, pre-filled with the block's pages. Keyed by position as well as slot: a table
-    // page freed and reused elsewhere puts the same slot address at another level or VA, where
-    // the old block means nothing. Linking a table consumes the mark.
-    let mut held_block: BTreeSet<(usize, u8, u64)> = BTreeSet::new();
+    // The entry (slot, level, VA) whose block was broken by the last entry write: a table
+    // linked there by the very next write is a split, pre-filled (with plain stores the
+    // recording cannot see) with the block's pages, so its entries are not known invalid. Any
+    // other write in between ends the mark: a block unmapped earlier and a table linked later
+    // (a freed table page reused, a fresh table zeroed) is not a split.
+    let mut split_pending: Option<(usize, u8, u64)> = None;
     // In-place changes waiting for their TLBI: slot -> (event, write, dsb seen, tlbi seen).
     let mut changes: BTreeMap<usize, (usize, MmuEvent, bool, bool)> = BTreeMap::new();
     // Breaks not yet complete (invalid written, TLBI + DSB ISH still to come).
@@ -242,13 +243,11 @@ pub fn check_break_before_make(events: &[MmuEvent]) -> Result<(), BbmViolation> 
                     }
                     (false, false) => {}
                 }
+                let here = (slot, level as u8, va.0);
+                let split = split_pending.take() == Some(here);
                 match (old.kind(level), new.kind(level)) {
-                    (DescKind::Block, _) | (_, DescKind::Block) => {
-                        held_block.insert((slot, level as u8, va.0));
-                    }
-                    (DescKind::Invalid, DescKind::Table)
-                        if !held_block.remove(&(slot, level as u8, va.0)) =>
-                    {
+                    (DescKind::Block, DescKind::Invalid) => split_pending = Some(here),
+                    (DescKind::Invalid, DescKind::Table) if !split => {
                         if let Some(child) = level.next() {
                             let (first, n) = children(va, level, child);
                             invalidated.extend((first..first + n).map(|k| (child as u8, k)));
