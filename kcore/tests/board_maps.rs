@@ -12,13 +12,25 @@
 //! |-------|-------|
 //! | 4 GB | `0..0x3b40_0000` (the VideoCore keeps the rest below 1 GiB), `0x4000_0000..0xfc00_0000` (up to the MMIO window) |
 //! | 8 GB | the same plus `0x1_0000_0000..0x1_8000_0000`, `0x1_8000_0000..0x2_0000_0000` |
+//!
+//! HVO above 4 GiB runs on the simulated machine of the HVO tests (`hvo_common`) placed at the
+//! start of the 8 GB map's bank above 4 GiB, as parsed from the edited tree.
 
-use kcore::addr::{Pfn, PhysAddr, PAGE_SIZE};
+mod hvo_common;
+
+use hvo_common::World;
+use kcore::addr::{Pfn, PhysAddr, VirtAddr, PAGE_SIZE};
+use kcore::bbm_check::{check_break_before_make, check_published};
 use kcore::bootinfo::{self, BootInfo, MemorySource};
 use kcore::buddy::check_conservation;
-use kcore::hugetlb::{check_folio, HugePageSize, HugetlbPool, NoHooks};
+use kcore::hugetlb::{check_folio, Folio, HugePageSize, HugetlbPool, NoHooks};
+use kcore::hugetlb_vmemmap::{
+    folio_is_optimized, page_compound_head_pfn, page_is_head, page_is_tail, HvoOptions,
+};
+use kcore::layout::VMEMMAP_START;
 use kcore::memblock::{MemRegion, Memblock, ReservedKind};
 use kcore::pa_range;
+use kcore::tlb::MmuEvent;
 use kcore::vmemmap::{pfn_to_section, SECTION_SIZE};
 
 const FIXTURE: &str =
@@ -263,4 +275,186 @@ fn gigantic_folios_above_4g() {
         assert_eq!(pool.shrink(HugePageSize::Size2M, 64, &mut buddy, &vm, &mut NoHooks), Ok(64));
         assert_eq!(buddy.free_pages(), total(&map) / PAGE_SIZE);
     }
+}
+
+/// First pfn above 4 GiB, and the first vmemmap VA describing it.
+const PFN_4G: u64 = (4 * GIB) / PAGE_SIZE;
+const VMEMMAP_4G: u64 = VMEMMAP_START + PFN_4G * 64;
+
+/// The VAs of every entry write and every by-VA TLBI in `ev` (a TLBI of everything has none).
+fn touched_vas(ev: &[MmuEvent]) -> Vec<u64> {
+    ev.iter()
+        .filter_map(|e| match *e {
+            MmuEvent::Write { va, .. } => Some(va.0),
+            MmuEvent::Tlbi { va, .. } if va.0 != 0 => Some(va.0),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every pfn of `folio` answers head/tail/compound_head correctly.
+fn check_heads(w: &World, folio: &Folio) {
+    let head = folio.head_pfn();
+    for pfn in (head.0..head.0 + folio.nr_pages()).map(Pfn) {
+        assert_eq!(page_is_head(&w.vm, pfn), pfn == head, "{pfn}");
+        assert_eq!(page_is_tail(&w.vm, pfn), pfn != head, "{pfn}");
+        assert_eq!(page_compound_head_pfn(&w.vm, pfn), head, "{pfn}");
+    }
+}
+
+/// The recorded sequence passed the online auditor (`take_events` panics otherwise) and the
+/// offline break-before-make checker; every entry it wrote and every page it flushed is the
+/// vmemmap of memory above 4 GiB, inside the vmemmap of `folios`' 2 MiB blocks. Returns the
+/// number of entry writes.
+fn checked_above_4g(w: &mut World, folios: &[Folio]) -> usize {
+    let ev = w.mmu.take_events();
+    check_break_before_make(&ev).unwrap();
+    check_published(&ev).unwrap();
+    let vas = touched_vas(&ev);
+    let blocks: Vec<(u64, u64)> = folios
+        .iter()
+        .map(|f| {
+            let (s, e) = w.folio_va(f);
+            (s.align_down(1 << 21).0, e.0.next_multiple_of(1 << 21))
+        })
+        .collect();
+    for &va in &vas {
+        assert!(va >= VMEMMAP_4G, "{va:#x} is below the vmemmap of 4 GiB");
+        assert!(blocks.iter().any(|&(s, e)| (s..e).contains(&va)), "{va:#x} outside the folios");
+    }
+    ev.iter().filter(|e| matches!(e, MmuEvent::Write { .. })).count()
+}
+
+/// Frames HVO frees per folio: all vmemmap pages but page 0 (4095 for 1 GiB, 7 for 2 MiB).
+fn freed_per(folio: &Folio) -> u64 {
+    folio.nr_pages() / 64 - 1
+}
+
+#[test]
+fn hvo_on_folios_above_4g_of_the_8g_map() {
+    // Sections of the world: 8 for the 1 GiB folio, one more for the boot vmemmap, the early
+    // tables and the 2 MiB folios.
+    const SECTIONS: u64 = 9;
+    let map = rpi4_map(&board_dtb(&BANKS_8G));
+    let high = *map.iter().find(|r| r.base.0 >= 4 * GIB).expect("a bank above 4 GiB");
+    assert_eq!(high.base, PhysAddr(0x1_0000_0000));
+    assert!(high.size >= SECTIONS * SECTION_SIZE);
+    // Negative control: the 4 GB map has no such bank.
+    assert!(rpi4_map(&board_dtb(&BANKS_4G)).iter().all(|r| r.end() <= 4 * GIB));
+
+    let mut w = World::new_at(high.base.0, SECTIONS, 0);
+    assert_eq!(w.mem.base(), 0x1_0000_0000);
+    check_conservation(&w.vm, &w.ram, &w.buddy).unwrap();
+    let g = w.folio(HugePageSize::Size1G, Some(Pfn(high.base.0 / PAGE_SIZE)));
+    let mut all = vec![g];
+    all.extend((0..4).map(|_| w.folio(HugePageSize::Size2M, None)));
+    for f in &all {
+        assert!(f.head_pfn().0 >= PFN_4G && f.phys_addr().0 >= 4 * GIB, "{}", f.head_pfn());
+        assert!(w.folio_va(f).0 >= VirtAddr(VMEMMAP_4G));
+        check_folio(f, &w.vm).unwrap();
+    }
+    assert!(all[1..].iter().all(|f| f.head_pfn().0 > PFN_4G));
+    let descs: Vec<_> = all.iter().map(|f| w.folio_descs(f)).collect();
+    let free0 = w.buddy.free_pages();
+    let opts = HvoOptions::default();
+
+    // One folio at a time.
+    let mut splits = 0;
+    for f in &all {
+        let before = w.buddy.free_pages();
+        let ((r, s), _) = w.hvo(opts, None, |h| (h.optimize_folio(f), h.stats()));
+        assert_eq!(r, Ok(true));
+        let writes = checked_above_4g(&mut w, core::slice::from_ref(f));
+        assert_eq!(w.buddy.free_pages() - before, freed_per(f), "{}", f.head_pfn());
+        assert_eq!(s.ptes_remapped, freed_per(f));
+        splits += s.splits;
+        assert!(writes as u64 >= 2 * s.ptes_remapped);
+        assert!(folio_is_optimized(&w.vm, f));
+        // The tails' vmemmap is page 0's frame, read-only, and that frame is above 4 GiB too.
+        let (start, _) = w.folio_va(f);
+        let (p0, a0, _) = w.translate(start).unwrap();
+        assert!(a0.is_writable() && p0.0 >= 4 * GIB);
+        let (p1, a1, _) = w.translate(start + PAGE_SIZE).unwrap();
+        assert_eq!((p1, a1.is_writable()), (p0, false));
+        check_heads(&w, f);
+        check_folio(f, &w.vm).unwrap();
+        w.buddy.check(&w.vm).unwrap();
+        check_conservation(&w.vm, &w.ram, &w.buddy).unwrap();
+    }
+    let single_freed = w.buddy.free_pages() - free0;
+    assert_eq!(single_freed, 4095 + 4 * 7);
+    // Every 2 MiB vmemmap block of the folios was split once: 8 for the 1 GiB folio, one per
+    // distinct block of the 2 MiB folios (their vmemmap is 32 KiB each).
+    let mut blocks2m: Vec<u64> = all[1..].iter().map(|f| w.folio_va(f).0 .0 >> 21).collect();
+    blocks2m.dedup();
+    eprintln!(
+        "above 4 GiB: freed {single_freed} frames, {splits} splits, 2M folios at {:?}",
+        all[1..].iter().map(|f| f.head_pfn()).collect::<Vec<_>>()
+    );
+    assert_eq!(splits, 8 + blocks2m.len() as u64);
+    for f in &all {
+        let before = w.buddy.free_pages();
+        let (r, _) = w.hvo(opts, None, |h| h.restore_folio(f));
+        assert_eq!(r, Ok(true));
+        checked_above_4g(&mut w, core::slice::from_ref(f));
+        assert_eq!(before - w.buddy.free_pages(), freed_per(f));
+        assert!(!folio_is_optimized(&w.vm, f));
+        check_heads(&w, f);
+    }
+    assert_eq!(w.buddy.free_pages(), free0);
+    for (f, d) in all.iter().zip(&descs) {
+        assert_eq!(&w.folio_descs(f), d, "restore is byte-identical");
+    }
+    check_conservation(&w.vm, &w.ram, &w.buddy).unwrap();
+
+    // All five in one batch (the blocks are split already: only remaps this time).
+    let ((r, s), _) = w.hvo(opts, None, |h| (h.optimize_folios(&all), h.stats()));
+    assert_eq!(r, Ok(5));
+    checked_above_4g(&mut w, &all);
+    assert_eq!(s.splits, 0);
+    assert_eq!(w.buddy.free_pages() - free0, 4095 + 4 * 7);
+    assert_eq!(s.net_frames_freed(), 4095 + 4 * 7);
+    for f in &all {
+        assert!(folio_is_optimized(&w.vm, f));
+        check_heads(&w, f);
+    }
+    check_conservation(&w.vm, &w.ram, &w.buddy).unwrap();
+    let (r, _) = w.hvo(opts, None, |h| h.restore_folios(&all));
+    assert_eq!(r, Ok(5));
+    checked_above_4g(&mut w, &all);
+    assert_eq!(w.buddy.free_pages(), free0);
+    for (f, d) in all.iter().zip(&descs) {
+        assert_eq!(&w.folio_descs(f), d);
+        check_heads(&w, f);
+    }
+    check_conservation(&w.vm, &w.ram, &w.buddy).unwrap();
+    for f in all {
+        w.pool.free_pool_folio(f, &mut w.buddy, &w.vm, &mut NoHooks).unwrap();
+    }
+    w.buddy.check(&w.vm).unwrap();
+    check_conservation(&w.vm, &w.ram, &w.buddy).unwrap();
+}
+
+/// Negative control for the checks above: on the default world (RAM at 1 GiB) the same HVO
+/// run writes only vmemmap entries below the 4 GiB mark, so `checked_above_4g` rejects it.
+#[test]
+fn hvo_below_4g_fails_the_above_4g_check() {
+    let mut w = World::new(2, 0);
+    let f = w.folio(HugePageSize::Size2M, None);
+    assert!(f.head_pfn().0 < PFN_4G);
+    let (r, _) = w.hvo(HvoOptions::default(), None, |h| h.optimize_folio(&f));
+    assert_eq!(r, Ok(true));
+    let ev = w.mmu.take_events();
+    check_break_before_make(&ev).unwrap();
+    let vas = touched_vas(&ev);
+    assert!(!vas.is_empty() && vas.iter().all(|&va| va < VMEMMAP_4G));
+    // The helper itself panics on such a run.
+    let mut w2 = World::new(2, 0);
+    let f2 = w2.folio(HugePageSize::Size2M, None);
+    let (r, _) = w2.hvo(HvoOptions::default(), None, |h| h.optimize_folio(&f2));
+    assert_eq!(r, Ok(true));
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        checked_above_4g(&mut w2, core::slice::from_ref(&f2))
+    }));
+    assert!(caught.is_err(), "the above-4 GiB check accepted a run below 4 GiB");
 }

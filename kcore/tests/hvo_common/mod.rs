@@ -80,19 +80,22 @@ unsafe fn mmap_checked(
     p.cast()
 }
 
-/// First simulated physical address.
+/// First simulated physical address of [`World::new`] (the first GiB above the VideoCore's part
+/// of RAM on every Pi 4); [`World::new_at`] takes another.
 pub const BASE: u64 = 0x4000_0000;
 pub const MIB: u64 = 1 << 20;
 
-/// `memfd`-backed physical memory `[BASE, BASE + size)`.
+/// `memfd`-backed physical memory `[base, base + size)`: physical address `pa` is at offset
+/// `pa - base` of the `memfd`.
 pub struct PhysSim {
     fd: c_int,
+    base: u64,
     size: u64,
     linear: *mut u8,
 }
 
 impl PhysSim {
-    fn new(size: u64) -> Self {
+    fn new(base: u64, size: u64) -> Self {
         // SAFETY: a plain system call with a valid C string.
         let fd = unsafe { sys::memfd_create(c"hvo-phys".as_ptr(), sys::MFD_CLOEXEC) };
         assert!(fd >= 0, "memfd_create failed");
@@ -109,11 +112,11 @@ impl PhysSim {
                 0,
             )
         };
-        PhysSim { fd, size, linear }
+        PhysSim { fd, base, size, linear }
     }
 
     fn view(&self) -> PhysView {
-        PhysView { size: self.size, linear: self.linear }
+        PhysView { base: self.base, size: self.size, linear: self.linear }
     }
 }
 
@@ -130,18 +133,23 @@ impl Drop for PhysSim {
 /// The linear map of [`PhysSim`].
 #[derive(Clone, Copy, Debug)]
 pub struct PhysView {
+    base: u64,
     size: u64,
     linear: *mut u8,
 }
 
 impl PhysMem for PhysView {
     fn ptr(&self, pa: PhysAddr) -> *mut u8 {
-        assert!(pa.0 >= BASE && pa.0 - BASE < self.size, "{pa:?} outside simulated RAM");
-        self.linear.wrapping_add((pa.0 - BASE) as usize)
+        assert!(pa.0 >= self.base && pa.0 - self.base < self.size, "{pa:?} outside simulated RAM");
+        self.linear.wrapping_add((pa.0 - self.base) as usize)
     }
 }
 
 impl PhysView {
+    /// First simulated physical address (the `memfd`'s offset 0).
+    pub fn base(&self) -> u64 {
+        self.base
+    }
     pub fn read_u64(&self, pa: PhysAddr) -> u64 {
         // SAFETY: inside the mapping (checked by `ptr`), aligned by the callers.
         unsafe { core::ptr::read_volatile(self.ptr(pa).cast::<u64>()) }
@@ -226,7 +234,7 @@ impl ShadowMmu {
                         prot,
                         sys::MAP_SHARED | sys::MAP_FIXED,
                         self.win.fd,
-                        pa - BASE,
+                        pa - self.mem.base,
                     ),
                     None => mmap_checked(
                         at,
@@ -406,11 +414,18 @@ impl World {
     /// `sections` sections of boot RAM from [`BASE`] (the last one holds the boot vmemmap and
     /// the page tables), then `hot` sections of memory hot-added with a self-hosted memmap.
     pub fn new(sections: u64, hot: u64) -> World {
+        World::new_at(BASE, sections, hot)
+    }
+
+    /// [`World::new`] with the simulated RAM starting at `base` (section-aligned), e.g. a bank
+    /// above 4 GiB of an 8 GB board.
+    pub fn new_at(base: u64, sections: u64, hot: u64) -> World {
         assert!(sections >= 2);
+        assert_eq!(base % SECTION_SIZE, 0, "{base:#x} is not section-aligned");
         let total = (sections + hot) * SECTION_SIZE;
-        let phys = PhysSim::new(total);
+        let phys = PhysSim::new(base, total);
         let mem = phys.view();
-        let s0 = (BASE / SECTION_SIZE) as usize;
+        let s0 = (base / SECTION_SIZE) as usize;
         let p0 = s0 as u64 * PAGES_PER_SECTION;
         let window_len = (sections + hot) * VMEMMAP_BLOCK_SIZE;
         // SAFETY: no MAP_FIXED: a fresh reservation.
@@ -429,7 +444,7 @@ impl World {
         let win =
             WindowMap { addr: waddr, len: window_len, va0: VMEMMAP_START + p0 * 64, fd: phys.fd };
 
-        let resv = BASE + (sections - 1) * SECTION_SIZE;
+        let resv = base + (sections - 1) * SECTION_SIZE;
         let tbl = resv + sections * VMEMMAP_BLOCK_SIZE;
         let backing = MemRegion::from_range(resv, tbl + TABLE_PAGES * PAGE_SIZE);
         let mut tables = VecFrameAlloc::new(PhysAddr(tbl), TABLE_PAGES);
@@ -476,9 +491,9 @@ impl World {
         // early tables reserved, then `free_memblock`, which makes each RAM bank one managed
         // span (so the boot vmemmap is inside it, as on the target) and gives the reserved
         // frames their states.
-        let end = BASE + sections * SECTION_SIZE;
+        let end = base + sections * SECTION_SIZE;
         let mut mb = Memblock::new();
-        mb.add_memory(PhysAddr(BASE), sections * SECTION_SIZE).unwrap();
+        mb.add_memory(PhysAddr(base), sections * SECTION_SIZE).unwrap();
         mb.reserve(PhysAddr(resv), tbl - resv, ReservedKind::Vmemmap).unwrap();
         mb.reserve(PhysAddr(tbl), TABLE_PAGES * PAGE_SIZE, ReservedKind::EarlyTables).unwrap();
         let mut buddy = Buddy::new();
@@ -525,7 +540,7 @@ impl World {
             tables,
             mmu,
             pool: HugetlbPool::new(),
-            ram: vec![MemRegion::new(BASE, total)],
+            ram: vec![MemRegion::new(base, total)],
             hot: hot_sh,
             backing,
             fail_frees: false,
@@ -660,7 +675,7 @@ impl World {
     /// present section's descriptors translated page by page into a set.
     pub fn vmemmap_frames_by_translation(&self) -> u64 {
         let mut set = std::collections::BTreeSet::new();
-        let s0 = BASE / SECTION_SIZE;
+        let s0 = self.mem.base / SECTION_SIZE;
         for p in 0..self.window_len / PAGE_SIZE {
             let va = VMEMMAP_START + s0 * VMEMMAP_BLOCK_SIZE + p * PAGE_SIZE;
             if let Some((pa, _, _)) = self.translate(VirtAddr(va)) {
