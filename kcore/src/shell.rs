@@ -185,7 +185,7 @@ impl core::fmt::Display for ShellError<'_> {
                 write!(f, "bad {what} `{text}`: give a decimal or 0x-hex number")
             }
             ShellError::BadSwitch(s) => write!(f, "bad value `{s}`: give on or off (1 or 0)"),
-            ShellError::BadSubcommand { command, text } if text.is_empty() => {
+            ShellError::BadSubcommand { command, text: "" } => {
                 write!(f, "{command}: missing subcommand (`{command} report`)")
             }
             ShellError::BadSubcommand { command, text } => {
