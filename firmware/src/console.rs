@@ -63,7 +63,7 @@ pub fn run(boot_failures: usize) -> ! {
         "console: ready; type `help` for the commands, `exit` to end the run (echo: {})",
         if ECHO { "by the firmware" } else { "by the host terminal; lines logged as `console> `" }
     );
-    CONSOLE.drain_rx();
+    // Bytes typed during the boot are kept: they are the first commands.
     let mut ed = LineEditor::new();
     prompt();
     loop {
