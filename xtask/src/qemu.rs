@@ -209,10 +209,15 @@ pub fn run(
 }
 
 /// Where QEMU's serial input (its stdin, with `-serial stdio`) comes from in [`run_with_input`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Input {
-    /// xtask's own stdin, copied line by line as it arrives (an interactive console).
-    Forward,
+    /// xtask's own stdin, copied as it arrives (an interactive console), once `ready` is set:
+    /// bytes reaching the PL011 before the firmware sets it up can be dropped (QEMU resets its
+    /// FIFO when the firmware turns the FIFO on), so the caller sets it when the console says so.
+    Forward {
+        /// Set by the caller when the firmware is ready for input.
+        ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    },
     /// Whatever the `on_bytes` callback writes (scripted input); nothing else.
     Scripted,
 }
@@ -241,10 +246,24 @@ pub fn run_with_input(
     let mut stdin = child.stdin.take().expect("stdin is piped");
     let mut script: Box<dyn std::io::Write> = match input {
         Input::Scripted => Box::new(stdin),
-        Input::Forward => {
+        Input::Forward { ready } => {
             // Not joined: it blocks on the terminal until the next line, and ends with xtask.
             thread::spawn(move || {
-                let _ = std::io::copy(&mut std::io::stdin().lock(), &mut stdin);
+                use std::io::Write;
+                let mut buf = [0u8; 1024];
+                let mut from = std::io::stdin().lock();
+                loop {
+                    let n = match from.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    while !ready.load(std::sync::atomic::Ordering::Acquire) {
+                        thread::sleep(Duration::from_millis(20));
+                    }
+                    if stdin.write_all(&buf[..n]).and_then(|()| stdin.flush()).is_err() {
+                        break;
+                    }
+                }
             });
             Box::new(std::io::sink())
         }

@@ -122,6 +122,9 @@ pub fn run_logged(
     Ok(LoggedRun { outcome, last_line })
 }
 
+/// What the firmware logs when its console takes input.
+pub const CONSOLE_READY: &str = "console: ready";
+
 /// Boot `cfg` with xtask's stdin forwarded to the UART (the `console` boot argument), printing
 /// every log line as it arrives.
 pub fn run_console(
@@ -137,14 +140,21 @@ pub fn run_console(
         None => LogDecoder::plain(),
     };
     let mut last_line = None;
+    // Input is held back until the firmware says `console: ready` (see `qemu::Input::Forward`).
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let set_ready = || ready.store(true, std::sync::atomic::Ordering::Release);
     let mut print = |line: crate::decode::LogLine| {
+        if line.message.contains(CONSOLE_READY) {
+            set_ready();
+        }
         println!("{}", line.rendered);
         last_line = Some(line.rendered);
     };
+    let mut recent: Vec<u8> = Vec::new();
     let outcome = qemu::run_with_input(
         cfg,
         timeout_secs.map(Duration::from_secs),
-        qemu::Input::Forward,
+        qemu::Input::Forward { ready: ready.clone() },
         &mut |bytes, _| {
             if plain {
                 // Pass text through as it comes: the prompt and echo have no line end.
@@ -152,6 +162,12 @@ pub fn run_console(
                 let mut out = std::io::stdout().lock();
                 let _ = out.write_all(bytes);
                 let _ = out.flush();
+                recent.extend_from_slice(bytes);
+                if recent.windows(CONSOLE_READY.len()).any(|w| w == CONSOLE_READY.as_bytes()) {
+                    set_ready();
+                }
+                let keep = recent.len().saturating_sub(CONSOLE_READY.len());
+                recent.drain(..keep);
             } else {
                 decoder.feed(bytes, &mut print)
             }

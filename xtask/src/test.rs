@@ -680,7 +680,7 @@ fn boot_once(
     let mut decoder = info.decoder();
     let ready = std::cell::Cell::new(false);
     let mut on_line = |line: LogLine| {
-        if line.message.contains("console: ready") {
+        if line.message.contains(crate::run::CONSOLE_READY) {
             ready.set(true);
         }
         if verbose {
