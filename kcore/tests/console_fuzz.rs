@@ -95,12 +95,12 @@ proptest! {
     })]
 
     #[test]
-    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+    fn console_random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
         drive(&bytes);
     }
 
     #[test]
-    fn random_word_soup_never_panics(
+    fn console_random_word_soup_never_panics(
         words in proptest::collection::vec(proptest::sample::select(WORDS), 0..40)
     ) {
         let text: String = words.concat();
