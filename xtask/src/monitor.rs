@@ -56,6 +56,15 @@ pub fn main(args: Args) -> Result<ExitCode> {
             )
         })?;
     eprintln!("xtask: listening on {} at {} 8N1; Ctrl-C to stop", args.port, args.baud);
+    // Typed lines go to the board (the `console` boot argument); the terminal echoes them.
+    match port.try_clone() {
+        Ok(mut tx) => {
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut std::io::stdin().lock(), &mut tx);
+            });
+        }
+        Err(e) => eprintln!("xtask: typed input not sent: cannot share {}: {e}", args.port),
+    }
     let mut decoder = match &info {
         Some(info) => info.decoder(),
         None => LogDecoder::plain(),
