@@ -120,7 +120,11 @@ pub fn exit(code: u32) -> ! {
     crate::log::CONSOLE.flush();
     match BOARD.get() {
         Some(b) if b.semihosting => semihosting::exit(code),
-        _ => cpu::park(),
+        _ => {
+            crate::info!("end of run: status {}; no semihosting here, core 0 waits in WFE", code);
+            crate::log::CONSOLE.flush();
+            cpu::park()
+        }
     }
 }
 

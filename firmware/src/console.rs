@@ -246,6 +246,9 @@ fn grow(size: HugePageSize, nr: u64, target: u64) {
             while batch.len() < BATCH && nr + added + (batch.len() as u64) < target {
                 match pool.alloc_pool_folio(size, &mut buddy, &VMEMMAP, &mut NoHooks) {
                     Ok(f) => {
+                        // HVO works on frozen folios (refcount 0): the new folio's one
+                        // reference is ours, nobody else can have taken one yet.
+                        f.head(&VMEMMAP).ref_freeze(1);
                         if let Err(f) = batch.push(f) {
                             pool.enqueue(f, &VMEMMAP);
                             added += 1;

@@ -198,10 +198,7 @@ pub fn kernel_main(board: &'static Board, boot_info: u64, entry_el: u64) -> ! {
     if board.uart.pinmux_gpio14_15 {
         // SAFETY: the boot identity map covers the peripherals as device memory; only core 0
         // runs now.
-        unsafe {
-            gpio::configure(board.gpio_base as usize, 14, gpio::Function::Alt0);
-            gpio::configure(board.gpio_base as usize, 15, gpio::Function::Alt0);
-        }
+        unsafe { gpio::route_uart0_to_gpio14_15(board.gpio_base as usize) };
     }
     // SAFETY: the identity map covers the UART as device memory until the kernel map replaces it.
     unsafe {
@@ -239,11 +236,15 @@ pub fn kernel_main(board: &'static Board, boot_info: u64, entry_el: u64) -> ! {
                     t.kept
                 );
             }
+            // SAFETY: the parser just read these bytes of the blob.
+            unsafe { crate::devicetree::report_console(boot_info, i.blob_len, board) };
         }
         Err(e) => crate::warn!("boot info at {:#x} unusable: {:?}", boot_info, e),
     }
-    let need_mailbox =
-        !board.prefer_board_table && info.as_ref().map_or(true, |i| i.memory.is_err());
+    // `dt_memory`: the boot blob's banks even where the board's table normally wins (QEMU).
+    let prefer_table = board.prefer_board_table
+        && !info.as_ref().is_ok_and(|i| cmdline::parse(i.cmdline).dt_memory);
+    let need_mailbox = !prefer_table && info.as_ref().map_or(true, |i| i.memory.is_err());
     let mut mailbox_banks = [MemRegion::default(); 1];
     let mailbox = if need_mailbox {
         // SAFETY: the mailbox registers are device memory under the identity map; the message
@@ -270,8 +271,7 @@ pub fn kernel_main(board: &'static Board, boot_info: u64, entry_el: u64) -> ! {
             .read(aarch64_cpu::registers::ID_AA64MMFR0_EL1::PARange),
         MemRegion::from_range(img_start.0, img_end.0),
     );
-    let map =
-        bootinfo::memory_map(board.ram, info.as_ref(), mailbox, board.prefer_board_table, &limits);
+    let map = bootinfo::memory_map(board.ram, info.as_ref(), mailbox, prefer_table, &limits);
     for w in map.warnings() {
         match w {
             // Expected on QEMU: its -dtb/ATAGs report 960 MiB of the 2 GiB it has.

@@ -17,6 +17,7 @@ pub mod arch;
 pub mod board;
 pub mod bootstate;
 pub mod console;
+pub mod devicetree;
 pub mod drivers;
 pub mod hvo;
 pub mod init;

@@ -16,6 +16,7 @@
 //! | `loglevel=N` | console log level, 0..=8 |
 //! | `memhp_reserve=SIZE` | ours: see below |
 //! | `crash=panic\|fault\|udf` | ours: end the boot with a panic, an unexpected data abort or an undefined instruction, to show the reporting path |
+//! | `dt_memory` | ours: take the RAM banks from the device tree even on a board whose own table normally wins (QEMU rewrites a `-dtb` to 960 MiB of its 2 GiB) |
 //!
 //! The `hugepages` rules are `mm/hugetlb.c`'s state machine, transcribed (`HugetlbSetup` below;
 //! `kcore/tests/cmdline_linux_hugetlb.rs` checks it against a table of Linux's results):
@@ -167,6 +168,8 @@ pub struct Cmdline<'a> {
     memhp_option: &'a str,
     /// `crash=`: fail deliberately at the end of boot.
     pub crash: Option<Crash>,
+    /// `dt_memory`: trust the device tree's memory banks over the board's table.
+    pub dt_memory: bool,
     warnings: [Warning<'a>; MAX_WARNINGS],
     nr_warnings: usize,
 }
@@ -185,6 +188,7 @@ impl Default for Cmdline<'_> {
             memhp_reserve: None,
             memhp_option: "",
             crash: None,
+            dt_memory: false,
             warnings: [Warning::TooMany; MAX_WARNINGS],
             nr_warnings: 0,
         }
@@ -196,7 +200,7 @@ impl defmt::Format for Cmdline<'_> {
     fn format(&self, f: defmt::Formatter<'_>) {
         defmt::write!(
             f,
-            "Cmdline {{ hugepages: {=[?]}, default_hugepagesz: {}, hugetlb_free_vmemmap: {}, ptdump: {}, console: {}, ktest: {}, loglevel: {}, memhp_reserve: {}, crash: {}, warnings: {=[?]} }}",
+            "Cmdline {{ hugepages: {=[?]}, default_hugepagesz: {}, hugetlb_free_vmemmap: {}, ptdump: {}, console: {}, ktest: {}, loglevel: {}, memhp_reserve: {}, crash: {}, dt_memory: {}, warnings: {=[?]} }}",
             self.hugepage_requests(),
             self.default_hugepagesz,
             self.hugetlb_free_vmemmap,
@@ -206,6 +210,7 @@ impl defmt::Format for Cmdline<'_> {
             self.loglevel,
             self.memhp_reserve,
             self.crash,
+            self.dt_memory,
             self.warnings()
         )
     }
@@ -223,6 +228,7 @@ impl core::fmt::Debug for Cmdline<'_> {
             .field("loglevel", &self.loglevel)
             .field("memhp_reserve", &self.memhp_reserve)
             .field("crash", &self.crash)
+            .field("dt_memory", &self.dt_memory)
             .field("warnings", &self.warnings())
             .finish()
     }
@@ -653,6 +659,11 @@ pub fn parse(s: &str) -> Cmdline<'_> {
             // firmware's cmdline.txt has one) and changes nothing here.
             "console" if value.is_none() => c.console = true,
             "ktest" => c.ktest = Some(value.unwrap_or("")),
+            "dt_memory" => match value.map(parse_bool) {
+                None => c.dt_memory = true,
+                Some(Some(b)) => c.dt_memory = b,
+                Some(None) => c.malformed(tok, MalformedReason::BadBool),
+            },
             "crash" => match value {
                 Some("panic") => c.crash = Some(Crash::Panic),
                 Some("fault") => c.crash = Some(Crash::Fault),
@@ -944,5 +955,19 @@ mod tests {
         }
         // MAX_HUGEPAGES itself is accepted.
         assert_eq!(parse("hugepages=65536").hugepages(Size2M), MAX_HUGEPAGES);
+    }
+
+    #[test]
+    fn dt_memory_flag() {
+        assert!(!parse("").dt_memory);
+        assert!(parse("ktest dt_memory").dt_memory);
+        assert!(parse("dt_memory=on").dt_memory);
+        assert!(!parse("dt_memory dt_memory=0").dt_memory);
+        let c = parse("dt_memory=maybe");
+        assert!(!c.dt_memory);
+        assert_eq!(
+            c.warnings(),
+            [Warning::Malformed { option: "dt_memory=maybe", reason: MalformedReason::BadBool }]
+        );
     }
 }

@@ -83,11 +83,12 @@
 #![deny(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
 
 use crate::addr::{Pfn, PhysAddr, VirtAddr, PAGE_SIZE, PMD_SIZE, PUD_SIZE};
+pub use crate::bbm_sync::{BbmSync, NoSync};
 use crate::buddy::{Buddy, BuddyError};
 use crate::hugetlb::{check_folio, Folio, FolioError};
 use crate::layout::{VMEMMAP_SIZE, VMEMMAP_START};
 use crate::mapper::FrameAlloc;
-use crate::mm::{Kernel, MmapReadGuard};
+use crate::mm::{Kernel, Mm, MmapReadGuard, SpinGuard};
 use crate::page::{set_fake_head_fixup, Page, PageFlags, PageState, PAGE_DESC_SIZE};
 use crate::pagewalk::{
     walk_page_range_novma, Entry, Interests, PageWalkOps, WalkAction, WalkError,
@@ -262,6 +263,22 @@ pub enum HvoError {
         /// The address.
         pa: PhysAddr,
     },
+    /// The folio's head reference count is not 0: HVO only works on frozen folios (Linux's
+    /// `VM_WARN_ON_ONCE_FOLIO(folio_ref_count(folio), folio)`), so that a speculative
+    /// `folio_try_get()` on another CPU never writes a descriptor HVO copies or makes read-only.
+    NotFrozen {
+        /// Head of the folio.
+        folio: Pfn,
+        /// Its reference count.
+        refcount: u32,
+    },
+    /// The operation was done (the folios are optimized and flagged), but the frame allocator
+    /// refused `count` of the freed vmemmap frames: they are lost to the allocator, keep their
+    /// `Vmemmap` state, and [`vmemmap_census`] counts them as frames nothing maps.
+    FramesNotFreed {
+        /// Frames refused.
+        count: u64,
+    },
 }
 
 /// Tunables. [`Default`] gives Linux's behaviour.
@@ -278,6 +295,13 @@ pub struct HvoOptions {
     /// Batched calls: above this many entries, one `TLBI VMALLE1IS` replaces the per-page
     /// `TLBI VAAE1IS`s (Linux: `MAX_DVM_OPS` = `PTRS_PER_PTE` = 512).
     pub flush_all_threshold: u64,
+    /// Refuse ([`HvoError::NotFrozen`]) a folio whose head reference count is not 0. `false`
+    /// only as a test's negative control (showing what the freeze prevents).
+    pub require_frozen: bool,
+    /// Re-read every live entry under `init_mm`'s `page_table_lock` before replacing it, and
+    /// only replace what the walker saw (Linux's `vmemmap_split_pmd()` re-check). `false` only
+    /// as a test's negative control (showing the double split it prevents).
+    pub recheck_entries: bool,
 }
 
 /// Linux's `MAX_DVM_OPS` on arm64 (`PTRS_PER_PTE`).
@@ -285,7 +309,13 @@ pub const MAX_DVM_OPS: u64 = ENTRIES_PER_TABLE as u64;
 
 impl Default for HvoOptions {
     fn default() -> Self {
-        HvoOptions { replace_head_page: true, verify_tails: true, flush_all_threshold: MAX_DVM_OPS }
+        HvoOptions {
+            replace_head_page: true,
+            verify_tails: true,
+            flush_all_threshold: MAX_DVM_OPS,
+            require_frozen: true,
+            recheck_entries: true,
+        }
     }
 }
 
@@ -300,6 +330,9 @@ pub struct HvoStats {
     pub folios_restored: u64,
     /// 2 MiB vmemmap blocks split into page tables.
     pub splits: u64,
+    /// Splits skipped because the block had been split by someone else since the walker read
+    /// it (found under `page_table_lock`; the table prepared for it went back unused).
+    pub splits_skipped: u64,
     /// Table pages taken from the table allocator.
     pub tables_allocated: u64,
     /// Tail vmemmap entries remapped read-only onto page 0.
@@ -344,6 +377,7 @@ impl HvoStats {
             folios: f(self.folios, o.folios),
             folios_restored: f(self.folios_restored, o.folios_restored),
             splits: f(self.splits, o.splits),
+            splits_skipped: f(self.splits_skipped, o.splits_skipped),
             tables_allocated: f(self.tables_allocated, o.tables_allocated),
             ptes_remapped: f(self.ptes_remapped, o.ptes_remapped),
             head_pages_replaced: f(self.head_pages_replaced, o.head_pages_replaced),
@@ -403,26 +437,32 @@ pub fn alloc_vmemmap_frame(buddy: &mut Buddy, vm: &Vmemmap) -> Result<PhysAddr, 
 
 /// Gives a frame that backed the vmemmap to the buddy allocator.
 ///
-/// A frame the allocator manages (it came from [`alloc_vmemmap_frame`]) is freed as an
-/// allocated order-0 block. A frame from the boot-time vmemmap came from memblock and is not in
-/// the allocator's managed ranges: it is handed over with [`Buddy::free_range`], which adds it
-/// to them (Linux's `free_bootmem_page()` → `free_reserved_page()`, which also grows the managed
-/// page count).
+/// A frame that came from the allocator ([`alloc_vmemmap_frame`]) is freed as an allocated
+/// order-0 block. A frame of the boot-time vmemmap came from memblock ([`PageFlags::RESERVED`],
+/// set by `Buddy::free_memblock`) and was never counted as managed: it is handed over with
+/// [`Buddy::free_range`] (Linux's `free_bootmem_page()` → `free_reserved_page()`), which grows
+/// the managed page count; inside a RAM bank's span, as on the target, it needs no new
+/// managed range. On failure the frame keeps its `Vmemmap` state (and flags): the caller must
+/// report it, and the vmemmap census ([`vmemmap_census`]) counts it as a frame nothing maps.
 pub fn free_vmemmap_frame(buddy: &mut Buddy, vm: &Vmemmap, pa: PhysAddr) -> Result<(), BuddyError> {
     let pfn = Pfn::containing(pa);
     let p = vm.get(pfn).ok_or(BuddyError::NoDescriptor { pfn })?;
-    let r = if buddy.is_managed(pfn, 1) {
+    let boot = p.test(PageFlags::RESERVED);
+    let r = if boot {
+        p.init(PageState::Reserved);
+        buddy.free_range(vm, pfn, pfn + 1).map(|_| ())
+    } else {
         // The layout `Buddy::free` expects of an allocated order-0 block.
         p.init(PageState::Allocated);
         p.set_refcount(1);
         buddy.free(vm, pfn, 0)
-    } else {
-        p.init(PageState::Reserved);
-        buddy.free_range(vm, pfn, pfn + 1).map(|_| ())
     };
     if r.is_err() {
-        // Leaked: keep it counted as vmemmap in the page census.
+        // Not freed: it stays a vmemmap frame (now one nothing maps).
         p.init(PageState::Vmemmap);
+        if boot {
+            p.set_flags(PageFlags::RESERVED);
+        }
     }
     r
 }
@@ -555,10 +595,17 @@ struct FreeList {
 }
 
 impl FreeList {
-    fn push(&mut self, vm: &Vmemmap, pa: PhysAddr) {
+    fn is_empty(&self) -> bool {
+        self.head.is_none() && self.unlisted == 0
+    }
+
+    /// Adds a frame; `tag` is the vmemmap VA it backed (kept in its descriptor's `private`
+    /// word so that a failed optimize can map it back), or 0.
+    fn push(&mut self, vm: &Vmemmap, pa: PhysAddr, tag: u64) {
         let pfn = Pfn::containing(pa);
         match vm.get(pfn) {
             Some(p) => {
+                p.set_private(tag);
                 p.set_next(self.head);
                 self.head = Some(pfn);
             }
@@ -566,11 +613,23 @@ impl FreeList {
         }
     }
 
+    /// Takes one frame off the list: (frame, tag).
+    fn pop(&mut self, vm: &Vmemmap) -> Option<(PhysAddr, u64)> {
+        let pfn = self.head?;
+        let p = vm.page(pfn);
+        self.head = p.next();
+        p.set_next(None);
+        let tag = p.private();
+        p.set_private(0);
+        Some((pfn.addr(), tag))
+    }
+
     fn drain(&mut self, vm: &Vmemmap, frames: &mut impl VmemmapFrames, stats: &mut HvoStats) {
         while let Some(pfn) = self.head {
             let p = vm.page(pfn);
             self.head = p.next();
             p.set_next(None);
+            p.set_private(0);
             if frames.free(pfn.addr()) {
                 stats.frames_freed += 1;
             } else {
@@ -673,6 +732,9 @@ enum Phase {
     Flush,
     /// Pending entries become valid (batched).
     Complete,
+    /// Undo what the apply/invalidate pass did to the folio where it failed (see
+    /// `Hvo::rollback`).
+    Rollback,
 }
 
 /// The one [`PageWalkOps`] implementation of HVO.
@@ -680,6 +742,24 @@ struct HvoWalk<'a, M: PhysMem, O: MmuOps> {
     mem: &'a M,
     vm: &'a Vmemmap,
     mmu: &'a mut O,
+    sync: &'a mut dyn BbmSync,
+    /// `init_mm`, whose `page_table_lock` guards every check-then-write on a live entry.
+    mm: &'a Mm<Kernel>,
+    /// The lock, held from the opening of a batched pass's window to its close.
+    ptl: Option<SpinGuard<'a>>,
+    /// [`HvoOptions::recheck_entries`].
+    recheck: bool,
+    /// Test-only: called in `split` between the walker's read of the block and the re-check.
+    race_hook: Option<&'a mut dyn FnMut(VirtAddr)>,
+    /// Test-only: the `replace` (counted from 0) that fails as if the entry had changed.
+    fail_replace: Option<u64>,
+    replaces: u64,
+    /// Rollback of an optimize: the frame the entry being visited maps again.
+    undo: Option<PhysAddr>,
+    /// The VAs a batched pass may leave invalid (its break window), and whether that window is
+    /// open (`break_begin` called, `break_end` not yet).
+    batch_window: (VirtAddr, VirtAddr),
+    window_open: bool,
     strategy: Strategy,
     phase: Phase,
     // Per folio.
@@ -702,17 +782,35 @@ struct HvoWalk<'a, M: PhysMem, O: MmuOps> {
     need_frames: u64,
     pending: u64,
     splits: u64,
+    splits_skipped: u64,
     remapped: u64,
     restored: u64,
     heads_replaced: u64,
 }
 
 impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
-    fn new(mem: &'a M, vm: &'a Vmemmap, mmu: &'a mut O, strategy: Strategy) -> Self {
+    fn new(
+        mem: &'a M,
+        vm: &'a Vmemmap,
+        mmu: &'a mut O,
+        sync: &'a mut dyn BbmSync,
+        mm: &'a Mm<Kernel>,
+        strategy: Strategy,
+    ) -> Self {
         HvoWalk {
             mem,
             vm,
             mmu,
+            sync,
+            mm,
+            ptl: None,
+            recheck: true,
+            race_hook: None,
+            fail_replace: None,
+            replaces: 0,
+            undo: None,
+            batch_window: (VirtAddr(0), VirtAddr(0)),
+            window_open: false,
             strategy,
             phase: Phase::Check,
             folio: Pfn(0),
@@ -728,6 +826,7 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
             need_frames: 0,
             pending: 0,
             splits: 0,
+            splits_skipped: 0,
             remapped: 0,
             restored: 0,
             heads_replaced: 0,
@@ -755,7 +854,30 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
 
     /// Replaces the 2 MiB block `e` by a table of 512 pages mapping the same frames with the
     /// same attributes. Returns the table.
+    ///
+    /// Another CPU optimizing a folio whose descriptors share the block may have split it since
+    /// the walker read the entry: under `init_mm`'s `page_table_lock` the entry is read again
+    /// and only split if it is still that block (Linux's `vmemmap_split_pmd()`). If it has
+    /// become a table, the table page prepared for this split stays unused (it goes back at the
+    /// end of the operation) and the walk descends into the existing table.
     fn split(&mut self, e: &Entry) -> Result<PhysAddr, HvoError> {
+        if let Some(hook) = self.race_hook.as_deref_mut() {
+            hook(e.addr());
+        }
+        let mm = self.mm;
+        let _ptl = self.ptl.is_none().then(|| mm.page_table_lock());
+        if self.recheck {
+            let now = e.reread();
+            if now != e.desc() {
+                return match now.kind(Level::L2) {
+                    DescKind::Table => {
+                        self.splits_skipped += 1;
+                        Ok(now.table_address())
+                    }
+                    _ => Err(self.inconsistent(e.addr())),
+                };
+            }
+        }
         let (pa, attrs) = e.desc().decode_leaf(Level::L2).ok_or(self.inconsistent(e.addr()))?;
         let table =
             self.tables.pop(self.mem).ok_or(HvoError::NoPageTables { needed: 1, got: 0 })?;
@@ -768,6 +890,8 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
             unsafe { core::ptr::write_volatile(self.mem.ptr(table + i * 8).cast::<u64>(), d.0) };
         }
         let td = Descriptor::table(Level::L2, table).map_err(|_| HvoError::Encode { pa: table })?;
+        // One break window: the whole block is invalid until the table entry is published.
+        self.sync.break_begin(e.span_start(), e.span_start() + PMD_SIZE);
         // SAFETY: `e` is a live level-2 entry of `init_mm` handed to us by the walker; the block
         // maps vmemmap, and `Hvo::new`'s contract keeps every CPU off the section's descriptors
         // while the entry is invalid (valid -> invalid is the "break").
@@ -788,20 +912,50 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
         // instructions translate through it (ARM ARM "Ordering of translation table walks").
         self.mmu.dsb_ishst();
         self.mmu.isb();
+        self.sync.break_end();
         self.splits += 1;
         Ok(table)
     }
 
     /// Replaces the valid page entry `e` by `new`: the full break-before-make sequence in the
     /// apply pass, or a [`pending`] invalid entry in a batched pass.
-    fn replace(&mut self, e: &Entry, new: Descriptor) {
+    ///
+    /// The entry is re-read under `init_mm`'s `page_table_lock` and replaced only if it is still
+    /// what the walker saw ([`HvoError::Inconsistent`] otherwise, nothing written). The lock is
+    /// taken before the window opens and released after it closes: none is taken inside it.
+    fn replace(&mut self, e: &Entry, new: Descriptor) -> Result<(), HvoError> {
+        let mm = self.mm;
+        if self.phase != Phase::Rollback {
+            let n = self.replaces;
+            self.replaces += 1;
+            if self.fail_replace == Some(n) {
+                return Err(self.inconsistent(e.addr()));
+            }
+        }
         if self.phase == Phase::Invalidate {
+            if !self.window_open {
+                // The batch's one window opens at its first invalid entry; the lock is held
+                // until it closes (`complete_and_publish`).
+                self.ptl = Some(mm.page_table_lock());
+                let (lo, hi) = self.batch_window;
+                self.sync.break_begin(lo, hi);
+                self.window_open = true;
+            }
+            if self.recheck && e.reread() != e.desc() {
+                return Err(self.inconsistent(e.addr()));
+            }
             // SAFETY: `e` is a live level-3 vmemmap entry of the folio we own (no other CPU
             // touches its descriptors, `Hvo::new`'s contract); valid -> invalid needs no break.
             unsafe { e.set(self.mmu, pending(new)) };
             self.pending += 1;
-            return;
+            return Ok(());
         }
+        let _ptl = self.ptl.is_none().then(|| mm.page_table_lock());
+        if self.recheck && e.reread() != e.desc() {
+            return Err(self.inconsistent(e.addr()));
+        }
+        // One window per entry in the single-folio path.
+        self.sync.break_begin(e.addr(), e.addr() + PAGE_SIZE);
         // SAFETY: as above.
         unsafe { e.set(self.mmu, Descriptor::INVALID) };
         // DSB ISHST: the invalid entry is visible to the walkers before the TLBI (ARM ARM
@@ -814,7 +968,13 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
         self.mmu.dsb_ish();
         // SAFETY: as above; the break is complete.
         unsafe { e.set(self.mmu, new) };
-        // The DSB ISHST + ISB that publish the new entry come at the end of the pass.
+        // DSB ISHST: the new entry is visible to the table walkers of every core; ISB: this
+        // core's later instructions translate with it (ARM ARM "Ordering of translation table
+        // walks"). Published, the window closes.
+        self.mmu.dsb_ishst();
+        self.mmu.isb();
+        self.sync.break_end();
+        Ok(())
     }
 
     fn remap(&mut self, e: &Entry, pa: PhysAddr, attrs: Attrs) -> Result<(), HvoError> {
@@ -826,8 +986,12 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
                 unsafe { copy_frame(self.mem, pa, new) };
                 let d = Descriptor::leaf(Level::L3, new, attrs)
                     .map_err(|_| HvoError::Encode { pa: new })?;
-                self.replace(e, d);
-                self.to_free.push(self.vm, pa);
+                if let Err(err) = self.replace(e, d) {
+                    // Not written: the copy is unused (freed with the rest).
+                    self.new_head = Some(new);
+                    return Err(err);
+                }
+                self.to_free.push(self.vm, pa, e.addr().0);
                 self.reuse = Some((new, attrs));
                 self.heads_replaced += 1;
             }
@@ -836,8 +1000,8 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
         let (reuse, _) = self.reuse.ok_or(self.inconsistent(e.addr()))?;
         let d = Descriptor::leaf(Level::L3, reuse, attrs.read_only())
             .map_err(|_| HvoError::Encode { pa: reuse })?;
-        self.replace(e, d);
-        self.to_free.push(self.vm, pa);
+        self.replace(e, d)?;
+        self.to_free.push(self.vm, pa, e.addr().0);
         self.remapped += 1;
         Ok(())
     }
@@ -856,7 +1020,11 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
             reset_descriptors(self.mem, new);
         }
         let d = Descriptor::leaf(Level::L3, new, rw).map_err(|_| HvoError::Encode { pa: new })?;
-        self.replace(e, d);
+        if let Err(err) = self.replace(e, d) {
+            // Not written: the frame goes back with the unused ones.
+            self.frames.push(self.mem, new);
+            return Err(err);
+        }
         self.restored += 1;
         Ok(())
     }
@@ -906,7 +1074,9 @@ impl<M: PhysMem, O: MmuOps> PageWalkOps for HvoWalk<'_, M, O> {
                 Ok(WalkAction::Subtree)
             }
             // Nothing under a block is pending (a folio a batch skipped, never split).
-            (DescKind::Block, Phase::Flush | Phase::Complete) => Ok(WalkAction::Continue),
+            (DescKind::Block, Phase::Flush | Phase::Complete | Phase::Rollback) => {
+                Ok(WalkAction::Continue)
+            }
             (kind, _) => Err(HvoError::UnexpectedMapping { va: e.addr(), level: Level::L2, kind }),
         }
     }
@@ -946,6 +1116,37 @@ impl<M: PhysMem, O: MmuOps> PageWalkOps for HvoWalk<'_, M, O> {
             },
             // Valid entries are not pending ones.
             Phase::Flush | Phase::Complete => {}
+            Phase::Rollback => match self.strategy {
+                // Map the entry back onto the frame it had, read-write.
+                Strategy::Optimize => {
+                    if let (Some(old), Some((_, rw))) = (self.undo.take(), self.reuse) {
+                        let d = Descriptor::leaf(Level::L3, old, rw)
+                            .map_err(|_| HvoError::Encode { pa: old })?;
+                        self.replace(e, d)?;
+                        if first {
+                            // The copy of page 0 is mapped no more.
+                            self.to_free.push(self.vm, pa, 0);
+                            self.heads_replaced -= 1;
+                        } else {
+                            self.remapped -= 1;
+                        }
+                    }
+                }
+                // Tails already restored go back onto page 0, read-only; their fresh frames
+                // are freed (after the grace period).
+                Strategy::Restore if first => self.reuse = Some((pa, attrs)),
+                Strategy::Restore => {
+                    let (page0, rw) = self.reuse.ok_or(self.inconsistent(e.addr()))?;
+                    if pa != page0 {
+                        let d = Descriptor::leaf(Level::L3, page0, rw.read_only())
+                            .map_err(|_| HvoError::Encode { pa: page0 })?;
+                        self.replace(e, d)?;
+                        self.to_free.push(self.vm, pa, 0);
+                        self.restored -= 1;
+                    }
+                }
+                Strategy::SplitOnly => {}
+            },
         }
         Ok(WalkAction::Continue)
     }
@@ -996,12 +1197,69 @@ fn walk_folio<M: PhysMem, O: MmuOps>(
     w.folio = folio.head_pfn();
     w.start = start;
     w.reuse = None;
+    walk_span(guard, mem, w, start, end)
+}
+
+/// Walks `[start, end)` in the phase and folio already set in `w`.
+fn walk_span<M: PhysMem, O: MmuOps>(
+    guard: &MmapReadGuard<'_, Kernel>,
+    mem: &M,
+    w: &mut HvoWalk<'_, M, O>,
+    start: VirtAddr,
+    end: VirtAddr,
+) -> Result<(), HvoError> {
     w.pte_table = None;
     match walk_page_range_novma(guard, mem, start, end, w) {
         Ok(_) => Ok(()),
         Err(WalkError::Callback(e)) => Err(e),
         Err(WalkError::InvalidRange { start, end, .. }) => Err(HvoError::BadRange { start, end }),
     }
+}
+
+/// Undoes the part of an optimize that reached `folio` before failing (Linux's
+/// `vmemmap_remap_free()` on error, with `vmemmap_restore_pte`): every entry already remapped
+/// goes back onto the frame it had (still on the free list, found by its tag), read-write with
+/// page 0's attributes `rw`; page 0 last, whose copy is then freed.
+fn rollback_optimize<M: PhysMem, O: MmuOps>(
+    guard: &MmapReadGuard<'_, Kernel>,
+    mem: &M,
+    w: &mut HvoWalk<'_, M, O>,
+    folio: &Folio,
+    rw: Attrs,
+) -> Result<(), HvoError> {
+    let vm = w.vm;
+    let (start, end) = folio_vmemmap_range(folio);
+    let (mut mine, mut rest) =
+        (FreeList { head: None, unlisted: 0 }, FreeList { head: None, unlisted: 0 });
+    while let Some((pa, tag)) = w.to_free.pop(vm) {
+        if (start.0..end.0).contains(&tag) {
+            mine.push(vm, pa, tag);
+        } else {
+            rest.push(vm, pa, tag);
+        }
+    }
+    w.to_free.head = rest.head;
+    w.phase = Phase::Rollback;
+    w.folio = folio.head_pfn();
+    w.start = start;
+    let mut head_old = None;
+    let mut r = Ok(());
+    while let Some((pa, tag)) = mine.pop(vm) {
+        if tag == start.0 {
+            head_old = Some(pa);
+            continue;
+        }
+        w.undo = Some(pa);
+        w.reuse = Some((pa, rw));
+        r = r.and(walk_span(guard, mem, w, VirtAddr(tag), VirtAddr(tag) + PAGE_SIZE));
+    }
+    if let Some(pa) = head_old {
+        w.undo = Some(pa);
+        w.reuse = Some((pa, rw));
+        r = r.and(walk_span(guard, mem, w, start, start + PAGE_SIZE));
+    }
+    w.undo = None;
+    r
 }
 
 /// Ends every optimize or restore pass: completes the entries a batched pass left pending (even
@@ -1015,10 +1273,16 @@ fn complete_and_publish<M: PhysMem, O: MmuOps>(
     stats: &mut HvoStats,
 ) -> Result<(), HvoError> {
     let done = complete_batch(guard, mem, w, folios, threshold, stats);
-    // DSB ISHST: the new entries are visible to the table walkers; ISB: this core's later
-    // instructions translate with them (ARM ARM "Ordering of translation table walks").
-    w.mmu.dsb_ishst();
-    w.mmu.isb();
+    if w.window_open {
+        // DSB ISHST: the new entries are visible to the table walkers; ISB: this core's later
+        // instructions translate with them (ARM ARM "Ordering of translation table walks").
+        // (The single-folio path published each entry as it wrote it.)
+        w.mmu.dsb_ishst();
+        w.mmu.isb();
+        w.sync.break_end();
+        w.window_open = false;
+        w.ptl = None;
+    }
     done
 }
 
@@ -1078,6 +1342,9 @@ pub struct Hvo<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> {
     vm: &'a Vmemmap,
     frames: &'a mut F,
     tables: &'a mut T,
+    sync: Option<&'a mut dyn BbmSync>,
+    race_hook: Option<&'a mut dyn FnMut(VirtAddr)>,
+    fail_replace: Option<u64>,
     opts: HvoOptions,
     stats: HvoStats,
 }
@@ -1119,9 +1386,33 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
             vm,
             frames,
             tables,
+            sync: None,
+            race_hook: None,
+            fail_replace: None,
             opts: HvoOptions::default(),
             stats: HvoStats::default(),
         }
+    }
+
+    /// Uses `sync` for the following operations (default: [`NoSync`]).
+    pub fn set_sync(&mut self, sync: &'a mut dyn BbmSync) {
+        self.sync = Some(sync);
+    }
+
+    /// Test-only: `hook(va)` runs inside each split between the walker's read of the level-2
+    /// entry at `va` and its re-check under `page_table_lock`, the window in which another CPU
+    /// may split the same block. Host tests use it to interleave a second HVO deterministically.
+    #[cfg(any(test, feature = "std"))]
+    pub fn set_split_race_hook(&mut self, hook: &'a mut dyn FnMut(VirtAddr)) {
+        self.race_hook = Some(hook);
+    }
+
+    /// Test-only: in each following operation, the `k`-th entry replacement (counted from 0,
+    /// not counting rollbacks) fails as if another CPU had changed the entry
+    /// ([`HvoError::Inconsistent`]), to test what a failure after entries were written leaves.
+    #[cfg(any(test, feature = "std"))]
+    pub fn inject_replace_failure(&mut self, k: Option<u64>) {
+        self.fail_replace = k;
     }
 
     /// With options `opts`.
@@ -1175,13 +1466,31 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
     pub fn split_folio(&mut self, folio: &Folio) -> Result<u64, HvoError> {
         check_order(folio)?;
         let before = self.mmu.stats();
-        let mut w = HvoWalk::new(self.mem, self.vm, &mut *self.mmu, Strategy::SplitOnly);
+        let mm = self.guard.mm();
+        let mut nosync = NoSync;
+        let sync: &mut dyn BbmSync = match self.sync.as_deref_mut() {
+            Some(s) => s,
+            None => &mut nosync,
+        };
+        let mut w = HvoWalk::new(self.mem, self.vm, &mut *self.mmu, sync, mm, Strategy::SplitOnly);
+        w.recheck = self.opts.recheck_entries;
+        w.fail_replace = self.fail_replace;
+        w.race_hook = self.race_hook.as_deref_mut().map(|h| h as &mut dyn FnMut(VirtAddr));
         walk_folio(self.guard, self.mem, &mut w, folio, Phase::Check)?;
         alloc_tables(self.mem, &mut *self.tables, &mut w, &mut self.stats)?;
-        let r = walk_folio(self.guard, self.mem, &mut w, folio, Phase::Apply);
+        let r = if w.need_tables > 0 {
+            w.sync.op_begin();
+            let r = walk_folio(self.guard, self.mem, &mut w, folio, Phase::Apply);
+            w.sync.op_end();
+            r
+        } else {
+            Ok(())
+        };
         let splits = w.splits;
+        self.stats.splits_skipped += w.splits_skipped;
         release_tables(self.mem, &mut *self.tables, &mut w, &mut self.stats);
         self.stats.splits += splits;
+        drop(w);
         self.stats.add_mmu(self.mmu.stats().since(before));
         r.map(|()| splits)
     }
@@ -1215,6 +1524,15 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         self.restore(folios, true)
     }
 
+    /// Refuses a folio whose head is not frozen (unless the test-only control says not to).
+    fn check_frozen(&self, f: &Folio) -> Result<(), HvoError> {
+        let refcount = self.vm.page(f.head_pfn()).refcount();
+        if self.opts.require_frozen && refcount != 0 {
+            return Err(HvoError::NotFrozen { folio: f.head_pfn(), refcount });
+        }
+        Ok(())
+    }
+
     fn optimize(&mut self, folios: &[Folio], batched: bool) -> Result<u64, HvoError> {
         let vm = self.vm;
         for f in folios {
@@ -1222,6 +1540,7 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
             if folio_is_optimized(vm, f) {
                 continue;
             }
+            self.check_frozen(f)?;
             check_folio(f, vm).map_err(HvoError::Folio)?;
             if self.opts.verify_tails {
                 verify_tails(vm, f)?;
@@ -1234,14 +1553,41 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         if todo.clone().next().is_none() {
             return Ok(0);
         }
+        let window = batch_window(todo.clone());
+        let n_todo = todo.clone().count();
         let before = self.mmu.stats();
-        let mut w = HvoWalk::new(self.mem, vm, &mut *self.mmu, Strategy::Optimize);
+        let mm = self.guard.mm();
+        let mut nosync = NoSync;
+        let sync: &mut dyn BbmSync = match self.sync.as_deref_mut() {
+            Some(s) => s,
+            None => &mut nosync,
+        };
+        let mut w = HvoWalk::new(self.mem, vm, &mut *self.mmu, sync, mm, Strategy::Optimize);
+        w.recheck = self.opts.recheck_entries;
+        w.fail_replace = self.fail_replace;
+        w.race_hook = self.race_hook.as_deref_mut().map(|h| h as &mut dyn FnMut(VirtAddr));
+        w.batch_window = window;
         for f in todo.clone() {
             walk_folio(self.guard, self.mem, &mut w, f, Phase::Check)?;
         }
         alloc_tables(self.mem, &mut *self.tables, &mut w, &mut self.stats)?;
+        // The frames for the copies of page 0, taken before any entry is written (so that no
+        // allocation happens inside a break window). Short: the last folios keep their page 0.
+        let mut heads = Chain::EMPTY;
+        if self.opts.replace_head_page {
+            for _ in 0..n_todo {
+                match self.frames.alloc() {
+                    Some(pa) => {
+                        heads.push(self.mem, pa);
+                        self.stats.frames_allocated += 1;
+                    }
+                    None => break,
+                }
+            }
+        }
         // Linux's hugetlb_optimize_vmemmap_key: fake heads may exist from now on.
         set_fake_head_fixup(true);
+        w.sync.op_begin();
 
         let mut r = Ok(());
         if batched {
@@ -1252,18 +1598,30 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
             w.strategy = Strategy::Optimize;
         }
         let phase = if batched { Phase::Invalidate } else { Phase::Apply };
-        for f in todo.clone() {
+        // The folio (index in `todo`) where the pass failed, with page 0's attributes.
+        let mut failed: Option<(usize, Option<Attrs>)> = None;
+        for (i, f) in todo.clone().enumerate() {
             if r.is_err() {
                 break;
             }
-            if self.opts.replace_head_page {
-                w.new_head = self.frames.alloc();
-                self.stats.frames_allocated += u64::from(w.new_head.is_some());
-            }
+            w.new_head = heads.pop(self.mem);
             r = walk_folio(self.guard, self.mem, &mut w, f, phase);
-            if let Some(unused) = w.new_head.take() {
-                w.to_free.push(vm, unused);
+            if r.is_err() {
+                failed = Some((i, w.reuse.map(|(_, a)| a)));
             }
+            if let Some(unused) = w.new_head.take() {
+                w.to_free.push(vm, unused, 0);
+            }
+        }
+        // Folios completely done: all of them, or those before the one that failed (none if
+        // the split pass failed).
+        let done = match (&r, failed) {
+            (Ok(()), _) => n_todo,
+            (Err(_), Some((i, _))) => i,
+            (Err(_), None) => 0,
+        };
+        while let Some(unused) = heads.pop(self.mem) {
+            w.to_free.push(vm, unused, 0);
         }
         // Pending entries are completed even after an error (which the check pass makes
         // impossible short of a concurrent edit of the tables), so none stays invalid.
@@ -1275,24 +1633,42 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
             self.opts.flush_all_threshold,
             &mut self.stats,
         ));
-        // The old frames' TLB entries are gone (each break completed with its DSB ISH): free.
-        w.to_free.drain(vm, &mut *self.frames, &mut self.stats);
-        release_tables(self.mem, &mut *self.tables, &mut w, &mut self.stats);
-        self.stats.splits += w.splits;
-        self.stats.ptes_remapped += w.remapped;
-        self.stats.head_pages_replaced += w.heads_replaced;
-        self.stats.add_mmu(self.mmu.stats().since(before));
-        r?;
-        let mut n = 0;
-        for f in folios {
-            let head = vm.page(f.head_pfn());
-            if !head.test(PageFlags::VMEMMAP_OPTIMIZED) {
-                head.set_flags(PageFlags::VMEMMAP_OPTIMIZED);
-                NR_OPTIMIZED.fetch_add(1, Relaxed);
-                n += 1;
+        // A failure after entries of a folio were written: put that folio back as it was, so
+        // that exactly the folios flagged below are optimized.
+        if let Some((i, Some(rw))) = failed {
+            if let Some(f) = todo.clone().nth(i) {
+                r = r.and(rollback_optimize(self.guard, self.mem, &mut w, f, rw));
             }
         }
+        // The old frames' TLB entries are gone (each break completed with its DSB ISH); once
+        // every other CPU has passed a quiescent state, no reader still holds an address it
+        // computed through the old mapping: free.
+        if !w.to_free.is_empty() {
+            w.sync.grace_period();
+        }
+        let failures_before = self.stats.free_failures;
+        w.to_free.drain(vm, &mut *self.frames, &mut self.stats);
+        let not_freed = self.stats.free_failures - failures_before;
+        w.sync.op_end();
+        release_tables(self.mem, &mut *self.tables, &mut w, &mut self.stats);
+        self.stats.splits += w.splits;
+        self.stats.splits_skipped += w.splits_skipped;
+        self.stats.ptes_remapped += w.remapped;
+        self.stats.head_pages_replaced += w.heads_replaced;
+        drop(w);
+        self.stats.add_mmu(self.mmu.stats().since(before));
+        let mut n = 0;
+        for f in todo.take(done) {
+            vm.page(f.head_pfn()).set_flags(PageFlags::VMEMMAP_OPTIMIZED);
+            NR_OPTIMIZED.fetch_add(1, Relaxed);
+            n += 1;
+        }
         self.stats.folios += n;
+        r?;
+        if not_freed > 0 {
+            // Never report success for a failed free.
+            return Err(HvoError::FramesNotFreed { count: not_freed });
+        }
         Ok(n)
     }
 
@@ -1300,13 +1676,27 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         let vm = self.vm;
         for f in folios {
             check_order(f)?;
+            if folio_is_optimized(vm, f) {
+                self.check_frozen(f)?;
+            }
         }
         let todo = folios.iter().filter(|f| folio_is_optimized(vm, f));
         if todo.clone().next().is_none() {
             return Ok(0);
         }
+        let window = batch_window(todo.clone());
+        let n_todo = todo.clone().count();
         let before = self.mmu.stats();
-        let mut w = HvoWalk::new(self.mem, vm, &mut *self.mmu, Strategy::Restore);
+        let mm = self.guard.mm();
+        let mut nosync = NoSync;
+        let sync: &mut dyn BbmSync = match self.sync.as_deref_mut() {
+            Some(s) => s,
+            None => &mut nosync,
+        };
+        let mut w = HvoWalk::new(self.mem, vm, &mut *self.mmu, sync, mm, Strategy::Restore);
+        w.recheck = self.opts.recheck_entries;
+        w.fail_replace = self.fail_replace;
+        w.batch_window = window;
         for f in todo.clone() {
             walk_folio(self.guard, self.mem, &mut w, f, Phase::Check)?;
         }
@@ -1330,11 +1720,18 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
                 }
             }
         }
+        w.sync.op_begin();
         let phase = if batched { Phase::Invalidate } else { Phase::Apply };
         let mut r = Ok(());
-        for f in todo.clone() {
-            r = r.and_then(|()| walk_folio(self.guard, self.mem, &mut w, f, phase));
+        let mut failed = None;
+        for (i, f) in todo.clone().enumerate() {
+            r = walk_folio(self.guard, self.mem, &mut w, f, phase);
+            if r.is_err() {
+                failed = Some(i);
+                break;
+            }
         }
+        let done = failed.unwrap_or(n_todo);
         r = r.and(complete_and_publish(
             self.guard,
             self.mem,
@@ -1343,26 +1740,46 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
             self.opts.flush_all_threshold,
             &mut self.stats,
         ));
+        // A failure after entries of a folio were restored: map them back onto page 0, so
+        // that the folio is exactly as optimized as its flag says.
+        if let Some(f) = failed.and_then(|i| todo.clone().nth(i)) {
+            r = r.and(walk_folio(self.guard, self.mem, &mut w, f, Phase::Rollback));
+        }
         while let Some(pa) = w.frames.pop(self.mem) {
-            // Only after an error: frames allocated but not used.
+            // Only after an error: frames allocated but never mapped (no grace period needed).
             if self.frames.free(pa) {
                 self.stats.frames_freed += 1;
             } else {
                 self.stats.free_failures += 1;
             }
         }
+        if !w.to_free.is_empty() {
+            // Frames a rollback unmapped: readers may still hold addresses through them.
+            w.sync.grace_period();
+            w.to_free.drain(vm, &mut *self.frames, &mut self.stats);
+        }
+        w.sync.op_end();
         self.stats.ptes_restored += w.restored;
+        drop(w);
         self.stats.add_mmu(self.mmu.stats().since(before));
-        r?;
         let mut n = 0;
-        for f in todo {
+        for f in todo.take(done) {
             vm.page(f.head_pfn()).clear_flags(PageFlags::VMEMMAP_OPTIMIZED);
             NR_OPTIMIZED.fetch_sub(1, Relaxed);
             n += 1;
         }
         self.stats.folios_restored += n;
+        r?;
         Ok(n)
     }
+}
+
+/// The vmemmap VAs of `folios` (from the lowest start to the highest end): a superset of what
+/// a batched pass over them may leave invalid.
+fn batch_window<'f>(folios: impl Iterator<Item = &'f Folio>) -> (VirtAddr, VirtAddr) {
+    folios.map(folio_vmemmap_range).fold((VirtAddr(u64::MAX), VirtAddr(0)), |(lo, hi), (s, e)| {
+        (if s < lo { s } else { lo }, if e > hi { e } else { hi })
+    })
 }
 
 fn check_order(folio: &Folio) -> Result<(), HvoError> {
@@ -1487,6 +1904,51 @@ pub fn vmemmap_usage(guard: &MmapReadGuard<'_, Kernel>, mem: &impl PhysMem) -> V
     // The range is page aligned and inside the kernel half: the walk cannot fail.
     let _ = walk_page_range_novma(guard, mem, s, e, &mut w);
     w.u
+}
+
+/// The vmemmap's frames two ways: by page state and by what `init_mm` maps.
+#[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct VmemmapCensus {
+    /// RAM frames in state [`PageState::Vmemmap`].
+    pub state_vmemmap: u64,
+    /// Distinct frames the vmemmap maps (blocks in full).
+    pub mapped: u64,
+}
+
+impl VmemmapCensus {
+    /// Frames in state `Vmemmap` that nothing maps: lost (e.g. a free the allocator refused).
+    pub fn unmapped(&self) -> u64 {
+        self.state_vmemmap.saturating_sub(self.mapped)
+    }
+
+    /// Conservation of the vmemmap: every frame in state `Vmemmap` is mapped, and the vmemmap
+    /// maps no more frames than that (a mapped frame in another state was freed under it).
+    pub fn check(&self) -> Result<(), VmemmapCensus> {
+        if self.state_vmemmap == self.mapped {
+            Ok(())
+        } else {
+            Err(*self)
+        }
+    }
+}
+
+/// Counts the vmemmap's frames by state (over `ram`) and by a walk of `init_mm` (see
+/// [`vmemmap_usage`]): page conservation extended to "nothing holds a vmemmap frame that
+/// nothing maps".
+pub fn vmemmap_census(
+    guard: &MmapReadGuard<'_, Kernel>,
+    mem: &impl PhysMem,
+    vm: &Vmemmap,
+    ram: &[crate::memblock::MemRegion],
+) -> VmemmapCensus {
+    let u = vmemmap_usage(guard, mem);
+    VmemmapCensus {
+        state_vmemmap: crate::buddy::conservation(vm, ram).vmemmap,
+        mapped: u.blocks_1g * (PUD_SIZE / PAGE_SIZE)
+            + u.blocks_2m * (PMD_SIZE / PAGE_SIZE)
+            + u.pte_frames,
+    }
 }
 
 /// Bytes of memory backing the vmemmap, measured (see [`vmemmap_usage`]).

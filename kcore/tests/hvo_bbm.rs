@@ -5,10 +5,11 @@ mod hvo_common;
 
 use hvo_common::*;
 use kcore::addr::{Pfn, PMD_SIZE};
+use kcore::bbm_check::{check_break_before_make, check_published, BbmMissing};
 use kcore::hugetlb::{Folio, HugePageSize};
 use kcore::hugetlb_vmemmap::{folio_is_optimized, HvoOptions, HvoStats};
 use kcore::pgtable::{DescKind, Level};
-use kcore::tlb::{check_break_before_make, check_published, BbmMissing, MmuEvent, TlbiKind};
+use kcore::tlb::{MmuEvent, TlbiKind};
 
 fn checked(events: &[MmuEvent]) {
     check_break_before_make(events).unwrap();
@@ -66,18 +67,19 @@ fn single_folio_sequences_pass_the_checker() {
             checked(&ev);
             let n = f.nr_pages() / 64;
             let remaps = n - 1 + u64::from(replace_head_page);
-            // Per entry: invalid + new, DSB ISHST + DSB ISH, one TLBI; per split 2 writes,
-            // 3 DSBs, 1 TLBI, 1 ISB; one DSB ISHST + ISB at the end.
+            // Per entry (one break window each): invalid + new, DSB ISHST + DSB ISH, one
+            // TLBI, then DSB ISHST + ISB publishing it; per split 2 writes, 3 DSBs, 1 TLBI,
+            // 1 ISB.
             assert_eq!(s.tlbi, remaps + s.splits);
-            assert_eq!(s.dsb, 2 * remaps + 3 * s.splits + 1);
+            assert_eq!(s.dsb, 3 * remaps + 3 * s.splits);
             assert_eq!(s.entry_writes, 2 * remaps + 2 * s.splits);
-            assert_eq!(s.isb, s.splits + 1);
+            assert_eq!(s.isb, remaps + s.splits);
             assert_eq!(s.tlbi_flush_all, 0);
             let ((r, s), _) = w.hvo(opts, None, |h| (h.restore_folio(&f), h.stats()));
             assert_eq!(r, Ok(true));
             let ev = w.mmu.take_events();
             checked(&ev);
-            assert_eq!((s.tlbi, s.dsb, s.entry_writes), (n - 1, 2 * (n - 1) + 1, 2 * (n - 1)));
+            assert_eq!((s.tlbi, s.dsb, s.entry_writes), (n - 1, 3 * (n - 1), 2 * (n - 1)));
         }
     }
 }
@@ -133,25 +135,27 @@ fn dropped_steps_are_rejected() {
         let mut w = World::new(3, 0);
         let fs = four_2m(&mut w);
         breakit(&mut w);
+        // Each sequence judged by the recorded checker and by the online auditor: both catch it.
+        let judge = |w: &mut World, level: Option<Level>, what: &str| {
+            let (ev, audit) = w.mmu.take_events_audited();
+            let v = check_break_before_make(&ev).unwrap_err();
+            assert_eq!(v.missing, missing, "{name}: {what}");
+            let a = audit.unwrap_err();
+            assert_eq!(a.missing, missing, "{name}: {what} (auditor)");
+            if let Some(l) = level {
+                assert_eq!((v.level, a.level), (l, l), "{name}: {what}");
+            }
+        };
         let _ = w.hvo(HvoOptions::default(), None, |h| h.split_folio(&fs[0]));
-        let v = check_break_before_make(&w.mmu.take_events()).unwrap_err();
-        assert_eq!((v.missing, v.level), (missing, Level::L2), "{name}: split");
-
+        judge(&mut w, Some(Level::L2), "split");
         let _ = w.hvo(HvoOptions::default(), None, |h| h.optimize_folio(&fs[0]));
-        let v = check_break_before_make(&w.mmu.take_events()).unwrap_err();
-        assert_eq!((v.missing, v.level), (missing, Level::L3), "{name}: optimize");
-
+        judge(&mut w, Some(Level::L3), "optimize");
         let _ = w.hvo(HvoOptions::default(), None, |h| h.optimize_folios(&fs[1..]));
-        let v = check_break_before_make(&w.mmu.take_events()).unwrap_err();
-        assert_eq!(v.missing, missing, "{name}: batched optimize");
-
+        judge(&mut w, None, "batched optimize");
         let _ = w.hvo(HvoOptions::default(), None, |h| h.restore_folio(&fs[0]));
-        let v = check_break_before_make(&w.mmu.take_events()).unwrap_err();
-        assert_eq!((v.missing, v.level), (missing, Level::L3), "{name}: restore");
-
+        judge(&mut w, Some(Level::L3), "restore");
         let _ = w.hvo(HvoOptions::default(), None, |h| h.restore_folios(&fs[1..]));
-        let v = check_break_before_make(&w.mmu.take_events()).unwrap_err();
-        assert_eq!(v.missing, missing, "{name}: batched restore");
+        judge(&mut w, None, "batched restore");
     }
 }
 
@@ -182,8 +186,8 @@ fn batching_saves_barriers_and_flushes() {
     checked(&w.mmu.take_events());
     let per = |s: HvoStats| (s.dsb / 4, s.isb as f64 / 4.0);
     assert_eq!((single.ptes_remapped, batch.ptes_remapped), (28, 28));
-    // Unbatched: 2 DSBs per entry plus one at the end, per folio. Batched: 3 per batch.
-    assert_eq!(single.dsb, 4 * (2 * 8 + 1) + 4 * (2 * 7 + 1));
+    // Unbatched: 3 DSBs per entry (each its own published window). Batched: 3 per batch.
+    assert_eq!(single.dsb, 4 * (3 * 8) + 4 * (3 * 7));
     assert_eq!(batch.dsb, 3 + 3);
     assert!(per(batch).0 < per(single).0);
     assert!(per(batch).1 < per(single).1);
@@ -247,4 +251,133 @@ fn batches_skip_folios_with_nothing_to_do() {
     let ((r, s), _) =
         w.hvo(HvoOptions::default(), None, |h| (h.restore_folios(&fs[1..]), h.stats()));
     assert_eq!((r, s), (Ok(0), HvoStats::default()));
+}
+
+/// Where HVO calls its [`kcore::bbm_sync::BbmSync`] hooks: one window per split, one per entry
+/// in the single-folio path, one for a whole batched pass; every break inside a window, every
+/// window mapped again at its end, the grace period before frames are freed.
+#[test]
+fn sync_hooks_bracket_every_break() {
+    use kcore::bbm_sync::SyncEvent::*;
+    let mut w = World::new(3, 0);
+    let fs = four_2m(&mut w);
+    let block = |f: &Folio| w.folio_va(f).0.align_down(PMD_SIZE);
+    let (b0, b1) = (block(&fs[0]), block(&fs[2]));
+    let mut sync = WindowSync::new(&w);
+    // split_folio: one window, the block.
+    let (r, _) =
+        w.hvo_sync(HvoOptions::default(), None, Some(&mut sync), |h| h.split_folio(&fs[0]));
+    assert_eq!(r, Ok(1));
+    assert_eq!(sync.events, [OpBegin, BreakBegin(b0, b0 + PMD_SIZE), BreakEnd, OpEnd]);
+    // Single folio (already split): one window per replaced entry (8, page 0 replaced).
+    sync.events.clear();
+    let (r, _) =
+        w.hvo_sync(HvoOptions::default(), None, Some(&mut sync), |h| h.optimize_folio(&fs[0]));
+    assert_eq!(r, Ok(true));
+    let (start, _) = w.folio_va(&fs[0]);
+    let mut want = vec![OpBegin];
+    for i in 0..8 {
+        want.extend([BreakBegin(start + i * 4096, start + (i + 1) * 4096), BreakEnd]);
+    }
+    want.extend([GracePeriod, OpEnd]);
+    assert_eq!(sync.events, want);
+    // Batched, over folios in two blocks (one split already): a window for the other split,
+    // then one window from the first invalid entry to the published completion.
+    sync.events.clear();
+    let (r, _) =
+        w.hvo_sync(HvoOptions::default(), None, Some(&mut sync), |h| h.optimize_folios(&fs[1..]));
+    assert_eq!(r, Ok(3));
+    let (lo, hi) = (w.folio_va(&fs[1]).0, w.folio_va(&fs[3]).1);
+    assert_eq!(
+        sync.events,
+        [
+            OpBegin,
+            BreakBegin(b1, b1 + PMD_SIZE),
+            BreakEnd,
+            BreakBegin(lo, hi),
+            BreakEnd,
+            GracePeriod,
+            OpEnd
+        ]
+    );
+    // Restores: no frame freed, no grace period.
+    sync.events.clear();
+    let (r, _) =
+        w.hvo_sync(HvoOptions::default(), None, Some(&mut sync), |h| h.restore_folios(&fs));
+    assert_eq!(r, Ok(4));
+    assert_eq!(sync.events, [OpBegin, BreakBegin(w.folio_va(&fs[0]).0, hi), BreakEnd, OpEnd]);
+    assert_eq!((sync.misordered, sync.unmapped_at_end), (0, 0));
+    assert_eq!(w.mmu.breaks_outside_window, 0);
+    checked(&w.mmu.take_events());
+    // Nothing to do: no hook at all.
+    sync.events.clear();
+    let (r, _) =
+        w.hvo_sync(HvoOptions::default(), None, Some(&mut sync), |h| h.restore_folios(&fs));
+    assert_eq!((r, sync.events.len()), (Ok(0), 0));
+    // Negative control: without a sync, the shadow MMU counts every break as outside a window.
+    let (r, _) = w.hvo(HvoOptions::default(), None, |h| h.optimize_folio(&fs[0]));
+    assert_eq!(r, Ok(true));
+    assert_eq!(w.mmu.breaks_outside_window, 8);
+}
+
+/// HVO refuses a folio somebody holds a reference to; the test-only control lets it through.
+#[test]
+fn unfrozen_folios_are_refused() {
+    let mut w = World::new(2, 0);
+    let f = w.folio_unfrozen(HugePageSize::Size2M, None);
+    let before = w.table_snapshot();
+    let (r, _) = w.hvo(HvoOptions::default(), None, |h| h.optimize_folio(&f));
+    assert_eq!(
+        r,
+        Err(kcore::hugetlb_vmemmap::HvoError::NotFrozen { folio: f.head_pfn(), refcount: 1 })
+    );
+    assert_eq!(w.table_snapshot(), before, "nothing written");
+    assert!(w.mmu.take_events().is_empty());
+    let opts = HvoOptions { require_frozen: false, ..HvoOptions::default() };
+    let (r, _) = w.hvo(opts, None, |h| h.optimize_folio(&f));
+    assert_eq!(r, Ok(true));
+}
+
+/// A speculative reference taker (Linux's `folio_try_get()` from a PFN walker) runs on another
+/// CPU just as HVO is about to replace page 0 by its copy: the copy is made, the old page 0 is
+/// still mapped. On a frozen folio the get fails and writes nothing; on an unfrozen one (the
+/// test-only `require_frozen: false`) it succeeds on the old frame and is lost with it.
+struct GetAtPage0 {
+    head: *const kcore::page::Page,
+    page0: kcore::addr::VirtAddr,
+    got: Option<bool>,
+}
+
+impl kcore::bbm_sync::BbmSync for GetAtPage0 {
+    fn break_begin(&mut self, start: kcore::addr::VirtAddr, _end: kcore::addr::VirtAddr) {
+        if start == self.page0 && self.got.is_none() {
+            // SAFETY: the head descriptor, mapped (the window has not broken yet).
+            self.got = Some(unsafe { &*self.head }.try_get());
+        }
+    }
+}
+
+#[test]
+fn freezing_prevents_a_lost_reference() {
+    for frozen in [true, false] {
+        let mut w = World::new(2, 0);
+        let f = if frozen {
+            w.folio(HugePageSize::Size2M, None)
+        } else {
+            w.folio_unfrozen(HugePageSize::Size2M, None)
+        };
+        let r0 = f.head(&w.vm).refcount();
+        let mut sync = GetAtPage0 { head: f.head(&w.vm), page0: w.folio_va(&f).0, got: None };
+        let opts = HvoOptions { require_frozen: frozen, ..HvoOptions::default() };
+        let (r, _) = w.hvo_sync(opts, None, Some(&mut sync), |h| h.optimize_folio(&f));
+        assert_eq!(r, Ok(true));
+        let after = f.head(&w.vm).refcount();
+        if frozen {
+            assert_eq!((r0, sync.got, after), (0, Some(false), 0), "nothing taken, nothing lost");
+        } else {
+            // The get succeeded (the taker holds a reference) but the count it raised went with
+            // the old page 0: the folio now reads one reference fewer than are held.
+            assert_eq!((r0, sync.got, after), (1, Some(true), 1), "a reference was lost");
+        }
+    }
 }

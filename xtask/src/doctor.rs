@@ -7,7 +7,7 @@ use anyhow::Result;
 
 use crate::firmware::{self, TARGET};
 use crate::qemu::{self, QEMU};
-use crate::sdcard;
+use crate::{sdcard, setup};
 
 /// One checked item.
 struct Check {
@@ -26,7 +26,7 @@ pub fn main() -> Result<ExitCode> {
     checks.push(tool(
         "mdir",
         "mtools (checks the SD image in `cargo xtask test`)",
-        "apt-get install mtools",
+        &setup::hint(setup::Tool::Mtools),
         false,
     ));
     checks.push(tool(
@@ -83,14 +83,14 @@ fn qemu_checks() -> Vec<Check> {
         Err(_) => {
             return vec![Check {
                 what: version_what,
-                result: Err(format!("not installed; {}", qemu::install_hint())),
+                result: Err(format!("not installed; {}", setup::hint(setup::Tool::Qemu))),
                 optional: false,
             }]
         }
     };
     let version = match qemu::parse_version(&first) {
         Some((major, _)) if major >= qemu::MIN_MAJOR => Ok(first.clone()),
-        _ => Err(format!("found {first:?}; {}", qemu::install_hint())),
+        _ => Err(format!("found {first:?}; {}", setup::hint(setup::Tool::Qemu))),
     };
     let machines = Command::new(QEMU)
         .args(["-M", "help"])
@@ -100,7 +100,7 @@ fn qemu_checks() -> Vec<Check> {
     let raspi4b = if machines.lines().any(|l| l.split_whitespace().next() == Some("raspi4b")) {
         Ok("listed by -M help".to_string())
     } else {
-        Err(format!("`{QEMU} -M help` lacks raspi4b; {}", qemu::install_hint()))
+        Err(format!("`{QEMU} -M help` lacks raspi4b; {}", setup::hint(setup::Tool::Qemu)))
     };
     vec![
         Check { what: version_what, result: version, optional: false },
@@ -117,10 +117,10 @@ fn pi_firmware() -> Check {
             Ok(sdcard::FIRMWARE_FILES.join(", "))
         } else {
             Err(format!(
-                "enable Debian's non-free-firmware component, then apt-get install raspi-firmware \
-                 (or copy {} from the raspberrypi/firmware repository's boot/ directory and pass \
-                 --firmware-dir)",
-                missing.join(" and ")
+                "{} missing; {}\n(or copy them from the raspberrypi/firmware repository's boot/ \
+                 directory and pass --firmware-dir)",
+                missing.join(" and "),
+                setup::hint(setup::Tool::PiFirmware)
             ))
         },
         optional: false,

@@ -25,9 +25,13 @@ pub struct Args {
     /// Total time budget in seconds, shared round-robin by the targets.
     #[arg(long, value_name = "N", default_value_t = 60)]
     secs: u64,
-    /// Cases per batch (one child process).
+    /// Parser inputs per batch (one child process).
     #[arg(long, value_name = "N", default_value_t = 4000)]
     cases: u64,
+    /// Operation sequences per batch for the operation-sequence targets (one sequence of
+    /// buddy/pool/HVO operations costs what hundreds of parser inputs do).
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    op_cases: u64,
     /// First seed (default: from the clock); batch k uses seed + k.
     #[arg(long, value_name = "SEED")]
     seed: Option<u64>,
@@ -92,10 +96,11 @@ pub fn main(args: Args) -> Result<ExitCode> {
     let out_dir = root.join("target/fuzz");
     std::fs::create_dir_all(&out_dir).context("creating target/fuzz")?;
     println!(
-        "xtask fuzz: {} target(s) for {} s, {} cases per batch, seeds from {seed0:#x}",
+        "xtask fuzz: {} target(s) for {} s, {} parser inputs or {} operation sequences per batch, seeds from {seed0:#x}",
         targets.len(),
         args.secs,
-        args.cases
+        args.cases,
+        args.op_cases
     );
 
     let deadline = Instant::now() + Duration::from_secs(args.secs);
@@ -110,10 +115,11 @@ pub fn main(args: Args) -> Result<ExitCode> {
             let seed = seed0.wrapping_add(batch);
             batch += 1;
             let exe = &exes[&t.test_file];
-            let (end, stderr) = run_batch(exe, t, seed, args.cases, args.batch_timeout)?;
+            let cases = if t.narrows { args.cases } else { args.op_cases };
+            let (end, stderr) = run_batch(exe, t, seed, cases, args.batch_timeout)?;
             let s = stats.entry(t.name.clone()).or_default();
             s.0 += 1;
-            s.1 += args.cases;
+            s.1 += cases;
             let how = match end {
                 End::Passed => continue,
                 End::Hung => format!("hung (over {} s)", args.batch_timeout),

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 
 use crate::firmware::{self, BuildOptions};
-use crate::qemu::{self, shell_quote, Outcome, QemuConfig};
+use crate::qemu::{shell_quote, Outcome, QemuConfig};
 use crate::run::run_logged;
 use crate::Board;
 
@@ -31,7 +31,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
     if args.board != Board::QemuRaspi4b {
         bail!("board {} does not run under QEMU; use --board qemu-raspi4b", args.board.name());
     }
-    qemu::check()?;
+    crate::setup::ensure(crate::setup::FOR_RUN, false)?;
     let fw = firmware::build(&BuildOptions {
         board: args.board,
         release: args.release,

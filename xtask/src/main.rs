@@ -8,12 +8,14 @@ mod build;
 mod decode;
 mod doctor;
 mod firmware;
+mod flash;
 mod fuzz;
 mod gdb;
 mod monitor;
 mod qemu;
 mod run;
 mod sdcard;
+mod setup;
 mod test;
 
 use std::process::ExitCode;
@@ -46,6 +48,8 @@ enum Command {
     Monitor(monitor::Args),
     /// Fuzz the boot-input parsers (and kcore's operation-sequence fuzz) for a time budget.
     Fuzz(fuzz::Args),
+    /// Load the firmware into a Pi 4 over JTAG with probe-rs and start it (feature `probe`).
+    Flash(flash::Args),
 }
 
 /// The boards the firmware can be built for: package `board-<name>`, bin `pi4-hvo-<name>`.
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
         Command::Doctor => doctor::main(),
         Command::Monitor(args) => monitor::main(args),
         Command::Fuzz(args) => fuzz::main(args),
+        Command::Flash(args) => flash::main(args),
     };
     match result {
         Ok(code) => code,

@@ -17,28 +17,6 @@ pub const QEMU: &str = "qemu-system-aarch64";
 /// The first QEMU release with the `raspi4b` machine.
 pub const MIN_MAJOR: u32 = 9;
 
-/// How to install a QEMU with `raspi4b` on Debian.
-pub fn install_hint() -> String {
-    if is_debian_bookworm() {
-        "Debian 12 ships QEMU 7.2; install QEMU >= 9 from bookworm-backports:\n\
-         \x20 printf 'Types: deb\\nURIs: http://deb.debian.org/debian\\nSuites: bookworm-backports\\n\
-         Components: main\\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\\n' \
-         > /etc/apt/sources.list.d/bookworm-backports.sources\n\
-         \x20 apt-get update && apt-get install -t bookworm-backports qemu-system-arm"
-            .to_string()
-    } else {
-        "install QEMU >= 9 with the raspi4b machine (Debian 13 / Ubuntu 24.10 or later: \
-         apt-get install qemu-system-arm)"
-            .to_string()
-    }
-}
-
-fn is_debian_bookworm() -> bool {
-    std::fs::read_to_string("/etc/os-release")
-        .map(|s| s.lines().any(|l| l.trim() == "VERSION_CODENAME=bookworm"))
-        .unwrap_or(false)
-}
-
 /// Parse `QEMU emulator version X.Y.Z ...` into (X, Y).
 pub fn parse_version(text: &str) -> Option<(u32, u32)> {
     let rest = text.split("version ").nth(1)?;
@@ -54,7 +32,7 @@ pub fn check() -> Result<String> {
     let out = match out {
         Ok(out) => out,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!("{QEMU} is not installed.\n{}", install_hint())
+            bail!("{QEMU} is not installed")
         }
         Err(e) => return Err(e).with_context(|| format!("could not run {QEMU} --version")),
     };
@@ -62,10 +40,7 @@ pub fn check() -> Result<String> {
     let first = text.lines().next().unwrap_or("").to_string();
     match parse_version(&first) {
         Some((major, _)) if major >= MIN_MAJOR => {}
-        Some(_) => bail!(
-            "{first}: too old, the raspi4b machine needs QEMU >= {MIN_MAJOR}.\n{}",
-            install_hint()
-        ),
+        Some(_) => bail!("{first}: too old, the raspi4b machine needs QEMU >= {MIN_MAJOR}"),
         None => bail!("could not read the version from `{QEMU} --version`: {first:?}"),
     }
     let machines = Command::new(QEMU)
@@ -74,7 +49,7 @@ pub fn check() -> Result<String> {
         .with_context(|| format!("could not run {QEMU} -M help"))?;
     let list = String::from_utf8_lossy(&machines.stdout);
     if !list.lines().any(|l| l.split_whitespace().next() == Some("raspi4b")) {
-        bail!("{first} has no raspi4b machine (`{QEMU} -M help`).\n{}", install_hint());
+        bail!("{first} has no raspi4b machine (`{QEMU} -M help`)");
     }
     Ok(first)
 }
@@ -157,10 +132,13 @@ pub enum Outcome {
 }
 
 /// Start QEMU and stream its stdout to `on_bytes` until it exits or `timeout` passes.
-pub fn run(
+/// `on_bytes` may end the run: `Some(status)` means the firmware said it has
+/// finished with that status (a board without semihosting parks after its final line), so QEMU
+/// is stopped and the run counts as exited with `status`.
+pub fn run_until(
     cfg: &QemuConfig,
     timeout: Option<Duration>,
-    on_bytes: &mut dyn FnMut(&[u8]),
+    on_bytes: &mut dyn FnMut(&[u8]) -> Option<i32>,
 ) -> Result<Outcome> {
     if let Some(dtb) = &cfg.dtb {
         if !dtb.is_file() {
@@ -196,7 +174,12 @@ pub fn run(
             None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
         };
         match received {
-            Ok(bytes) => on_bytes(&bytes),
+            Ok(bytes) => {
+                if let Some(status) = on_bytes(&bytes) {
+                    kill(&mut child);
+                    break Outcome::Exited(status);
+                }
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 kill(&mut child);
                 break Outcome::TimedOut;
@@ -222,14 +205,14 @@ pub enum Input {
     Scripted,
 }
 
-/// Like [`run`], with QEMU's stdin piped: `on_bytes` also gets a writer on it (a sink with
+/// Like [`run_until`], with QEMU's stdin piped: `on_bytes` also gets a writer on it (a sink with
 /// [`Input::Forward`], where a thread copies xtask's stdin instead). QEMU takes serial input only
 /// as fast as the guest's UART FIFO drains, so written bytes wait in the pipe, none is lost.
 pub fn run_with_input(
     cfg: &QemuConfig,
     timeout: Option<Duration>,
     input: Input,
-    on_bytes: &mut dyn FnMut(&[u8], &mut dyn std::io::Write),
+    on_bytes: &mut dyn FnMut(&[u8], &mut dyn std::io::Write) -> Option<i32>,
 ) -> Result<Outcome> {
     if let Some(dtb) = &cfg.dtb {
         if !dtb.is_file() {
@@ -291,8 +274,12 @@ pub fn run_with_input(
         };
         match received {
             Ok(bytes) => {
-                on_bytes(&bytes, &mut script);
+                let finished = on_bytes(&bytes, &mut script);
                 let _ = script.flush();
+                if let Some(status) = finished {
+                    kill(&mut child);
+                    break Outcome::Exited(status);
+                }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 kill(&mut child);

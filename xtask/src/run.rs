@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use crate::decode::{DefmtInfo, LogDecoder};
 use crate::firmware::{self, BuildOptions};
@@ -14,7 +14,8 @@ use crate::Board;
 /// Arguments of `cargo xtask run`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The board to run; only qemu-raspi4b runs under QEMU.
+    /// The board: qemu-raspi4b, or rpi4 (the Pi 4 image, which has no semihosting: the run ends
+    /// at its final line, `end of run: status N`).
     #[arg(long, value_enum, default_value_t)]
     board: Board,
     /// Build with the release profile.
@@ -23,12 +24,17 @@ pub struct Args {
     /// Kill QEMU after this many seconds (default 120; none with the `console` boot argument).
     #[arg(long, value_name = "SECS")]
     timeout: Option<u64>,
-    /// Pass a device tree to QEMU (`-dtb`); without it the firmware gets ATAGs.
+    /// Pass a device tree to QEMU (`-dtb`); without it the firmware gets ATAGs. QEMU reports
+    /// 960 MiB in it; the qemu-raspi4b board's table wins unless the boot arguments say
+    /// `dt_memory`.
     #[arg(long, value_name = "FILE")]
     dtb: Option<PathBuf>,
     /// Build with plain-text logging and pass the UART bytes through undecoded.
     #[arg(long)]
     plain: bool,
+    /// Do not install missing system packages; print the commands instead.
+    #[arg(long)]
+    no_install: bool,
     /// Boot arguments (QEMU `-append`), e.g. `-- ktest hugepagesz=2M hugepages=64`.
     #[arg(last = true, value_name = "BOOTARGS")]
     bootargs: Vec<String>,
@@ -36,14 +42,7 @@ pub struct Args {
 
 /// Run the command.
 pub fn main(args: Args) -> Result<ExitCode> {
-    if args.board != Board::QemuRaspi4b {
-        bail!(
-            "board {} does not run under QEMU; use --board qemu-raspi4b, or for a Pi 4 \
-             `cargo xtask sdcard` and `cargo xtask monitor`",
-            args.board.name()
-        );
-    }
-    qemu::check()?;
+    crate::setup::ensure(crate::setup::FOR_RUN, args.no_install)?;
     let fw = firmware::build(&BuildOptions {
         board: args.board,
         release: args.release,
@@ -89,6 +88,14 @@ pub fn timeout_message(secs: u64, last_line: Option<&str>) -> String {
     )
 }
 
+/// The status in the final line a board without semihosting prints before it parks:
+/// `end of run: status N; ...` (firmware/src/init.rs `exit`).
+pub fn final_status(message: &str) -> Option<i32> {
+    let rest = message.strip_prefix("end of run: status ")?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
 /// How a logged run ended.
 pub struct LoggedRun {
     /// QEMU's end.
@@ -111,12 +118,15 @@ pub fn run_logged(
         None => LogDecoder::plain(),
     };
     let mut last_line = None;
+    let finished = std::cell::Cell::new(None);
     let mut print = |line: crate::decode::LogLine| {
         println!("{}", line.rendered);
+        finished.set(finished.get().or(final_status(&line.message)));
         last_line = Some(line.rendered);
     };
-    let outcome = qemu::run(cfg, timeout_secs.map(Duration::from_secs), &mut |bytes| {
-        decoder.feed(bytes, &mut print)
+    let outcome = qemu::run_until(cfg, timeout_secs.map(Duration::from_secs), &mut |bytes| {
+        decoder.feed(bytes, &mut print);
+        finished.get()
     })?;
     decoder.finish(&mut print);
     Ok(LoggedRun { outcome, last_line })
@@ -143,10 +153,12 @@ pub fn run_console(
     // Input is held back until the firmware says `console: ready` (see `qemu::Input::Forward`).
     let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let set_ready = || ready.store(true, std::sync::atomic::Ordering::Release);
+    let finished = std::cell::Cell::new(None);
     let mut print = |line: crate::decode::LogLine| {
         if line.message.contains(CONSOLE_READY) {
             set_ready();
         }
+        finished.set(finished.get().or(final_status(&line.message)));
         println!("{}", line.rendered);
         last_line = Some(line.rendered);
     };
@@ -169,10 +181,27 @@ pub fn run_console(
                 let keep = recent.len().saturating_sub(CONSOLE_READY.len());
                 recent.drain(..keep);
             } else {
-                decoder.feed(bytes, &mut print)
+                decoder.feed(bytes, &mut print);
             }
+            finished.get()
         },
     )?;
     decoder.finish(&mut print);
     Ok(LoggedRun { outcome, last_line })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn final_line() {
+        assert_eq!(
+            final_status("end of run: status 0; no semihosting here, core 0 waits in WFE"),
+            Some(0)
+        );
+        assert_eq!(final_status("end of run: status 101; x"), Some(101));
+        assert_eq!(final_status("end of run: status x"), None);
+        assert_eq!(final_status("ktest: summary passed=1 failed=0"), None);
+    }
 }

@@ -43,6 +43,12 @@ impl TargetRun {
     }
 }
 
+/// Boot arguments of the real-device-tree runs: the tests that depend on the memory map and the
+/// console (a 1 GiB folio does not fit in the 960 MiB QEMU writes into a device tree, so
+/// `mem_gigantic_1g_folio` is left out), with the tree's banks trusted.
+const DT_KTEST_ARGS: &str = "ktest=mem_pfn,mem_conservation,mem_whole_2m,mem_bad,mem_hotplug,\
+                             kmap_ memhp_reserve=256M dt_memory";
+
 /// The on-target runs, in order.
 pub const TARGET_RUNS: &[TargetRun] = &[
     TargetRun {
@@ -59,6 +65,50 @@ pub const TARGET_RUNS: &[TargetRun] = &[
         dtb: Some("../shared/fixtures/bcm2711-rpi-4-b.dtb"),
         timeout_secs: 300,
         expect: &["boot info: Dtb of", "device tree: "],
+        status: 0,
+    },
+    // Real Pi 4 family device trees (Debian's arm64 kernel package), their memory map trusted
+    // (`dt_memory`): QEMU writes one 960 MiB bank into each.
+    TargetRun {
+        name: "dt-rpi-4-b",
+        bootargs: DT_KTEST_ARGS,
+        dtb: Some(DTB_FIXTURE),
+        timeout_secs: 300,
+        expect: &[
+            "model Some(\"Raspberry Pi 4 Model B\")",
+            "memory: 1 region(s) from Dtb",
+            "  RAM 0x0..0x3c000000 (960 MiB)",
+            " memhp_reserve=256M dt_memory\"",
+            "device tree: serial0 = /soc/serial@7e201000 (arm,pl011) at 0xfe201000: the UART",
+        ],
+        status: 0,
+    },
+    TargetRun {
+        name: "dt-rpi-400",
+        bootargs: DT_KTEST_ARGS,
+        dtb: Some("boards/rpi4/dtbs/bcm2711-rpi-400.dtb"),
+        timeout_secs: 300,
+        expect: &[
+            "model Some(\"Raspberry Pi 400\")",
+            "memory: 1 region(s) from Dtb",
+            "  RAM 0x0..0x3c000000 (960 MiB)",
+            " memhp_reserve=256M dt_memory\"",
+            "device tree: serial0 = /soc/serial@7e201000 (arm,pl011) at 0xfe201000: the UART",
+        ],
+        status: 0,
+    },
+    TargetRun {
+        name: "dt-rpi-cm4-io",
+        bootargs: DT_KTEST_ARGS,
+        dtb: Some("boards/rpi4/dtbs/bcm2711-rpi-cm4-io.dtb"),
+        timeout_secs: 300,
+        expect: &[
+            "model Some(\"Raspberry Pi Compute Module 4 IO Board\")",
+            "memory: 1 region(s) from Dtb",
+            "  RAM 0x0..0x3c000000 (960 MiB)",
+            " memhp_reserve=256M dt_memory\"",
+            "device tree: serial0 = /soc/serial@7e201000 (arm,pl011) at 0xfe201000: the UART",
+        ],
         status: 0,
     },
     TargetRun {
@@ -329,6 +379,27 @@ pub fn console_input(name: &str) -> Option<&'static str> {
     CONSOLE_INPUT.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
 }
 
+/// The `rpi4` image (release, as on the SD card) under QEMU with the real Pi 4 device tree: the
+/// board has no semihosting, so the run ends at the firmware's final line.
+pub const RPI4_RUN: TargetRun = TargetRun {
+    name: "rpi4-qemu",
+    bootargs: "hugepagesz=2M hugepages=16",
+    dtb: Some(DTB_FIXTURE),
+    timeout_secs: 300,
+    expect: &[
+        "pi4-hvo 0.1.0 on board rpi4",
+        "model Some(\"Raspberry Pi 4 Model B\")",
+        "device tree: serial0 = /soc/serial@7e201000 (arm,pl011) at 0xfe201000: the UART this \
+         firmware logs on",
+        "device tree: stdout-path serial1 = /soc/serial@7e215040 (brcm,bcm2835-aux-uart)",
+        "command line: \"hugepagesz=2M hugepages=16\"",
+        "  RAM 0x0..0x3c000000 (960 MiB)",
+        "result: hvo size=2M folios=16 freed_pages=112 ",
+        "end of run: status 0; no semihosting here, core 0 waits in WFE",
+    ],
+    status: 0,
+};
+
 /// The DTB put on the SD image by the `sdcard` check, relative to the project root.
 pub const DTB_FIXTURE: &str = "../shared/fixtures/bcm2711-rpi-4-b.dtb";
 
@@ -339,6 +410,9 @@ pub struct Args {
     /// checks (`atags`, `dtb`, `hugetlb`, `sdcard`) whose name contains STR.
     #[arg(long, value_name = "STR")]
     filter: Option<String>,
+    /// Do not install missing system packages; print the commands instead.
+    #[arg(long)]
+    no_install: bool,
     /// Print every firmware log line, not only the test results.
     #[arg(long, short)]
     verbose: bool,
@@ -371,7 +445,8 @@ pub fn main(args: Args) -> Result<ExitCode> {
     let selected = |name: &str| args.filter.as_deref().is_none_or(|f| name.contains(f));
     let mut tally = Tally::default();
 
-    section("rustc target");
+    section("tools: QEMU, mtools, Pi 4 firmware; rustc target");
+    crate::setup::ensure(crate::setup::FOR_TEST, args.no_install)?;
     firmware::ensure_target()?;
 
     section("host tests: cargo test --workspace");
@@ -381,6 +456,30 @@ pub fn main(args: Args) -> Result<ExitCode> {
     if !runs.is_empty() {
         section("on-target tests: qemu-raspi4b, feature ktest");
         target_tests(&runs, args.verbose, &mut tally);
+    }
+
+    if selected(RPI4_RUN.name) || selected("monitor") {
+        section("rpi4 image under QEMU: real Pi 4 device tree, ends at its final line");
+        match firmware::build(&BuildOptions {
+            board: Board::Rpi4,
+            release: true,
+            ..Default::default()
+        })
+        .and_then(|fw| Ok((DefmtInfo::load(&fw.elf)?, fw)))
+        {
+            Ok((info, fw)) => {
+                let report = boot_and_judge(&RPI4_RUN, &fw.image, &info, args.verbose, &mut tally);
+                {
+                    section("monitor: the rpi4 run's UART bytes through a pseudo-terminal");
+                    match report.map(|r| monitor_check(&r, &info)) {
+                        Some(Ok(n)) => tally.pass(&format!("monitor ({n} lines decoded alike)")),
+                        Some(Err(err)) => tally.fail("monitor", &format!("{err:#}")),
+                        None => tally.fail("monitor", "not run: the rpi4 run did not boot"),
+                    }
+                }
+            }
+            Err(err) => tally.fail(RPI4_RUN.name, &format!("not run: {err:#}")),
+        }
     }
 
     if selected("sdcard") {
@@ -527,6 +626,10 @@ pub struct RunReport {
     pub last_line: Option<String>,
     /// For each of the run's `expect` strings: was it in the log?
     pub found: Vec<bool>,
+    /// The UART bytes as QEMU delivered them.
+    pub raw: Vec<u8>,
+    /// Every decoded line, as `run` prints it.
+    pub lines: Vec<String>,
 }
 
 impl RunReport {
@@ -538,6 +641,8 @@ impl RunReport {
             outcome,
             last_line: None,
             found: Vec::new(),
+            raw: Vec::new(),
+            lines: Vec::new(),
         }
     }
 
@@ -607,8 +712,21 @@ fn target_tests(runs: &[&TargetRun], verbose: bool, tally: &mut Tally) {
             return;
         }
     };
-    let root = firmware::project_root();
     for run in runs {
+        boot_and_judge(run, &fw.image, &info, verbose, tally);
+    }
+}
+
+/// Boot `image` once for `run` and count its results.
+fn boot_and_judge(
+    run: &TargetRun,
+    image: &Path,
+    info: &DefmtInfo,
+    verbose: bool,
+    tally: &mut Tally,
+) -> Option<RunReport> {
+    let root = firmware::project_root();
+    {
         println!(
             "\n--- run {}: bootargs {:?}, {}",
             run.name,
@@ -616,19 +734,19 @@ fn target_tests(runs: &[&TargetRun], verbose: bool, tally: &mut Tally) {
             run.dtb.map_or("ATAGs".to_string(), |d| format!("dtb {d}"))
         );
         let cfg = QemuConfig {
-            image: fw.image.clone(),
+            image: image.to_path_buf(),
             dtb: run.dtb.map(|d| root.join(d)),
             bootargs: run.bootargs.split_whitespace().map(String::from).collect(),
             gdb: false,
         };
         let started = Instant::now();
         let mut tail = VecDeque::new();
-        let report = boot_once(&cfg, &info, run, verbose, &mut tail);
+        let report = boot_once(&cfg, info, run, verbose, &mut tail);
         let report = match report {
             Ok(report) => report,
             Err(err) => {
                 tally.fail(run.name, &format!("{err:#}"));
-                continue;
+                return None;
             }
         };
         tally.passed += report.passes.len() as u64;
@@ -667,6 +785,7 @@ fn target_tests(runs: &[&TargetRun], verbose: bool, tally: &mut Tally) {
             },
             started.elapsed().as_secs_f64()
         );
+        Some(report)
     }
 }
 
@@ -684,8 +803,11 @@ fn boot_once(
     let mut report = RunReport::new(Outcome::Signalled);
     report.found = vec![false; run.expect.len()];
     let mut decoder = info.decoder();
+    let finished = std::cell::Cell::new(None);
+    let mut raw = Vec::new();
     let ready = std::cell::Cell::new(false);
     let mut on_line = |line: LogLine| {
+        finished.set(finished.get().or(crate::run::final_status(&line.message)));
         if line.message.contains(crate::run::CONSOLE_READY) {
             ready.set(true);
         }
@@ -713,28 +835,58 @@ fn boot_once(
             tail.pop_front();
         }
         tail.push_back(line.rendered.clone());
+        report.lines.push(line.rendered.clone());
         report.last_line = Some(line.rendered);
     };
     let timeout = Some(Duration::from_secs(run.timeout_secs));
     let outcome = match console_input(run.name) {
-        None => qemu::run(cfg, timeout, &mut |bytes| decoder.feed(bytes, &mut on_line))?,
+        None => qemu::run_until(cfg, timeout, &mut |bytes| {
+            raw.extend_from_slice(bytes);
+            decoder.feed(bytes, &mut on_line);
+            finished.get()
+        })?,
         Some(script) => {
             let mut sent = false;
             qemu::run_with_input(cfg, timeout, qemu::Input::Scripted, &mut |bytes, stdin| {
+                raw.extend_from_slice(bytes);
                 decoder.feed(bytes, &mut on_line);
                 if !sent && ready.get() {
                     sent = true;
                     let _ = stdin.write_all(script.as_bytes());
                 }
+                finished.get()
             })?
         }
     };
     decoder.finish(&mut on_line);
     report.outcome = outcome;
+    report.raw = raw;
     Ok(report)
 }
 
-/// Build the real SD image and list it with mtools. `Ok(Some(reason))` means skipped.
+/// Write a run's UART bytes into a pseudo-terminal and decode them with `cargo xtask monitor`'s
+/// reader on the other side: the lines must be the ones `run` decoded from QEMU's stdout, and the
+/// monitor must stop at the final line with its status. Returns the number of lines compared.
+fn monitor_check(report: &RunReport, info: &DefmtInfo) -> Result<usize> {
+    ensure!(!report.raw.is_empty(), "the run produced no UART bytes");
+    let (lines, status) = crate::monitor::replay_through_pty(&report.raw, info)?;
+    ensure!(status == Some(0), "the monitor did not stop at `end of run: status 0` ({status:?})");
+    ensure!(
+        lines == report.lines,
+        "the monitor decoded {} lines, run {}; first difference: {:?}",
+        lines.len(),
+        report.lines.len(),
+        lines.iter().zip(&report.lines).find(|(a, b)| a != b)
+    );
+    Ok(lines.len())
+}
+
+/// The boot arguments the `sdcard` check writes (not the default, so the check sees them pass).
+const SDCARD_TEST_BOOTARGS: &str = "hugepagesz=2M hugepages=16 loglevel=7";
+
+/// Build the real SD image, list it with mtools and read config.txt, cmdline.txt and
+/// kernel8.img back with mtools: they must agree with each other and with what was written.
+/// `Ok(Some(reason))` means skipped.
 fn sdcard_check() -> Result<Option<String>> {
     let fw_dir = Path::new(sdcard::DEFAULT_FIRMWARE_DIR);
     if sdcard::missing_firmware(fw_dir).len() == sdcard::FIRMWARE_FILES.len() {
@@ -748,12 +900,14 @@ fn sdcard_check() -> Result<Option<String>> {
     let dtb = root.join(DTB_FIXTURE);
     ensure!(dtb.is_file(), "the DTB fixture {} is missing", dtb.display());
     let out: PathBuf = firmware::target_dir().join("xtask-test-sdcard.img");
-    sdcard::make(&sdcard::Options {
+    let image = sdcard::make(&sdcard::Options {
         out: out.clone(),
         firmware_dir: fw_dir.to_path_buf(),
         dtb: Some(dtb),
         size_mib: sdcard::DEFAULT_SIZE_MIB,
         plain: false,
+        bootargs: SDCARD_TEST_BOOTARGS.to_string(),
+        jtag: false,
     })?;
     let listing = sdcard::mdir(&out)?;
     let missing: Vec<&str> = sdcard::IMAGE_FILES
@@ -764,6 +918,22 @@ fn sdcard_check() -> Result<Option<String>> {
     if !missing.is_empty() {
         bail!("mdir does not list {} in {}:\n{listing}", missing.join(", "), out.display());
     }
+    let scratch = firmware::target_dir();
+    let mut files = Vec::new();
+    for name in ["config.txt", "cmdline.txt", "kernel8.img"] {
+        files.push((name.to_string(), sdcard::mtools_read(&out, name, &scratch)?));
+    }
+    let summary = sdcard::check_card(&files)?;
+    println!("read back with mtools: {summary}");
+    ensure!(
+        summary.bootargs == SDCARD_TEST_BOOTARGS,
+        "cmdline.txt reads back as {:?}, written {SDCARD_TEST_BOOTARGS:?}",
+        summary.bootargs
+    );
+    let built = std::fs::read(&image).context("reading the rpi4 image")?;
+    ensure!(files[2].1 == built, "kernel8.img on the card differs from {}", image.display());
+    let config = std::fs::read(sdcard::config_txt_path()).context("reading config.txt")?;
+    ensure!(files[0].1 == config, "config.txt on the card differs from boards/rpi4/config.txt");
     Ok(None)
 }
 
@@ -821,6 +991,8 @@ mod tests {
             outcome: o,
             last_line: Some("last".into()),
             found: Vec::new(),
+            raw: Vec::new(),
+            lines: Vec::new(),
         }
     }
 

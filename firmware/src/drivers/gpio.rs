@@ -16,6 +16,43 @@ pub enum Function {
     Output = 0b001,
     /// Alternate function 0 (UART0 TXD/RXD on GPIO14/15).
     Alt0 = 0b100,
+    /// Alternate function 3 (UART0 TXD/RXD on GPIO32/33, CTS/RTS on GPIO30/31: Bluetooth on a
+    /// Pi 4).
+    Alt3 = 0b111,
+}
+
+/// Reads `pin`'s function-select field.
+///
+/// # Safety
+/// As [`configure`].
+pub unsafe fn function_bits(base: usize, pin: u32) -> u32 {
+    let fsel = (base + GPFSEL0 + 4 * (pin / 10) as usize) as *const u32;
+    // SAFETY: the register lies in the GPIO block the caller mapped.
+    (unsafe { read_volatile(fsel) } >> (3 * (pin % 10))) & 0b111
+}
+
+/// Puts the PL011 (UART0) on GPIO14/15 (ALT0), where a Pi 4 has the mini UART by default, and
+/// takes it off Bluetooth's GPIO30-33 (ALT3) if they carry it, so that its RXD has one source.
+/// This is what `dtoverlay=disable-bt` asks the VideoCore firmware to do, done here because the
+/// SD image has no overlays (Debian's raspi-firmware ships none). Returns how many Bluetooth
+/// pins were released.
+///
+/// # Safety
+/// As [`configure`].
+pub unsafe fn route_uart0_to_gpio14_15(base: usize) -> u32 {
+    let mut released = 0;
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        for pin in 30..=33 {
+            if function_bits(base, pin) == Function::Alt3 as u32 {
+                configure(base, pin, Function::Input);
+                released += 1;
+            }
+        }
+        configure(base, 14, Function::Alt0);
+        configure(base, 15, Function::Alt0);
+    }
+    released
 }
 
 /// Sets `pin`'s function and disables its pull resistors.

@@ -141,11 +141,12 @@ static FAILED: AtomicUsize = AtomicUsize::new(0);
 /// Index + 1 of the test running now (0: none), for the panic handler.
 static CURRENT: AtomicUsize = AtomicUsize::new(0);
 
-/// Runs the cases whose names contain `filter` (all with `None`); returns the number failed.
+/// Runs the cases whose names contain `filter`, or one of its comma-separated parts (all with
+/// `None`); returns the number failed.
 pub fn run(filter: Option<&str>) -> usize {
     for (i, case) in CASES.iter().enumerate() {
         if let Some(f) = filter {
-            if !case.name.contains(f) {
+            if !f.split(',').any(|f| case.name.contains(f)) {
                 continue;
             }
         }

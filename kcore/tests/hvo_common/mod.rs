@@ -16,19 +16,23 @@
 #![allow(dead_code)]
 
 use kcore::addr::{Pfn, PhysAddr, VirtAddr, PAGE_SIZE, PMD_SIZE};
+use kcore::bbm_check::{AuditMmu, BbmViolation};
+use kcore::bbm_sync::{BbmSync, SyncEvent};
 use kcore::buddy::Buddy;
 use kcore::hugetlb::{Folio, HugePageSize, HugetlbPool, NoHooks};
 use kcore::hugetlb_vmemmap::{BuddyFrames, Hvo, HvoOptions, VmemmapFrames};
 use kcore::layout::VMEMMAP_START;
 use kcore::mapper::{translate, BlockPolicy, FrameAlloc, VecFrameAlloc};
-use kcore::memblock::MemRegion;
+use kcore::memblock::{MemRegion, Memblock, ReservedKind};
 use kcore::mm::{Kernel, Mm};
-use kcore::page::{Page, PageFlags, PageState};
+use kcore::page::Page;
 use kcore::pgtable::{Attrs, DescKind, Descriptor, Level, ENTRIES_PER_TABLE};
 use kcore::phys::PhysMem;
 use kcore::tlb::{MmuEvent, MmuOps, MmuStats, RecordingMmu};
 use kcore::vmemmap::{SelfHosted, Vmemmap, PAGES_PER_SECTION, SECTION_SIZE, VMEMMAP_BLOCK_SIZE};
+use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_uint, c_void};
+use std::rc::Rc;
 
 mod sys {
     use super::*;
@@ -160,9 +164,14 @@ pub struct WindowMap {
     fd: c_int,
 }
 
-/// [`RecordingMmu`] plus the window mirror.
+/// Breaks an [`AuditMmu`] can follow at once in the host world (a 1 GiB batch opens 4096).
+pub const AUDIT_SLOTS: usize = 4200;
+
+/// [`RecordingMmu`] behind the online auditor, plus the window mirror. Every HVO sequence of
+/// the host tests goes through [`AuditMmu`]; [`ShadowMmu::take_events`] fails the test if it
+/// found a violation (unless a step is being dropped on purpose).
 pub struct ShadowMmu {
-    pub rec: RecordingMmu,
+    pub rec: Box<AuditMmu<RecordingMmu, AUDIT_SLOTS>>,
     win: WindowMap,
     mem: PhysView,
     root: PhysAddr,
@@ -172,6 +181,10 @@ pub struct ShadowMmu {
     pub drop_dsb_ish: bool,
     /// `mmap` calls made to mirror entries.
     pub mirror_calls: u64,
+    /// The break window a [`WindowSync`] has open (shared with it), if any.
+    pub window: Rc<Cell<Option<(u64, u64)>>>,
+    /// Writes of an invalid entry (or of a pending one) at a VA outside the open break window.
+    pub breaks_outside_window: u64,
 }
 
 impl ShadowMmu {
@@ -230,13 +243,47 @@ impl ShadowMmu {
         }
     }
 
+    /// A second backend over the same tables and window (another CPU's), recording apart.
+    pub fn another(&self) -> ShadowMmu {
+        ShadowMmu {
+            rec: Box::new(AuditMmu::new(RecordingMmu::new())),
+            win: self.win,
+            mem: self.mem,
+            root: self.root,
+            drop_tlbi: false,
+            drop_dsb_ish: false,
+            mirror_calls: 0,
+            window: Rc::new(Cell::new(None)),
+            breaks_outside_window: 0,
+        }
+    }
+
+    /// The recorded events, and the auditor's verdict on them (which is then reset).
+    pub fn take_events_audited(&mut self) -> (Vec<MmuEvent>, Result<(), BbmViolation>) {
+        let verdict = self.rec.check();
+        self.rec.reset();
+        (self.rec.inner_mut().take_events(), verdict)
+    }
+
+    /// The recorded events; panics if the online auditor found a violation in them, unless a
+    /// step is being dropped on purpose (then see [`ShadowMmu::take_events_audited`]).
     pub fn take_events(&mut self) -> Vec<MmuEvent> {
-        self.rec.take_events()
+        let (ev, verdict) = self.take_events_audited();
+        if !self.drop_tlbi && !self.drop_dsb_ish {
+            assert_eq!(verdict, Ok(()), "the online break-before-make auditor");
+        }
+        ev
     }
 }
 
 impl MmuOps for ShadowMmu {
     unsafe fn write_entry(&mut self, slot: *mut u64, va: VirtAddr, level: Level, new: Descriptor) {
+        // SAFETY: the caller's slot is a live entry; reading it has no side effect.
+        let old = Descriptor(unsafe { core::ptr::read_volatile(slot) });
+        if old.is_valid() && !new.is_valid() {
+            let inside = self.window.get().is_some_and(|(lo, hi)| va.0 >= lo && va.0 < hi);
+            self.breaks_outside_window += u64::from(!inside);
+        }
         // SAFETY: forwarded from the caller.
         unsafe { self.rec.write_entry(slot, va, level, new) };
         self.sync(va.0, level.size());
@@ -277,11 +324,26 @@ impl MmuOps for ShadowMmu {
     }
 }
 
+/// A frame allocator with no frames (for HVO calls that need none, e.g. `split_folio`).
+pub struct NoFrames;
+
+// SAFETY: hands out nothing.
+unsafe impl VmemmapFrames for NoFrames {
+    fn alloc(&mut self) -> Option<PhysAddr> {
+        None
+    }
+    fn free(&mut self, _: PhysAddr) -> bool {
+        false
+    }
+}
+
 /// A frame allocator over the buddy allocator that fails from its `fail_at`-th call on
 /// (0-based), counting calls.
 pub struct TestFrames<'a> {
     pub inner: BuddyFrames<'a>,
     pub fail_at: Option<u64>,
+    /// Refuse every free (the frame is not given to the buddy allocator).
+    pub fail_free: bool,
     pub calls: u64,
     pub allocated: u64,
     pub freed: u64,
@@ -300,6 +362,9 @@ unsafe impl VmemmapFrames for TestFrames<'_> {
         r
     }
     fn free(&mut self, pa: PhysAddr) -> bool {
+        if self.fail_free {
+            return false;
+        }
         let ok = self.inner.free(pa);
         self.freed += u64::from(ok);
         ok
@@ -330,6 +395,8 @@ pub struct World {
     pub hot: Option<SelfHosted>,
     /// The boot vmemmap blocks' frames and the table region (not managed by the buddy).
     pub backing: MemRegion,
+    /// HVO sessions' frame allocator refuses every free.
+    pub fail_frees: bool,
 }
 
 /// Table pages for init_mm and the splits.
@@ -370,13 +437,15 @@ impl World {
         // SAFETY: a fresh zeroed table page of the simulated RAM, owned by this mm only.
         let mm = unsafe { Mm::new_kernel(root) };
         let mut mmu = ShadowMmu {
-            rec: RecordingMmu::new(),
+            rec: Box::new(AuditMmu::new(RecordingMmu::new())),
             win,
             mem,
             root,
             drop_tlbi: false,
             drop_dsb_ish: false,
             mirror_calls: 0,
+            window: Rc::new(Cell::new(None)),
+            breaks_outside_window: 0,
         };
         {
             let mut g = mm.mmap_write();
@@ -403,18 +472,17 @@ impl World {
             unsafe { vm.mark_section_present(s) };
             vm.init_section(s);
         }
-        for pfn in MemRegion::from_range(resv, tbl).pfns() {
-            vm.page(Pfn(pfn)).set_state(PageState::Vmemmap);
-        }
-        for pfn in MemRegion::new(tbl, TABLE_PAGES * PAGE_SIZE).pfns() {
-            let p = vm.page(Pfn(pfn));
-            p.set_state(PageState::PageTable);
-            p.set_flags(PageFlags::TABLE);
-        }
-        let mut buddy = Buddy::new();
+        // Memory handed over as the firmware does it: memblock with the boot vmemmap and the
+        // early tables reserved, then `free_memblock`, which makes each RAM bank one managed
+        // span (so the boot vmemmap is inside it, as on the target) and gives the reserved
+        // frames their states.
         let end = BASE + sections * SECTION_SIZE;
-        buddy.free_range(&vm, Pfn(BASE >> 12), Pfn(resv >> 12)).unwrap();
-        buddy.free_range(&vm, Pfn(backing.end() >> 12), Pfn(end >> 12)).unwrap();
+        let mut mb = Memblock::new();
+        mb.add_memory(PhysAddr(BASE), sections * SECTION_SIZE).unwrap();
+        mb.reserve(PhysAddr(resv), tbl - resv, ReservedKind::Vmemmap).unwrap();
+        mb.reserve(PhysAddr(tbl), TABLE_PAGES * PAGE_SIZE, ReservedKind::EarlyTables).unwrap();
+        let mut buddy = Buddy::new();
+        buddy.free_memblock(&vm, &mb).unwrap();
 
         let mut hot_sh = None;
         if hot > 0 {
@@ -460,6 +528,7 @@ impl World {
             ram: vec![MemRegion::new(BASE, total)],
             hot: hot_sh,
             backing,
+            fail_frees: false,
         }
     }
 
@@ -471,10 +540,22 @@ impl World {
         fail_at: Option<u64>,
         f: impl FnOnce(&mut TestHvo<'_, '_>) -> R,
     ) -> (R, FrameCalls) {
+        self.hvo_sync(opts, fail_at, None, f)
+    }
+
+    /// [`World::hvo`] with `sync` as the HVO instance's [`BbmSync`].
+    pub fn hvo_sync<R>(
+        &mut self,
+        opts: HvoOptions,
+        fail_at: Option<u64>,
+        sync: Option<&mut dyn BbmSync>,
+        f: impl FnOnce(&mut TestHvo<'_, '_>) -> R,
+    ) -> (R, FrameCalls) {
         let guard = self.mm.mmap_read();
         let mut frames = TestFrames {
             inner: BuddyFrames::new(&mut self.buddy, &self.vm),
             fail_at,
+            fail_free: self.fail_frees,
             calls: 0,
             allocated: 0,
             freed: 0,
@@ -485,12 +566,23 @@ impl World {
             Hvo::new(&guard, &self.mem, &mut self.mmu, &self.vm, &mut frames, &mut self.tables)
         }
         .with_options(opts);
+        if let Some(s) = sync {
+            h.set_sync(s);
+        }
         let r = f(&mut h);
         (r, FrameCalls { calls: frames.calls, allocated: frames.allocated, freed: frames.freed })
     }
 
-    /// A HugeTLB folio of `size` at `pfn` (or anywhere), from the pool.
+    /// A HugeTLB folio of `size` at `pfn` (or anywhere), from the pool, frozen (head refcount
+    /// 0) as HVO requires.
     pub fn folio(&mut self, size: HugePageSize, pfn: Option<Pfn>) -> Folio {
+        let f = self.folio_unfrozen(size, pfn);
+        assert!(f.head(&self.vm).ref_freeze(1));
+        f
+    }
+
+    /// A HugeTLB folio as the pool hands it out (head refcount 1).
+    pub fn folio_unfrozen(&mut self, size: HugePageSize, pfn: Option<Pfn>) -> Folio {
         match pfn {
             Some(p) => self
                 .pool
@@ -500,6 +592,11 @@ impl World {
                 self.pool.alloc_pool_folio(size, &mut self.buddy, &self.vm, &mut NoHooks).unwrap()
             }
         }
+    }
+
+    /// The vmemmap's frames by state and by mapping.
+    pub fn vmemmap_census(&self) -> kcore::hugetlb_vmemmap::VmemmapCensus {
+        kcore::hugetlb_vmemmap::vmemmap_census(&self.mm.mmap_read(), &self.mem, &self.vm, &self.ram)
     }
 
     /// Software translation in the simulated init_mm.
@@ -578,6 +675,71 @@ impl Drop for World {
     fn drop(&mut self) {
         // SAFETY: our reservation; nothing uses the window once the world goes.
         unsafe { sys::munmap(self.mmu.win.addr.cast(), self.window_len as usize) };
+    }
+}
+
+/// A [`BbmSync`] that records its calls, tells the [`ShadowMmu`] which window is open (so that
+/// a break outside it is counted), and checks at each `break_end` that every page of the
+/// window is mapped again (through the simulated tables).
+pub struct WindowSync {
+    pub events: Vec<SyncEvent>,
+    window: Rc<Cell<Option<(u64, u64)>>>,
+    mem: PhysView,
+    root: PhysAddr,
+    /// Pages found unmapped at a `break_end`.
+    pub unmapped_at_end: u64,
+    /// Hooks called out of order (a break inside a break, an op inside an op, a break outside
+    /// an op, a grace period inside a break).
+    pub misordered: u64,
+    in_op: bool,
+}
+
+impl WindowSync {
+    pub fn new(w: &World) -> Self {
+        WindowSync {
+            events: Vec::new(),
+            window: Rc::clone(&w.mmu.window),
+            mem: w.mem,
+            root: w.mm.root(),
+            unmapped_at_end: 0,
+            misordered: 0,
+            in_op: false,
+        }
+    }
+}
+
+impl BbmSync for WindowSync {
+    fn op_begin(&mut self) {
+        self.misordered += u64::from(self.in_op);
+        self.in_op = true;
+        self.events.push(SyncEvent::OpBegin);
+    }
+    fn break_begin(&mut self, start: VirtAddr, end: VirtAddr) {
+        self.misordered += u64::from(!self.in_op || self.window.get().is_some());
+        self.window.set(Some((start.0, end.0)));
+        self.events.push(SyncEvent::BreakBegin(start, end));
+    }
+    fn break_end(&mut self) {
+        match self.window.take() {
+            None => self.misordered += 1,
+            Some((lo, hi)) => {
+                for va in (lo & !(PAGE_SIZE - 1)..hi).step_by(PAGE_SIZE as usize) {
+                    // SAFETY: the live root of the simulated init_mm, all in simulated RAM.
+                    let t = unsafe { translate(self.root, &self.mem, VirtAddr(va)) };
+                    self.unmapped_at_end += u64::from(t.is_none());
+                }
+            }
+        }
+        self.events.push(SyncEvent::BreakEnd);
+    }
+    fn grace_period(&mut self) {
+        self.misordered += u64::from(!self.in_op || self.window.get().is_some());
+        self.events.push(SyncEvent::GracePeriod);
+    }
+    fn op_end(&mut self) {
+        self.misordered += u64::from(!self.in_op || self.window.get().is_some());
+        self.in_op = false;
+        self.events.push(SyncEvent::OpEnd);
     }
 }
 
