@@ -205,6 +205,10 @@ pub enum Input {
     Scripted,
 }
 
+/// [`run_with_input`]'s callback: the bytes QEMU wrote, a writer on its serial input; returns
+/// `Some(status)` at the firmware's final line, as [`run_until`]'s does.
+pub type OnBytesWithInput<'a> = dyn FnMut(&[u8], &mut dyn std::io::Write) -> Option<i32> + 'a;
+
 /// Like [`run_until`], with QEMU's stdin piped: `on_bytes` also gets a writer on it (a sink with
 /// [`Input::Forward`], where a thread copies xtask's stdin instead). QEMU takes serial input only
 /// as fast as the guest's UART FIFO drains, so written bytes wait in the pipe, none is lost.
@@ -212,7 +216,7 @@ pub fn run_with_input(
     cfg: &QemuConfig,
     timeout: Option<Duration>,
     input: Input,
-    on_bytes: &mut dyn FnMut(&[u8], &mut dyn std::io::Write) -> Option<i32>,
+    on_bytes: &mut OnBytesWithInput<'_>,
 ) -> Result<Outcome> {
     if let Some(dtb) = &cfg.dtb {
         if !dtb.is_file() {
