@@ -404,5 +404,8 @@ extern "C" fn kernel_main_on_stack(_: u64) -> ! {
         }
         None => usize::from(!hvo_ok),
     };
+    if cmd.console {
+        crate::console::run(failed);
+    }
     exit(if failed == 0 { 0 } else { 1 })
 }

@@ -16,6 +16,7 @@ pub use defmt::{debug, error, info, warn};
 pub mod arch;
 pub mod board;
 pub mod bootstate;
+pub mod console;
 pub mod devicetree;
 pub mod drivers;
 pub mod hvo;

@@ -15,11 +15,17 @@ pub const KERNEL_END: VirtAddr = VirtAddr(0);
 
 /// Dumps the whole kernel half of the address space.
 pub fn dump_kernel() -> PtdumpCounts {
+    dump_range(KERNEL_START, KERNEL_END)
+}
+
+/// Dumps the kernel map over `[start, end)` (an `end` of 0 means 2^64): the boot argument
+/// `ptdump` and the console's `ptdump [RANGE]`.
+pub fn dump_range(start: VirtAddr, end: VirtAddr) -> PtdumpCounts {
     let mm = memory::init_mm();
     let guard = mm.mmap_read();
     let mut last: Option<Region> = None;
-    crate::info!("ptdump: kernel page tables (init_mm, TTBR1)");
-    let counts = ptdump(&guard, &memory::LINEAR, KERNEL_START, KERNEL_END, |line| {
+    crate::info!("ptdump: kernel page tables (init_mm, TTBR1) {:#x}..{:#x}", start.0, end.0);
+    let counts = ptdump(&guard, &memory::LINEAR, start, end, |line| {
         if last != Some(line.region) {
             crate::info!("---[ {} ]---", line.region.name());
             last = Some(line.region);

@@ -11,6 +11,7 @@
 //! | `default_hugepagesz=2M\|1G` | the default size (2 MiB if absent, as on arm64) |
 //! | `hugetlb_free_vmemmap=on\|off` | HVO on or off (also `1/0/y/n`, as `kstrtobool`) |
 //! | `ptdump` | dump the kernel page tables at boot |
+//! | `console` | ours: enter the serial console after the boot report instead of exiting (`console=DEV` is Linux's and changes nothing) |
 //! | `ktest` / `ktest=FILTER` | run the in-kernel tests (all, or those matching `FILTER`) |
 //! | `loglevel=N` | console log level, 0..=8 |
 //! | `memhp_reserve=SIZE` | ours: see below |
@@ -191,6 +192,8 @@ pub struct Cmdline<'a> {
     pub hugetlb_free_vmemmap: Option<bool>,
     /// `ptdump`.
     pub ptdump: bool,
+    /// `console`: enter the serial console after the boot report (ours).
+    pub console: bool,
     /// `ktest` (`Some("")`) or `ktest=filter`.
     pub ktest: Option<&'a str>,
     /// `loglevel=`.
@@ -220,6 +223,7 @@ impl Default for Cmdline<'_> {
             default_hugepagesz: None,
             hugetlb_free_vmemmap: None,
             ptdump: false,
+            console: false,
             ktest: None,
             loglevel: None,
             memhp_reserve: None,
@@ -239,11 +243,12 @@ impl defmt::Format for Cmdline<'_> {
     fn format(&self, f: defmt::Formatter<'_>) {
         defmt::write!(
             f,
-            "Cmdline {{ hugepages: {=[?]}, default_hugepagesz: {}, hugetlb_free_vmemmap: {}, ptdump: {}, ktest: {}, loglevel: {}, memhp_reserve: {}, crash: {}, dt_memory: {}, stress: {}, hvo_bbm: {}, warnings: {=[?]} }}",
+            "Cmdline {{ hugepages: {=[?]}, default_hugepagesz: {}, hugetlb_free_vmemmap: {}, ptdump: {}, console: {}, ktest: {}, loglevel: {}, memhp_reserve: {}, crash: {}, dt_memory: {}, stress: {}, hvo_bbm: {}, warnings: {=[?]} }}",
             self.hugepage_requests(),
             self.default_hugepagesz,
             self.hugetlb_free_vmemmap,
             self.ptdump,
+            self.console,
             self.ktest,
             self.loglevel,
             self.memhp_reserve,
@@ -263,6 +268,7 @@ impl core::fmt::Debug for Cmdline<'_> {
             .field("default_hugepagesz", &self.default_hugepagesz)
             .field("hugetlb_free_vmemmap", &self.hugetlb_free_vmemmap)
             .field("ptdump", &self.ptdump)
+            .field("console", &self.console)
             .field("ktest", &self.ktest)
             .field("loglevel", &self.loglevel)
             .field("memhp_reserve", &self.memhp_reserve)
@@ -696,6 +702,9 @@ pub fn parse(s: &str) -> Cmdline<'_> {
                 Some(Some(b)) => c.ptdump = b,
                 Some(None) => c.malformed(tok, MalformedReason::BadBool),
             },
+            // Bare `console` is ours; `console=DEV,...` is Linux's console device (the Pi
+            // firmware's cmdline.txt has one) and changes nothing here.
+            "console" if value.is_none() => c.console = true,
             "ktest" => c.ktest = Some(value.unwrap_or("")),
             "dt_memory" => match value.map(parse_bool) {
                 None => c.dt_memory = true,
@@ -904,6 +913,8 @@ mod tests {
         assert_eq!(c.loglevel, Some(7));
         assert_eq!(c.memhp_reserve, Some(256 << 20));
         assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+        assert!(!c.console, "console=DEV is Linux's device option");
+        assert!(parse("hugepages=4 console").console);
         let c = parse("ktest hugetlb_free_vmemmap=0 ptdump=off");
         assert_eq!(c.ktest, Some(""));
         assert_eq!(c.hugetlb_free_vmemmap, Some(false));

@@ -18,6 +18,7 @@
 //! - [`memblock`], [`page`], [`vmemmap`], [`buddy`], [`hugetlb`], [`hugetlb_vmemmap`]: early
 //!   frame allocation, the 64-byte page descriptor, the virtually mapped memmap, the buddy
 //!   allocator, HugeTLB folios and the HugeTLB vmemmap optimization.
+//! - [`lineedit`], [`shell`]: the serial console's line editing and its command parser.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![deny(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -33,6 +34,7 @@ pub mod esr;
 pub mod hugetlb;
 pub mod hugetlb_vmemmap;
 pub mod layout;
+pub mod lineedit;
 pub mod mapper;
 pub mod memblock;
 pub mod mm;
@@ -42,5 +44,6 @@ pub mod pagewalk;
 pub mod pgtable;
 pub mod phys;
 pub mod ptdump;
+pub mod shell;
 pub mod tlb;
 pub mod vmemmap;

@@ -164,7 +164,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
     match &args.port {
         Some(port) => {
             let info = DefmtInfo::load(&fw.elf)?;
-            let status = crate::monitor::listen(port, args.baud, info.decoder(), &mut |l| {
+            let status = crate::monitor::listen(port, args.baud, info.decoder(), true, &mut |l| {
                 println!("{}", l.rendered)
             })?;
             Ok(ExitCode::from(u8::try_from(status).unwrap_or(1)))

@@ -60,16 +60,19 @@ pub fn main(args: Args) -> Result<ExitCode> {
         let _ = writeln!(out, "{}", line.rendered);
         let _ = out.flush();
     };
-    let status = listen(&args.port, args.baud, decoder, &mut print)?;
+    let status = listen(&args.port, args.baud, decoder, true, &mut print)?;
     eprintln!("xtask: the firmware finished with status {status}");
     Ok(ExitCode::from(u8::try_from(status).unwrap_or(1)))
 }
 
-/// Open `port` and decode what arrives until the final line; returns its status.
+/// Open `port` and decode what arrives until the final line; returns its status. With
+/// `send_stdin`, lines typed in xtask's terminal go to the port (the `console` boot argument;
+/// the terminal echoes them).
 pub fn listen(
     port: &str,
     baud: u32,
     mut decoder: LogDecoder<'_>,
+    send_stdin: bool,
     out: &mut dyn FnMut(LogLine),
 ) -> Result<i32> {
     let mut serial = serialport::new(port, baud)
@@ -82,6 +85,16 @@ pub fn listen(
             )
         })?;
     eprintln!("xtask: listening on {port} at {baud} 8N1; Ctrl-C to stop");
+    if send_stdin {
+        match serial.try_clone() {
+            Ok(mut tx) => {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut std::io::stdin().lock(), &mut tx);
+                });
+            }
+            Err(e) => eprintln!("xtask: typed input not sent: cannot share {port}: {e}"),
+        }
+    }
     let mut finished = None;
     let mut buf = [0u8; 1024];
     loop {
@@ -127,7 +140,7 @@ pub fn replay_through_pty(raw: &[u8], info: &DefmtInfo) -> Result<(Vec<String>, 
     let mut lines = Vec::new();
     // An error here (no final line before the master closed: EIO) leaves the writer to finish
     // on its own.
-    let status = listen(&name, 115_200, info.decoder(), &mut |l| lines.push(l.rendered))
+    let status = listen(&name, 115_200, info.decoder(), false, &mut |l| lines.push(l.rendered))
         .with_context(|| format!("after {} decoded lines", lines.len()))?;
     let written = writer.join().map_err(|_| anyhow::anyhow!("the pty writer panicked"))?;
     written.context("writing into the pseudo-terminal")?;

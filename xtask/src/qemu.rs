@@ -191,6 +191,112 @@ pub fn run_until(
     Ok(outcome)
 }
 
+/// Where QEMU's serial input (its stdin, with `-serial stdio`) comes from in [`run_with_input`].
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// xtask's own stdin, copied as it arrives (an interactive console), once `ready` is set:
+    /// bytes reaching the PL011 before the firmware sets it up can be dropped (QEMU resets its
+    /// FIFO when the firmware turns the FIFO on), so the caller sets it when the console says so.
+    Forward {
+        /// Set by the caller when the firmware is ready for input.
+        ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    },
+    /// Whatever the `on_bytes` callback writes (scripted input); nothing else.
+    Scripted,
+}
+
+/// [`run_with_input`]'s callback: the bytes QEMU wrote, a writer on its serial input; returns
+/// `Some(status)` at the firmware's final line, as [`run_until`]'s does.
+pub type OnBytesWithInput<'a> = dyn FnMut(&[u8], &mut dyn std::io::Write) -> Option<i32> + 'a;
+
+/// Like [`run_until`], with QEMU's stdin piped: `on_bytes` also gets a writer on it (a sink with
+/// [`Input::Forward`], where a thread copies xtask's stdin instead). QEMU takes serial input only
+/// as fast as the guest's UART FIFO drains, so written bytes wait in the pipe, none is lost.
+pub fn run_with_input(
+    cfg: &QemuConfig,
+    timeout: Option<Duration>,
+    input: Input,
+    on_bytes: &mut OnBytesWithInput<'_>,
+) -> Result<Outcome> {
+    if let Some(dtb) = &cfg.dtb {
+        if !dtb.is_file() {
+            bail!("the DTB {} does not exist", dtb.display());
+        }
+    }
+    let mut child = Command::new(QEMU)
+        .args(cfg.args())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("could not start {QEMU}; run `cargo xtask doctor`"))?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let mut script: Box<dyn std::io::Write> = match input {
+        Input::Scripted => Box::new(stdin),
+        Input::Forward { ready } => {
+            // Not joined: it blocks on the terminal until the next line, and ends with xtask.
+            thread::spawn(move || {
+                use std::io::Write;
+                let mut buf = [0u8; 1024];
+                let mut from = std::io::stdin().lock();
+                loop {
+                    let n = match from.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    while !ready.load(std::sync::atomic::Ordering::Acquire) {
+                        thread::sleep(Duration::from_millis(20));
+                    }
+                    if stdin.write_all(&buf[..n]).and_then(|()| stdin.flush()).is_err() {
+                        break;
+                    }
+                }
+            });
+            Box::new(std::io::sink())
+        }
+    };
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let reader = thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let outcome = loop {
+        let received = match deadline {
+            Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+            None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+        };
+        match received {
+            Ok(bytes) => {
+                let finished = on_bytes(&bytes, &mut script);
+                let _ = script.flush();
+                if let Some(status) = finished {
+                    kill(&mut child);
+                    break Outcome::Exited(status);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                kill(&mut child);
+                break Outcome::TimedOut;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break wait(&mut child, deadline)?,
+        }
+    };
+    drop(script);
+    let _ = reader.join();
+    Ok(outcome)
+}
+
 /// QEMU closed its stdout: wait for it to exit (still bounded by the deadline).
 fn wait(child: &mut Child, deadline: Option<Instant>) -> Result<Outcome> {
     loop {

@@ -21,9 +21,9 @@ pub struct Args {
     /// Build with the release profile.
     #[arg(long)]
     release: bool,
-    /// Kill QEMU after this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 120)]
-    timeout: u64,
+    /// Kill QEMU after this many seconds (default 120; none with the `console` boot argument).
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<u64>,
     /// Pass a device tree to QEMU (`-dtb`); without it the firmware gets ATAGs. QEMU reports
     /// 960 MiB in it; the qemu-raspi4b board's table wins unless the boot arguments say
     /// `dt_memory`.
@@ -51,7 +51,15 @@ pub fn main(args: Args) -> Result<ExitCode> {
     })?;
     let cfg =
         QemuConfig { image: fw.image.clone(), dtb: args.dtb, bootargs: args.bootargs, gdb: false };
-    let outcome = run_logged(&cfg, &fw.elf, args.plain, Some(args.timeout))?;
+    // `console`: an interactive session, xtask's stdin goes to the UART, no default time limit.
+    let console = cfg.bootargs.iter().any(|a| a == "console");
+    let timeout = args.timeout.or((!console).then_some(DEFAULT_TIMEOUT_SECS));
+    let outcome = if console {
+        eprintln!("xtask: console: type commands (Enter sends a line), `exit` ends the run");
+        run_console(&cfg, &fw.elf, args.plain, timeout)?
+    } else {
+        run_logged(&cfg, &fw.elf, args.plain, timeout)?
+    };
     Ok(match outcome.outcome {
         Outcome::Exited(code) => {
             eprintln!("xtask: firmware exited with status {code}");
@@ -62,11 +70,15 @@ pub fn main(args: Args) -> Result<ExitCode> {
             ExitCode::FAILURE
         }
         Outcome::TimedOut => {
-            eprintln!("{}", timeout_message(args.timeout, outcome.last_line.as_deref()));
+            let secs = timeout.unwrap_or_default();
+            eprintln!("{}", timeout_message(secs, outcome.last_line.as_deref()));
             ExitCode::FAILURE
         }
     })
 }
+
+/// `--timeout`'s default, except for console sessions.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 120;
 
 /// The message for a run that did not finish in time.
 pub fn timeout_message(secs: u64, last_line: Option<&str>) -> String {
@@ -116,6 +128,64 @@ pub fn run_logged(
         decoder.feed(bytes, &mut print);
         finished.get()
     })?;
+    decoder.finish(&mut print);
+    Ok(LoggedRun { outcome, last_line })
+}
+
+/// What the firmware logs when its console takes input.
+pub const CONSOLE_READY: &str = "console: ready";
+
+/// Boot `cfg` with xtask's stdin forwarded to the UART (the `console` boot argument), printing
+/// every log line as it arrives.
+pub fn run_console(
+    cfg: &QemuConfig,
+    elf: &std::path::Path,
+    plain: bool,
+    timeout_secs: Option<u64>,
+) -> Result<LoggedRun> {
+    eprintln!("xtask: {}", cfg.display());
+    let info = if plain { None } else { Some(DefmtInfo::load(elf)?) };
+    let mut decoder = match &info {
+        Some(info) => info.decoder(),
+        None => LogDecoder::plain(),
+    };
+    let mut last_line = None;
+    // Input is held back until the firmware says `console: ready` (see `qemu::Input::Forward`).
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let set_ready = || ready.store(true, std::sync::atomic::Ordering::Release);
+    let finished = std::cell::Cell::new(None);
+    let mut print = |line: crate::decode::LogLine| {
+        if line.message.contains(CONSOLE_READY) {
+            set_ready();
+        }
+        finished.set(finished.get().or(final_status(&line.message)));
+        println!("{}", line.rendered);
+        last_line = Some(line.rendered);
+    };
+    let mut recent: Vec<u8> = Vec::new();
+    let outcome = qemu::run_with_input(
+        cfg,
+        timeout_secs.map(Duration::from_secs),
+        qemu::Input::Forward { ready: ready.clone() },
+        &mut |bytes, _| {
+            if plain {
+                // Pass text through as it comes: the prompt and echo have no line end.
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(bytes);
+                let _ = out.flush();
+                recent.extend_from_slice(bytes);
+                if recent.windows(CONSOLE_READY.len()).any(|w| w == CONSOLE_READY.as_bytes()) {
+                    set_ready();
+                }
+                let keep = recent.len().saturating_sub(CONSOLE_READY.len());
+                recent.drain(..keep);
+            } else {
+                decoder.feed(bytes, &mut print);
+            }
+            finished.get()
+        },
+    )?;
     decoder.finish(&mut print);
     Ok(LoggedRun { outcome, last_line })
 }

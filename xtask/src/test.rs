@@ -248,6 +248,54 @@ pub const TARGET_RUNS: &[TargetRun] = &[
         ],
         status: 0,
     },
+    // The serial console (issue 13 item 4): driven through QEMU's serial input with the script
+    // in CONSOLE_INPUT, written once `console: ready` is logged.
+    TargetRun {
+        name: "console",
+        bootargs: "console hugepagesz=2M hugepages=4",
+        dtb: None,
+        timeout_secs: 300,
+        expect: &[
+            "console: ready",
+            "console: nr_hugepages [SIZE [N]] - show, or grow/shrink",
+            "console> nr_hugepages 2M 16",
+            "console: nr_hugepages 2M: 12 folio(s) allocated, 12 optimized (vm.hugetlb_optimize_vmemmap = 1)",
+            "by the buddy free count, 84 tail entries remapped;",
+            "every pfn's head/tail answer: 0 wrong",
+            "console: nr_hugepages 2M = 16 (was 4;",
+            "meminfo: HugePages 2M: total 16 free 16 (32768 kB)",
+            "console: hvo 2M: 16 folio(s) in the pool, 16 optimized, 448 KiB of vmemmap freed",
+            "console: nr_hugepages 2M: 12 folio(s) dissolved, 12 of them restored first",
+            "console:   buddy free count +6060 pages = 12 x 512 folio pages - 12 x 7 vmemmap frames taken back by restore (6060): agree",
+            "console: conservation: every RAM frame accounted for",
+            "meminfo: HugePages 2M: total 4 free 4 (8192 kB)",
+            "console: vm.hugetlb_optimize_vmemmap = 0: folios allocated from now on are not optimized",
+            "console: nr_hugepages 2M: 4 folio(s) allocated, 0 optimized (vm.hugetlb_optimize_vmemmap = 0)",
+            "console: hvo 2M: 8 folio(s) in the pool, 4 optimized",
+            "optimized folio(s) found in the pools, HVO's counter says 4: agree",
+            "HugeTLB: allocating ",
+            " of 100000 hugepages of size 2M failed: memory allows only ",
+            "console: nr_hugepages 2M = 0 (was ",
+            "console: nr_hugepages 1G: 1 folio(s) allocated, 1 optimized",
+            "4095 by the buddy free count, 4095 tail entries remapped;",
+            "console: nr_hugepages 1G: 1 folio(s) dissolved, 1 of them restored first",
+            "= 1 x 262144 folio pages - 1 x 4095 vmemmap frames taken back by restore (258049): agree",
+            "unknown command `frobnicate` (type `help` for the list)",
+            "unsupported huge page size `3M` (3145728 bytes): this machine has 2M and 1G",
+            "bad number of pages `lots`: give a decimal or 0x-hex number",
+            "hugetlb_optimize_vmemmap: unexpected argument `maybe`",
+            "demote 1G 1: not available in this build: demote (issue 13 item 3) is not built yet",
+            "stress 2: not available in this build",
+            "ptdump: kernel page tables (init_mm, TTBR1) 0xfffffc0000000000..0xfffffe0000000000",
+            "---[ vmemmap ]---",
+            "console> nr_hugepages 1G",
+            "console: nr_hugepages 1G = 0 (free 0, vmemmap optimized 0)",
+            "console: ^C: line dropped",
+            "line has 1 byte(s) that are not printable ASCII (first 0x01); ignored",
+            "console: exit: ending the run with status 0",
+        ],
+        status: 0,
+    },
     // Bad boot input (issue 10): the boot goes on, with a warning, and nothing crashes.
     TargetRun {
         name: "dtb-alias-loop",
@@ -318,6 +366,46 @@ pub const TARGET_RUNS: &[TargetRun] = &[
         status: 101,
     },
 ];
+
+/// Serial input for runs that take it (by run name): written to QEMU's stdin once the firmware
+/// logs `console: ready`.
+pub const CONSOLE_INPUT: &[(&str, &str)] = &[(
+    "console",
+    concat!(
+        "help\n",
+        "nr_hugepages 2M 16\n",
+        "meminfo\n",
+        "hvo report\n",
+        "nr_hugepages 2M 4\n",
+        "meminfo\n",
+        "hugetlb_optimize_vmemmap off\n",
+        "nr_hugepages 2M 8\n",
+        "hvo report\n",
+        "hugetlb_optimize_vmemmap on\n",
+        "nr_hugepages 2M 100000\n",
+        "nr_hugepages 2M 0\n",
+        "nr_hugepages 1G 1\n",
+        "nr_hugepages 1G 0\n",
+        "frobnicate\n",
+        "nr_hugepages 3M 1\n",
+        "nr_hugepages 2M lots\n",
+        "hugetlb_optimize_vmemmap on maybe\n",
+        "demote 1G 1\n",
+        "stress 2\n",
+        "ptdump vmemmap\n",
+        // Editing: DEL, then Ctrl-U, then Ctrl-C, then a control byte.
+        "nr_hugepages 1Q\x7fG\n",
+        "garbage\x15",
+        "nr_hugepages 2M 999\x03",
+        "mem\x01info\n",
+        "exit\n",
+    ),
+)];
+
+/// The scripted serial input of the run `name`, if it has one.
+pub fn console_input(name: &str) -> Option<&'static str> {
+    CONSOLE_INPUT.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+}
 
 /// The `rpi4` image (release, as on the SD card) under QEMU with the real Pi 4 device tree: the
 /// board has no semihosting, so the run ends at the firmware's final line.
@@ -745,8 +833,12 @@ fn boot_once(
     let mut decoder = info.decoder();
     let finished = std::cell::Cell::new(None);
     let mut raw = Vec::new();
+    let ready = std::cell::Cell::new(false);
     let mut on_line = |line: LogLine| {
         finished.set(finished.get().or(crate::run::final_status(&line.message)));
+        if line.message.contains(crate::run::CONSOLE_READY) {
+            ready.set(true);
+        }
         if verbose {
             println!("  | {}", line.rendered);
         }
@@ -774,12 +866,26 @@ fn boot_once(
         report.lines.push(line.rendered.clone());
         report.last_line = Some(line.rendered);
     };
-    let outcome =
-        qemu::run_until(cfg, Some(Duration::from_secs(run.timeout_secs)), &mut |bytes| {
+    let timeout = Some(Duration::from_secs(run.timeout_secs));
+    let outcome = match console_input(run.name) {
+        None => qemu::run_until(cfg, timeout, &mut |bytes| {
             raw.extend_from_slice(bytes);
             decoder.feed(bytes, &mut on_line);
             finished.get()
-        })?;
+        })?,
+        Some(script) => {
+            let mut sent = false;
+            qemu::run_with_input(cfg, timeout, qemu::Input::Scripted, &mut |bytes, stdin| {
+                raw.extend_from_slice(bytes);
+                decoder.feed(bytes, &mut on_line);
+                if !sent && ready.get() {
+                    sent = true;
+                    let _ = stdin.write_all(script.as_bytes());
+                }
+                finished.get()
+            })?
+        }
+    };
     decoder.finish(&mut on_line);
     report.outcome = outcome;
     report.raw = raw;
@@ -951,5 +1057,10 @@ mod tests {
         assert!(TARGET_RUNS.iter().all(|r| r.timeout_secs > 0));
         // Every run checks something: test cases, or lines of its log.
         assert!(TARGET_RUNS.iter().all(|r| r.is_ktest() || !r.expect.is_empty()));
+        // Scripted input only for runs that exist and enter the console.
+        for (name, _) in CONSOLE_INPUT {
+            let run = TARGET_RUNS.iter().find(|r| r.name == *name).expect("a run of that name");
+            assert!(run.bootargs.split_whitespace().any(|a| a == "console"), "{name}");
+        }
     }
 }
