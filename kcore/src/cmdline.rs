@@ -14,6 +14,7 @@
 //! | `ktest` / `ktest=FILTER` | run the in-kernel tests (all, or those matching `FILTER`) |
 //! | `loglevel=N` | console log level, 0..=8 |
 //! | `memhp_reserve=SIZE` | ours: see below |
+//! | `bench` | ours: run the HVO benchmark (`cargo xtask bench`) after boot, print its figures and exit |
 //! | `crash=panic\|fault\|udf` | ours: end the boot with a panic, an unexpected data abort or an undefined instruction, to show the reporting path |
 //!
 //! The `hugepages` rules follow `mm/hugetlb.c`: `hugepages=` right after an unsupported
@@ -131,6 +132,8 @@ pub struct Cmdline<'a> {
     pub memhp_reserve: Option<u64>,
     /// `crash=`: fail deliberately at the end of boot.
     pub crash: Option<Crash>,
+    /// `bench`: run the HVO benchmark after boot.
+    pub bench: bool,
     warnings: [Warning<'a>; MAX_WARNINGS],
     nr_warnings: usize,
 }
@@ -147,6 +150,7 @@ impl Default for Cmdline<'_> {
             loglevel: None,
             memhp_reserve: None,
             crash: None,
+            bench: false,
             warnings: [Warning::TooMany; MAX_WARNINGS],
             nr_warnings: 0,
         }
@@ -467,6 +471,7 @@ pub fn parse(s: &str) -> Cmdline<'_> {
                 Some(None) => c.malformed(tok, MalformedReason::BadBool),
             },
             "ktest" => c.ktest = Some(value.unwrap_or("")),
+            "bench" if value.is_none() => c.bench = true,
             "crash" => match value {
                 Some("panic") => c.crash = Some(Crash::Panic),
                 Some("fault") => c.crash = Some(Crash::Fault),
@@ -512,6 +517,15 @@ mod tests {
 
     fn req(size: HugePageSize, count: u64) -> HugepageRequest {
         HugepageRequest { size, count }
+    }
+
+    #[test]
+    fn bench_flag() {
+        assert!(parse("bench hugepages=1").bench);
+        assert!(!parse("hugepages=1").bench);
+        let c = parse("bench=1");
+        assert!(!c.bench);
+        assert_eq!(c.warnings().len(), 1);
     }
 
     #[test]
