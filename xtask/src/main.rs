@@ -4,6 +4,7 @@
 //! ELF and turning it into `kernel8.img`), [`qemu`] (the QEMU invocation and its supervision) and
 //! [`decode`] (turning the UART byte stream into log lines, defmt or plain text).
 
+mod bench;
 mod build;
 mod decode;
 mod doctor;
@@ -43,6 +44,8 @@ enum Command {
     Doctor,
     /// Decode the firmware log from a serial port (a Pi 4 on GPIO14/15).
     Monitor(monitor::Args),
+    /// Benchmark HVO on QEMU (instruction counts), or with --host kcore against aarch64-paging.
+    Bench(bench::Args),
 }
 
 /// The boards the firmware can be built for: package `board-<name>`, bin `pi4-hvo-<name>`.
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         Command::Gdb(args) => gdb::main(args),
         Command::Doctor => doctor::main(),
         Command::Monitor(args) => monitor::main(args),
+        Command::Bench(args) => bench::main(args),
     };
     match result {
         Ok(code) => code,
