@@ -339,8 +339,9 @@ impl Report {
             let windows = lbs + 1.0;
             let (store, tlbi, dsb, isb) =
                 (d.prim("store"), d.prim("tlbi"), d.prim("dsb"), d.prim("isb"));
+            // The cheaper of memcpy and a word loop: a bound, not a particular implementation.
             let (copy, alloc_f, free_f, table) = (
-                d.prim("copy4k"),
+                d.prim("copy4k").min(d.prim("copy4k_words")),
                 d.prim("alloc_frame"),
                 d.prim("free_frame"),
                 d.prim("table_alloc"),
