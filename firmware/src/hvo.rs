@@ -150,6 +150,9 @@ pub fn take_from_pool(size: HugePageSize, max: usize) -> Batch {
     while out.len() < max.min(BATCH) {
         match pool.dequeue(size, &VMEMMAP) {
             Some(f) => {
+                // HVO works on frozen folios (refcount 0); `dequeue` handed out one reference,
+                // which nobody else can have taken yet.
+                f.head(&VMEMMAP).ref_freeze(1);
                 if let Err(f) = out.push(f) {
                     pool.enqueue(f, &VMEMMAP);
                     break;

@@ -451,7 +451,14 @@ impl HugetlbPool {
         prep_compound(vm, pfn, size.order());
         self.hstates[size.index()].nr += 1;
         let folio = Folio { head: pfn, order: size.order() };
+        // The hook (HVO) runs on the folio frozen, as Linux's prep_new_hugetlb_folio() does:
+        // nobody else can hold a reference to a folio just taken from the buddy allocator.
+        let head = vm.page(pfn);
+        let frozen = head.ref_freeze(1);
         hooks.after_prep(&folio, vm);
+        if frozen {
+            head.ref_unfreeze(1);
+        }
         folio
     }
 

@@ -83,11 +83,12 @@
 #![deny(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
 
 use crate::addr::{Pfn, PhysAddr, VirtAddr, PAGE_SIZE, PMD_SIZE, PUD_SIZE};
+pub use crate::bbm_sync::{BbmSync, NoSync};
 use crate::buddy::{Buddy, BuddyError};
 use crate::hugetlb::{check_folio, Folio, FolioError};
 use crate::layout::{VMEMMAP_SIZE, VMEMMAP_START};
 use crate::mapper::FrameAlloc;
-use crate::mm::{Kernel, MmapReadGuard};
+use crate::mm::{Kernel, Mm, MmapReadGuard, SpinGuard};
 use crate::page::{set_fake_head_fixup, Page, PageFlags, PageState, PAGE_DESC_SIZE};
 use crate::pagewalk::{
     walk_page_range_novma, Entry, Interests, PageWalkOps, WalkAction, WalkError,
@@ -262,6 +263,15 @@ pub enum HvoError {
         /// The address.
         pa: PhysAddr,
     },
+    /// The folio's head reference count is not 0: HVO only works on frozen folios (Linux's
+    /// `VM_WARN_ON_ONCE_FOLIO(folio_ref_count(folio), folio)`), so that a speculative
+    /// `folio_try_get()` on another CPU never writes a descriptor HVO copies or makes read-only.
+    NotFrozen {
+        /// Head of the folio.
+        folio: Pfn,
+        /// Its reference count.
+        refcount: u32,
+    },
 }
 
 /// Tunables. [`Default`] gives Linux's behaviour.
@@ -278,6 +288,13 @@ pub struct HvoOptions {
     /// Batched calls: above this many entries, one `TLBI VMALLE1IS` replaces the per-page
     /// `TLBI VAAE1IS`s (Linux: `MAX_DVM_OPS` = `PTRS_PER_PTE` = 512).
     pub flush_all_threshold: u64,
+    /// Refuse ([`HvoError::NotFrozen`]) a folio whose head reference count is not 0. `false`
+    /// only as a test's negative control (showing what the freeze prevents).
+    pub require_frozen: bool,
+    /// Re-read every live entry under `init_mm`'s `page_table_lock` before replacing it, and
+    /// only replace what the walker saw (Linux's `vmemmap_split_pmd()` re-check). `false` only
+    /// as a test's negative control (showing the double split it prevents).
+    pub recheck_entries: bool,
 }
 
 /// Linux's `MAX_DVM_OPS` on arm64 (`PTRS_PER_PTE`).
@@ -285,7 +302,13 @@ pub const MAX_DVM_OPS: u64 = ENTRIES_PER_TABLE as u64;
 
 impl Default for HvoOptions {
     fn default() -> Self {
-        HvoOptions { replace_head_page: true, verify_tails: true, flush_all_threshold: MAX_DVM_OPS }
+        HvoOptions {
+            replace_head_page: true,
+            verify_tails: true,
+            flush_all_threshold: MAX_DVM_OPS,
+            require_frozen: true,
+            recheck_entries: true,
+        }
     }
 }
 
@@ -300,6 +323,9 @@ pub struct HvoStats {
     pub folios_restored: u64,
     /// 2 MiB vmemmap blocks split into page tables.
     pub splits: u64,
+    /// Splits skipped because the block had been split by someone else since the walker read
+    /// it (found under `page_table_lock`; the table prepared for it went back unused).
+    pub splits_skipped: u64,
     /// Table pages taken from the table allocator.
     pub tables_allocated: u64,
     /// Tail vmemmap entries remapped read-only onto page 0.
@@ -344,6 +370,7 @@ impl HvoStats {
             folios: f(self.folios, o.folios),
             folios_restored: f(self.folios_restored, o.folios_restored),
             splits: f(self.splits, o.splits),
+            splits_skipped: f(self.splits_skipped, o.splits_skipped),
             tables_allocated: f(self.tables_allocated, o.tables_allocated),
             ptes_remapped: f(self.ptes_remapped, o.ptes_remapped),
             head_pages_replaced: f(self.head_pages_replaced, o.head_pages_replaced),
@@ -555,6 +582,10 @@ struct FreeList {
 }
 
 impl FreeList {
+    fn is_empty(&self) -> bool {
+        self.head.is_none() && self.unlisted == 0
+    }
+
     fn push(&mut self, vm: &Vmemmap, pa: PhysAddr) {
         let pfn = Pfn::containing(pa);
         match vm.get(pfn) {
@@ -680,6 +711,19 @@ struct HvoWalk<'a, M: PhysMem, O: MmuOps> {
     mem: &'a M,
     vm: &'a Vmemmap,
     mmu: &'a mut O,
+    sync: &'a mut dyn BbmSync,
+    /// `init_mm`, whose `page_table_lock` guards every check-then-write on a live entry.
+    mm: &'a Mm<Kernel>,
+    /// The lock, held from the opening of a batched pass's window to its close.
+    ptl: Option<SpinGuard<'a>>,
+    /// [`HvoOptions::recheck_entries`].
+    recheck: bool,
+    /// Test-only: called in `split` between the walker's read of the block and the re-check.
+    race_hook: Option<&'a mut dyn FnMut(VirtAddr)>,
+    /// The VAs a batched pass may leave invalid (its break window), and whether that window is
+    /// open (`break_begin` called, `break_end` not yet).
+    batch_window: (VirtAddr, VirtAddr),
+    window_open: bool,
     strategy: Strategy,
     phase: Phase,
     // Per folio.
@@ -702,17 +746,32 @@ struct HvoWalk<'a, M: PhysMem, O: MmuOps> {
     need_frames: u64,
     pending: u64,
     splits: u64,
+    splits_skipped: u64,
     remapped: u64,
     restored: u64,
     heads_replaced: u64,
 }
 
 impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
-    fn new(mem: &'a M, vm: &'a Vmemmap, mmu: &'a mut O, strategy: Strategy) -> Self {
+    fn new(
+        mem: &'a M,
+        vm: &'a Vmemmap,
+        mmu: &'a mut O,
+        sync: &'a mut dyn BbmSync,
+        mm: &'a Mm<Kernel>,
+        strategy: Strategy,
+    ) -> Self {
         HvoWalk {
             mem,
             vm,
             mmu,
+            sync,
+            mm,
+            ptl: None,
+            recheck: true,
+            race_hook: None,
+            batch_window: (VirtAddr(0), VirtAddr(0)),
+            window_open: false,
             strategy,
             phase: Phase::Check,
             folio: Pfn(0),
@@ -728,6 +787,7 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
             need_frames: 0,
             pending: 0,
             splits: 0,
+            splits_skipped: 0,
             remapped: 0,
             restored: 0,
             heads_replaced: 0,
@@ -755,7 +815,30 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
 
     /// Replaces the 2 MiB block `e` by a table of 512 pages mapping the same frames with the
     /// same attributes. Returns the table.
+    ///
+    /// Another CPU optimizing a folio whose descriptors share the block may have split it since
+    /// the walker read the entry: under `init_mm`'s `page_table_lock` the entry is read again
+    /// and only split if it is still that block (Linux's `vmemmap_split_pmd()`). If it has
+    /// become a table, the table page prepared for this split stays unused (it goes back at the
+    /// end of the operation) and the walk descends into the existing table.
     fn split(&mut self, e: &Entry) -> Result<PhysAddr, HvoError> {
+        if let Some(hook) = self.race_hook.as_deref_mut() {
+            hook(e.addr());
+        }
+        let mm = self.mm;
+        let _ptl = self.ptl.is_none().then(|| mm.page_table_lock());
+        if self.recheck {
+            let now = e.reread();
+            if now != e.desc() {
+                return match now.kind(Level::L2) {
+                    DescKind::Table => {
+                        self.splits_skipped += 1;
+                        Ok(now.table_address())
+                    }
+                    _ => Err(self.inconsistent(e.addr())),
+                };
+            }
+        }
         let (pa, attrs) = e.desc().decode_leaf(Level::L2).ok_or(self.inconsistent(e.addr()))?;
         let table =
             self.tables.pop(self.mem).ok_or(HvoError::NoPageTables { needed: 1, got: 0 })?;
@@ -768,6 +851,8 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
             unsafe { core::ptr::write_volatile(self.mem.ptr(table + i * 8).cast::<u64>(), d.0) };
         }
         let td = Descriptor::table(Level::L2, table).map_err(|_| HvoError::Encode { pa: table })?;
+        // One break window: the whole block is invalid until the table entry is published.
+        self.sync.break_begin(e.span_start(), e.span_start() + PMD_SIZE);
         // SAFETY: `e` is a live level-2 entry of `init_mm` handed to us by the walker; the block
         // maps vmemmap, and `Hvo::new`'s contract keeps every CPU off the section's descriptors
         // while the entry is invalid (valid -> invalid is the "break").
@@ -788,20 +873,43 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
         // instructions translate through it (ARM ARM "Ordering of translation table walks").
         self.mmu.dsb_ishst();
         self.mmu.isb();
+        self.sync.break_end();
         self.splits += 1;
         Ok(table)
     }
 
     /// Replaces the valid page entry `e` by `new`: the full break-before-make sequence in the
     /// apply pass, or a [`pending`] invalid entry in a batched pass.
-    fn replace(&mut self, e: &Entry, new: Descriptor) {
+    ///
+    /// The entry is re-read under `init_mm`'s `page_table_lock` and replaced only if it is still
+    /// what the walker saw ([`HvoError::Inconsistent`] otherwise, nothing written). The lock is
+    /// taken before the window opens and released after it closes: none is taken inside it.
+    fn replace(&mut self, e: &Entry, new: Descriptor) -> Result<(), HvoError> {
+        let mm = self.mm;
         if self.phase == Phase::Invalidate {
+            if !self.window_open {
+                // The batch's one window opens at its first invalid entry; the lock is held
+                // until it closes (`complete_and_publish`).
+                self.ptl = Some(mm.page_table_lock());
+                let (lo, hi) = self.batch_window;
+                self.sync.break_begin(lo, hi);
+                self.window_open = true;
+            }
+            if self.recheck && e.reread() != e.desc() {
+                return Err(self.inconsistent(e.addr()));
+            }
             // SAFETY: `e` is a live level-3 vmemmap entry of the folio we own (no other CPU
             // touches its descriptors, `Hvo::new`'s contract); valid -> invalid needs no break.
             unsafe { e.set(self.mmu, pending(new)) };
             self.pending += 1;
-            return;
+            return Ok(());
         }
+        let _ptl = self.ptl.is_none().then(|| mm.page_table_lock());
+        if self.recheck && e.reread() != e.desc() {
+            return Err(self.inconsistent(e.addr()));
+        }
+        // One window per entry in the single-folio path.
+        self.sync.break_begin(e.addr(), e.addr() + PAGE_SIZE);
         // SAFETY: as above.
         unsafe { e.set(self.mmu, Descriptor::INVALID) };
         // DSB ISHST: the invalid entry is visible to the walkers before the TLBI (ARM ARM
@@ -814,7 +922,13 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
         self.mmu.dsb_ish();
         // SAFETY: as above; the break is complete.
         unsafe { e.set(self.mmu, new) };
-        // The DSB ISHST + ISB that publish the new entry come at the end of the pass.
+        // DSB ISHST: the new entry is visible to the table walkers of every core; ISB: this
+        // core's later instructions translate with it (ARM ARM "Ordering of translation table
+        // walks"). Published, the window closes.
+        self.mmu.dsb_ishst();
+        self.mmu.isb();
+        self.sync.break_end();
+        Ok(())
     }
 
     fn remap(&mut self, e: &Entry, pa: PhysAddr, attrs: Attrs) -> Result<(), HvoError> {
@@ -826,7 +940,11 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
                 unsafe { copy_frame(self.mem, pa, new) };
                 let d = Descriptor::leaf(Level::L3, new, attrs)
                     .map_err(|_| HvoError::Encode { pa: new })?;
-                self.replace(e, d);
+                if let Err(err) = self.replace(e, d) {
+                    // Not written: the copy is unused (freed with the rest).
+                    self.new_head = Some(new);
+                    return Err(err);
+                }
                 self.to_free.push(self.vm, pa);
                 self.reuse = Some((new, attrs));
                 self.heads_replaced += 1;
@@ -836,7 +954,7 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
         let (reuse, _) = self.reuse.ok_or(self.inconsistent(e.addr()))?;
         let d = Descriptor::leaf(Level::L3, reuse, attrs.read_only())
             .map_err(|_| HvoError::Encode { pa: reuse })?;
-        self.replace(e, d);
+        self.replace(e, d)?;
         self.to_free.push(self.vm, pa);
         self.remapped += 1;
         Ok(())
@@ -856,7 +974,11 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
             reset_descriptors(self.mem, new);
         }
         let d = Descriptor::leaf(Level::L3, new, rw).map_err(|_| HvoError::Encode { pa: new })?;
-        self.replace(e, d);
+        if let Err(err) = self.replace(e, d) {
+            // Not written: the frame goes back with the unused ones.
+            self.frames.push(self.mem, new);
+            return Err(err);
+        }
         self.restored += 1;
         Ok(())
     }
@@ -1015,10 +1137,16 @@ fn complete_and_publish<M: PhysMem, O: MmuOps>(
     stats: &mut HvoStats,
 ) -> Result<(), HvoError> {
     let done = complete_batch(guard, mem, w, folios, threshold, stats);
-    // DSB ISHST: the new entries are visible to the table walkers; ISB: this core's later
-    // instructions translate with them (ARM ARM "Ordering of translation table walks").
-    w.mmu.dsb_ishst();
-    w.mmu.isb();
+    if w.window_open {
+        // DSB ISHST: the new entries are visible to the table walkers; ISB: this core's later
+        // instructions translate with them (ARM ARM "Ordering of translation table walks").
+        // (The single-folio path published each entry as it wrote it.)
+        w.mmu.dsb_ishst();
+        w.mmu.isb();
+        w.sync.break_end();
+        w.window_open = false;
+        w.ptl = None;
+    }
     done
 }
 
@@ -1078,6 +1206,8 @@ pub struct Hvo<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> {
     vm: &'a Vmemmap,
     frames: &'a mut F,
     tables: &'a mut T,
+    sync: Option<&'a mut dyn BbmSync>,
+    race_hook: Option<&'a mut dyn FnMut(VirtAddr)>,
     opts: HvoOptions,
     stats: HvoStats,
 }
@@ -1119,9 +1249,24 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
             vm,
             frames,
             tables,
+            sync: None,
+            race_hook: None,
             opts: HvoOptions::default(),
             stats: HvoStats::default(),
         }
+    }
+
+    /// Uses `sync` for the following operations (default: [`NoSync`]).
+    pub fn set_sync(&mut self, sync: &'a mut dyn BbmSync) {
+        self.sync = Some(sync);
+    }
+
+    /// Test-only: `hook(va)` runs inside each split between the walker's read of the level-2
+    /// entry at `va` and its re-check under `page_table_lock`, the window in which another CPU
+    /// may split the same block. Host tests use it to interleave a second HVO deterministically.
+    #[cfg(any(test, feature = "std"))]
+    pub fn set_split_race_hook(&mut self, hook: &'a mut dyn FnMut(VirtAddr)) {
+        self.race_hook = Some(hook);
     }
 
     /// With options `opts`.
@@ -1175,13 +1320,30 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
     pub fn split_folio(&mut self, folio: &Folio) -> Result<u64, HvoError> {
         check_order(folio)?;
         let before = self.mmu.stats();
-        let mut w = HvoWalk::new(self.mem, self.vm, &mut *self.mmu, Strategy::SplitOnly);
+        let mm = self.guard.mm();
+        let mut nosync = NoSync;
+        let sync: &mut dyn BbmSync = match self.sync.as_deref_mut() {
+            Some(s) => s,
+            None => &mut nosync,
+        };
+        let mut w = HvoWalk::new(self.mem, self.vm, &mut *self.mmu, sync, mm, Strategy::SplitOnly);
+        w.recheck = self.opts.recheck_entries;
+        w.race_hook = self.race_hook.as_deref_mut().map(|h| h as &mut dyn FnMut(VirtAddr));
         walk_folio(self.guard, self.mem, &mut w, folio, Phase::Check)?;
         alloc_tables(self.mem, &mut *self.tables, &mut w, &mut self.stats)?;
-        let r = walk_folio(self.guard, self.mem, &mut w, folio, Phase::Apply);
+        let r = if w.need_tables > 0 {
+            w.sync.op_begin();
+            let r = walk_folio(self.guard, self.mem, &mut w, folio, Phase::Apply);
+            w.sync.op_end();
+            r
+        } else {
+            Ok(())
+        };
         let splits = w.splits;
+        self.stats.splits_skipped += w.splits_skipped;
         release_tables(self.mem, &mut *self.tables, &mut w, &mut self.stats);
         self.stats.splits += splits;
+        drop(w);
         self.stats.add_mmu(self.mmu.stats().since(before));
         r.map(|()| splits)
     }
@@ -1215,6 +1377,15 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         self.restore(folios, true)
     }
 
+    /// Refuses a folio whose head is not frozen (unless the test-only control says not to).
+    fn check_frozen(&self, f: &Folio) -> Result<(), HvoError> {
+        let refcount = self.vm.page(f.head_pfn()).refcount();
+        if self.opts.require_frozen && refcount != 0 {
+            return Err(HvoError::NotFrozen { folio: f.head_pfn(), refcount });
+        }
+        Ok(())
+    }
+
     fn optimize(&mut self, folios: &[Folio], batched: bool) -> Result<u64, HvoError> {
         let vm = self.vm;
         for f in folios {
@@ -1222,6 +1393,7 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
             if folio_is_optimized(vm, f) {
                 continue;
             }
+            self.check_frozen(f)?;
             check_folio(f, vm).map_err(HvoError::Folio)?;
             if self.opts.verify_tails {
                 verify_tails(vm, f)?;
@@ -1234,14 +1406,40 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         if todo.clone().next().is_none() {
             return Ok(0);
         }
+        let window = batch_window(todo.clone());
+        let n_todo = todo.clone().count();
         let before = self.mmu.stats();
-        let mut w = HvoWalk::new(self.mem, vm, &mut *self.mmu, Strategy::Optimize);
+        let mm = self.guard.mm();
+        let mut nosync = NoSync;
+        let sync: &mut dyn BbmSync = match self.sync.as_deref_mut() {
+            Some(s) => s,
+            None => &mut nosync,
+        };
+        let mut w = HvoWalk::new(self.mem, vm, &mut *self.mmu, sync, mm, Strategy::Optimize);
+        w.recheck = self.opts.recheck_entries;
+        w.race_hook = self.race_hook.as_deref_mut().map(|h| h as &mut dyn FnMut(VirtAddr));
+        w.batch_window = window;
         for f in todo.clone() {
             walk_folio(self.guard, self.mem, &mut w, f, Phase::Check)?;
         }
         alloc_tables(self.mem, &mut *self.tables, &mut w, &mut self.stats)?;
+        // The frames for the copies of page 0, taken before any entry is written (so that no
+        // allocation happens inside a break window). Short: the last folios keep their page 0.
+        let mut heads = Chain::EMPTY;
+        if self.opts.replace_head_page {
+            for _ in 0..n_todo {
+                match self.frames.alloc() {
+                    Some(pa) => {
+                        heads.push(self.mem, pa);
+                        self.stats.frames_allocated += 1;
+                    }
+                    None => break,
+                }
+            }
+        }
         // Linux's hugetlb_optimize_vmemmap_key: fake heads may exist from now on.
         set_fake_head_fixup(true);
+        w.sync.op_begin();
 
         let mut r = Ok(());
         if batched {
@@ -1256,14 +1454,14 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
             if r.is_err() {
                 break;
             }
-            if self.opts.replace_head_page {
-                w.new_head = self.frames.alloc();
-                self.stats.frames_allocated += u64::from(w.new_head.is_some());
-            }
+            w.new_head = heads.pop(self.mem);
             r = walk_folio(self.guard, self.mem, &mut w, f, phase);
             if let Some(unused) = w.new_head.take() {
                 w.to_free.push(vm, unused);
             }
+        }
+        while let Some(unused) = heads.pop(self.mem) {
+            w.to_free.push(vm, unused);
         }
         // Pending entries are completed even after an error (which the check pass makes
         // impossible short of a concurrent edit of the tables), so none stays invalid.
@@ -1275,12 +1473,20 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
             self.opts.flush_all_threshold,
             &mut self.stats,
         ));
-        // The old frames' TLB entries are gone (each break completed with its DSB ISH): free.
+        // The old frames' TLB entries are gone (each break completed with its DSB ISH); once
+        // every other CPU has passed a quiescent state, no reader still holds an address it
+        // computed through the old mapping: free.
+        if !w.to_free.is_empty() {
+            w.sync.grace_period();
+        }
         w.to_free.drain(vm, &mut *self.frames, &mut self.stats);
+        w.sync.op_end();
         release_tables(self.mem, &mut *self.tables, &mut w, &mut self.stats);
         self.stats.splits += w.splits;
+        self.stats.splits_skipped += w.splits_skipped;
         self.stats.ptes_remapped += w.remapped;
         self.stats.head_pages_replaced += w.heads_replaced;
+        drop(w);
         self.stats.add_mmu(self.mmu.stats().since(before));
         r?;
         let mut n = 0;
@@ -1300,13 +1506,25 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         let vm = self.vm;
         for f in folios {
             check_order(f)?;
+            if folio_is_optimized(vm, f) {
+                self.check_frozen(f)?;
+            }
         }
         let todo = folios.iter().filter(|f| folio_is_optimized(vm, f));
         if todo.clone().next().is_none() {
             return Ok(0);
         }
+        let window = batch_window(todo.clone());
         let before = self.mmu.stats();
-        let mut w = HvoWalk::new(self.mem, vm, &mut *self.mmu, Strategy::Restore);
+        let mm = self.guard.mm();
+        let mut nosync = NoSync;
+        let sync: &mut dyn BbmSync = match self.sync.as_deref_mut() {
+            Some(s) => s,
+            None => &mut nosync,
+        };
+        let mut w = HvoWalk::new(self.mem, vm, &mut *self.mmu, sync, mm, Strategy::Restore);
+        w.recheck = self.opts.recheck_entries;
+        w.batch_window = window;
         for f in todo.clone() {
             walk_folio(self.guard, self.mem, &mut w, f, Phase::Check)?;
         }
@@ -1330,6 +1548,7 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
                 }
             }
         }
+        w.sync.op_begin();
         let phase = if batched { Phase::Invalidate } else { Phase::Apply };
         let mut r = Ok(());
         for f in todo.clone() {
@@ -1344,14 +1563,16 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
             &mut self.stats,
         ));
         while let Some(pa) = w.frames.pop(self.mem) {
-            // Only after an error: frames allocated but not used.
+            // Only after an error: frames allocated but never mapped (no grace period needed).
             if self.frames.free(pa) {
                 self.stats.frames_freed += 1;
             } else {
                 self.stats.free_failures += 1;
             }
         }
+        w.sync.op_end();
         self.stats.ptes_restored += w.restored;
+        drop(w);
         self.stats.add_mmu(self.mmu.stats().since(before));
         r?;
         let mut n = 0;
@@ -1363,6 +1584,14 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         self.stats.folios_restored += n;
         Ok(n)
     }
+}
+
+/// The vmemmap VAs of `folios` (from the lowest start to the highest end): a superset of what
+/// a batched pass over them may leave invalid.
+fn batch_window<'f>(folios: impl Iterator<Item = &'f Folio>) -> (VirtAddr, VirtAddr) {
+    folios.map(folio_vmemmap_range).fold((VirtAddr(u64::MAX), VirtAddr(0)), |(lo, hi), (s, e)| {
+        (if s < lo { s } else { lo }, if e > hi { e } else { hi })
+    })
 }
 
 fn check_order(folio: &Folio) -> Result<(), HvoError> {

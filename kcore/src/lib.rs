@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod addr;
+pub mod bbm_sync;
 pub mod bootinfo;
 pub mod buddy;
 pub mod cmdline;

@@ -25,7 +25,7 @@ use crate::tlb::{MmuOps, TlbScope};
 use core::cell::UnsafeCell;
 use core::marker::PhantomData;
 use core::ops::Deref;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 /// A writer-preferring reader-writer spinlock for `no_std`.
 ///
@@ -180,6 +180,60 @@ impl<T: ?Sized> Drop for RwWriteGuard<'_, T> {
     }
 }
 
+/// A plain spin lock with no data: Linux's `spinlock_t` as `init_mm.page_table_lock` uses it.
+///
+/// On ARMv8.0 (no LSE) the compare-and-swap below compiles to a load-acquire-exclusive /
+/// store-exclusive loop; the unlock is a store-release. Acquire on lock and release on unlock
+/// order the table reads and writes made under the lock with those of the previous holder.
+#[derive(Debug, Default)]
+pub struct SpinLock {
+    locked: AtomicBool,
+}
+
+impl SpinLock {
+    /// An unlocked lock.
+    pub const fn new() -> Self {
+        SpinLock { locked: AtomicBool::new(false) }
+    }
+
+    /// Takes the lock, spinning while it is held.
+    pub fn lock(&self) -> SpinGuard<'_> {
+        loop {
+            if let Some(g) = self.try_lock() {
+                return g;
+            }
+            while self.locked.load(Ordering::Relaxed) {
+                core::hint::spin_loop();
+            }
+        }
+    }
+
+    /// Takes the lock if it is free.
+    pub fn try_lock(&self) -> Option<SpinGuard<'_>> {
+        self.locked
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| SpinGuard { lock: self })
+    }
+
+    /// Is the lock held (by anyone)?
+    pub fn is_locked(&self) -> bool {
+        self.locked.load(Ordering::Relaxed)
+    }
+}
+
+/// A held [`SpinLock`]; released when dropped.
+#[derive(Debug)]
+pub struct SpinGuard<'a> {
+    lock: &'a SpinLock,
+}
+
+impl Drop for SpinGuard<'_> {
+    fn drop(&mut self) {
+        self.lock.locked.store(false, Ordering::Release);
+    }
+}
+
 mod sealed {
     /// Seals [`super::MmKind`].
     pub trait Kind {}
@@ -217,11 +271,12 @@ impl MmKind for User {
     const NAME: &'static str = "user mm";
 }
 
-/// An address space: translation table root, ASID, `mmap_lock`.
+/// An address space: translation table root, ASID, `mmap_lock`, `page_table_lock`.
 pub struct Mm<K: MmKind> {
     root: PhysAddr,
     asid: u16,
     mmap_lock: RwSpinLock<()>,
+    page_table_lock: SpinLock,
     _kind: PhantomData<K>,
 }
 
@@ -233,7 +288,13 @@ impl Mm<Kernel> {
     /// [`PhysMem`] later passed with this mm (to walks, maps, translations) must reach it and
     /// every table linked from it. Only one `Mm` may own a given root.
     pub const unsafe fn new_kernel(root: PhysAddr) -> Self {
-        Mm { root, asid: 0, mmap_lock: RwSpinLock::new(()), _kind: PhantomData }
+        Mm {
+            root,
+            asid: 0,
+            mmap_lock: RwSpinLock::new(()),
+            page_table_lock: SpinLock::new(),
+            _kind: PhantomData,
+        }
     }
 }
 
@@ -243,7 +304,13 @@ impl Mm<User> {
     /// # Safety
     /// As for [`Mm::new_kernel`]; besides, no other live address space may use `asid`.
     pub const unsafe fn new_user(root: PhysAddr, asid: u16) -> Self {
-        Mm { root, asid, mmap_lock: RwSpinLock::new(()), _kind: PhantomData }
+        Mm {
+            root,
+            asid,
+            mmap_lock: RwSpinLock::new(()),
+            page_table_lock: SpinLock::new(),
+            _kind: PhantomData,
+        }
     }
 }
 
@@ -322,6 +389,20 @@ impl<K: MmKind> Mm<K> {
     /// The lock itself, for diagnostics.
     pub fn mmap_lock(&self) -> &RwSpinLock<()> {
         &self.mmap_lock
+    }
+
+    /// Takes the address space's `page_table_lock` (Linux's `mm->page_table_lock`; for
+    /// `init_mm`, what `vmemmap_split_pmd()` holds while it re-checks and replaces a level-2
+    /// entry). Walkers holding `mmap_lock` for read may run concurrently with each other; a
+    /// check-then-write on a live entry they share is made under this lock: re-read the entry,
+    /// write only if it is still what was checked.
+    pub fn page_table_lock(&self) -> SpinGuard<'_> {
+        self.page_table_lock.lock()
+    }
+
+    /// Is `page_table_lock` held (by anyone)? For assertions.
+    pub fn page_table_locked(&self) -> bool {
+        self.page_table_lock.is_locked()
     }
 }
 

@@ -32,7 +32,10 @@
 
 use crate::addr::{Pfn, PAGE_SIZE};
 use core::fmt;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use core::sync::atomic::{
+    AtomicBool, AtomicU32, AtomicU64, AtomicU8,
+    Ordering::{Acquire, Relaxed, Release},
+};
 
 /// Page flag bits (the low bits of [`Page`]'s `flags` word). Names follow Linux.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -424,6 +427,39 @@ impl Page {
         }
     }
 
+    /// Linux's `page_ref_add_unless(page, 1, 0)` (`folio_try_get()`): takes a reference unless
+    /// the count is zero (a frozen or free page). Returns whether it took one. A load-exclusive /
+    /// store-exclusive loop on ARMv8.0; acquire on success, so that what the caller reads next
+    /// (is it still the folio it looked up?) is not read before the reference is held.
+    pub fn try_get(&self) -> bool {
+        self.refcount
+            .fetch_update(Acquire, Relaxed, |n| if n == 0 { None } else { n.checked_add(1) })
+            .is_ok()
+    }
+
+    /// Linux's `put_page()` on the count: drops one reference (release, so the holder's
+    /// accesses happen before it lets go); returns the new value. Dropping a reference that is
+    /// not held leaves the count at 0 (it never wraps) and returns 0.
+    pub fn put(&self) -> u32 {
+        match self.refcount.fetch_update(Release, Relaxed, |n| n.checked_sub(1)) {
+            Ok(old) => old - 1,
+            Err(_) => 0,
+        }
+    }
+
+    /// Linux's `page_ref_freeze()`: the count goes from `expected` to 0 in one atomic step, or
+    /// not at all (returns `false`). While it is 0, [`try_get`](Self::try_get) fails, so
+    /// speculative reference takers never write the page (HVO requires its folios frozen).
+    pub fn ref_freeze(&self, expected: u32) -> bool {
+        self.refcount.compare_exchange(expected, 0, Acquire, Relaxed).is_ok()
+    }
+
+    /// Linux's `page_ref_unfreeze()`: sets the count of a frozen page to `n` (release: what the
+    /// freezer wrote is visible to whoever takes a reference next).
+    pub fn ref_unfreeze(&self, n: u32) {
+        self.refcount.store(n, Release);
+    }
+
     /// Number of user mappings.
     pub fn mapcount(&self) -> u32 {
         self.mapcount.load(Relaxed)
@@ -519,6 +555,24 @@ mod tests {
         assert_eq!(size_of::<Page>(), 64);
         assert_eq!(align_of::<Page>(), 64);
         assert_eq!(DESCS_PER_PAGE, 64);
+    }
+
+    #[test]
+    fn reference_primitives() {
+        let p = Page::new();
+        assert!(!p.try_get(), "no reference from zero");
+        assert_eq!(p.refcount(), 0);
+        p.ref_unfreeze(1);
+        assert!(p.try_get());
+        assert_eq!(p.refcount(), 2);
+        assert!(!p.ref_freeze(1), "freeze needs the exact count");
+        assert_eq!(p.put(), 1);
+        assert!(p.ref_freeze(1));
+        assert!(!p.try_get(), "a frozen page gives no reference");
+        assert_eq!(p.put(), 0, "never wraps");
+        assert_eq!(p.refcount(), 0);
+        p.ref_unfreeze(3);
+        assert_eq!(p.refcount(), 3);
     }
 
     #[test]

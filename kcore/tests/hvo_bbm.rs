@@ -66,18 +66,19 @@ fn single_folio_sequences_pass_the_checker() {
             checked(&ev);
             let n = f.nr_pages() / 64;
             let remaps = n - 1 + u64::from(replace_head_page);
-            // Per entry: invalid + new, DSB ISHST + DSB ISH, one TLBI; per split 2 writes,
-            // 3 DSBs, 1 TLBI, 1 ISB; one DSB ISHST + ISB at the end.
+            // Per entry (one break window each): invalid + new, DSB ISHST + DSB ISH, one
+            // TLBI, then DSB ISHST + ISB publishing it; per split 2 writes, 3 DSBs, 1 TLBI,
+            // 1 ISB.
             assert_eq!(s.tlbi, remaps + s.splits);
-            assert_eq!(s.dsb, 2 * remaps + 3 * s.splits + 1);
+            assert_eq!(s.dsb, 3 * remaps + 3 * s.splits);
             assert_eq!(s.entry_writes, 2 * remaps + 2 * s.splits);
-            assert_eq!(s.isb, s.splits + 1);
+            assert_eq!(s.isb, remaps + s.splits);
             assert_eq!(s.tlbi_flush_all, 0);
             let ((r, s), _) = w.hvo(opts, None, |h| (h.restore_folio(&f), h.stats()));
             assert_eq!(r, Ok(true));
             let ev = w.mmu.take_events();
             checked(&ev);
-            assert_eq!((s.tlbi, s.dsb, s.entry_writes), (n - 1, 2 * (n - 1) + 1, 2 * (n - 1)));
+            assert_eq!((s.tlbi, s.dsb, s.entry_writes), (n - 1, 3 * (n - 1), 2 * (n - 1)));
         }
     }
 }
@@ -182,8 +183,8 @@ fn batching_saves_barriers_and_flushes() {
     checked(&w.mmu.take_events());
     let per = |s: HvoStats| (s.dsb / 4, s.isb as f64 / 4.0);
     assert_eq!((single.ptes_remapped, batch.ptes_remapped), (28, 28));
-    // Unbatched: 2 DSBs per entry plus one at the end, per folio. Batched: 3 per batch.
-    assert_eq!(single.dsb, 4 * (2 * 8 + 1) + 4 * (2 * 7 + 1));
+    // Unbatched: 3 DSBs per entry (each its own published window). Batched: 3 per batch.
+    assert_eq!(single.dsb, 4 * (3 * 8) + 4 * (3 * 7));
     assert_eq!(batch.dsb, 3 + 3);
     assert!(per(batch).0 < per(single).0);
     assert!(per(batch).1 < per(single).1);
@@ -247,4 +248,89 @@ fn batches_skip_folios_with_nothing_to_do() {
     let ((r, s), _) =
         w.hvo(HvoOptions::default(), None, |h| (h.restore_folios(&fs[1..]), h.stats()));
     assert_eq!((r, s), (Ok(0), HvoStats::default()));
+}
+
+/// Where HVO calls its [`kcore::bbm_sync::BbmSync`] hooks: one window per split, one per entry
+/// in the single-folio path, one for a whole batched pass; every break inside a window, every
+/// window mapped again at its end, the grace period before frames are freed.
+#[test]
+fn sync_hooks_bracket_every_break() {
+    use kcore::bbm_sync::SyncEvent::*;
+    let mut w = World::new(3, 0);
+    let fs = four_2m(&mut w);
+    let block = |f: &Folio| w.folio_va(f).0.align_down(PMD_SIZE);
+    let (b0, b1) = (block(&fs[0]), block(&fs[2]));
+    let mut sync = WindowSync::new(&w);
+    // split_folio: one window, the block.
+    let (r, _) =
+        w.hvo_sync(HvoOptions::default(), None, Some(&mut sync), |h| h.split_folio(&fs[0]));
+    assert_eq!(r, Ok(1));
+    assert_eq!(sync.events, [OpBegin, BreakBegin(b0, b0 + PMD_SIZE), BreakEnd, OpEnd]);
+    // Single folio (already split): one window per replaced entry (8, page 0 replaced).
+    sync.events.clear();
+    let (r, _) =
+        w.hvo_sync(HvoOptions::default(), None, Some(&mut sync), |h| h.optimize_folio(&fs[0]));
+    assert_eq!(r, Ok(true));
+    let (start, _) = w.folio_va(&fs[0]);
+    let mut want = vec![OpBegin];
+    for i in 0..8 {
+        want.extend([BreakBegin(start + i * 4096, start + (i + 1) * 4096), BreakEnd]);
+    }
+    want.extend([GracePeriod, OpEnd]);
+    assert_eq!(sync.events, want);
+    // Batched, over folios in two blocks (one split already): a window for the other split,
+    // then one window from the first invalid entry to the published completion.
+    sync.events.clear();
+    let (r, _) =
+        w.hvo_sync(HvoOptions::default(), None, Some(&mut sync), |h| h.optimize_folios(&fs[1..]));
+    assert_eq!(r, Ok(3));
+    let (lo, hi) = (w.folio_va(&fs[1]).0, w.folio_va(&fs[3]).1);
+    assert_eq!(
+        sync.events,
+        [
+            OpBegin,
+            BreakBegin(b1, b1 + PMD_SIZE),
+            BreakEnd,
+            BreakBegin(lo, hi),
+            BreakEnd,
+            GracePeriod,
+            OpEnd
+        ]
+    );
+    // Restores: no frame freed, no grace period.
+    sync.events.clear();
+    let (r, _) =
+        w.hvo_sync(HvoOptions::default(), None, Some(&mut sync), |h| h.restore_folios(&fs));
+    assert_eq!(r, Ok(4));
+    assert_eq!(sync.events, [OpBegin, BreakBegin(w.folio_va(&fs[0]).0, hi), BreakEnd, OpEnd]);
+    assert_eq!((sync.misordered, sync.unmapped_at_end), (0, 0));
+    assert_eq!(w.mmu.breaks_outside_window, 0);
+    checked(&w.mmu.take_events());
+    // Nothing to do: no hook at all.
+    sync.events.clear();
+    let (r, _) =
+        w.hvo_sync(HvoOptions::default(), None, Some(&mut sync), |h| h.restore_folios(&fs));
+    assert_eq!((r, sync.events.len()), (Ok(0), 0));
+    // Negative control: without a sync, the shadow MMU counts every break as outside a window.
+    let (r, _) = w.hvo(HvoOptions::default(), None, |h| h.optimize_folio(&fs[0]));
+    assert_eq!(r, Ok(true));
+    assert_eq!(w.mmu.breaks_outside_window, 8);
+}
+
+/// HVO refuses a folio somebody holds a reference to; the test-only control lets it through.
+#[test]
+fn unfrozen_folios_are_refused() {
+    let mut w = World::new(2, 0);
+    let f = w.folio_unfrozen(HugePageSize::Size2M, None);
+    let before = w.table_snapshot();
+    let (r, _) = w.hvo(HvoOptions::default(), None, |h| h.optimize_folio(&f));
+    assert_eq!(
+        r,
+        Err(kcore::hugetlb_vmemmap::HvoError::NotFrozen { folio: f.head_pfn(), refcount: 1 })
+    );
+    assert_eq!(w.table_snapshot(), before, "nothing written");
+    assert!(w.mmu.take_events().is_empty());
+    let opts = HvoOptions { require_frozen: false, ..HvoOptions::default() };
+    let (r, _) = w.hvo(opts, None, |h| h.optimize_folio(&f));
+    assert_eq!(r, Ok(true));
 }

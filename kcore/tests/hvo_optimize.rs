@@ -150,6 +150,14 @@ fn pool_operations_on_an_optimized_folio() {
     let a = w.pool.dequeue(HugePageSize::Size2M, &w.vm).unwrap();
     check_heads(&w, &a);
     check_heads(&w, &b);
+    // Dequeued folios hold a reference: HVO refuses them until they are frozen again.
+    let (r, _) = w.hvo(HvoOptions::default(), None, |h| h.restore_folio(&a));
+    assert_eq!(
+        r,
+        Err(kcore::hugetlb_vmemmap::HvoError::NotFrozen { folio: a.head_pfn(), refcount: 1 })
+    );
+    assert!(folio_is_optimized(&w.vm, &a));
+    assert!(a.head(&w.vm).ref_freeze(1) && b.head(&w.vm).ref_freeze(1));
     // A second optimize is a no-op.
     let (r, _) = w.hvo(HvoOptions::default(), None, |h| (h.optimize_folio(&a), h.stats()));
     assert_eq!(r, (Ok(false), HvoStats::default()));

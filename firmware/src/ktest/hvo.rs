@@ -30,6 +30,8 @@ fn alloc_folios(size: HugePageSize, n: usize) -> Result<Batch, Failure> {
             Ok(f) => f,
             Err(_) => break,
         };
+        // Frozen (refcount 0), as HVO requires.
+        f.head(&VMEMMAP).ref_freeze(1);
         let target = if self_hosted.is_some_and(|r| r.contains(f.phys_addr())) {
             &mut aside
         } else {
@@ -258,6 +260,8 @@ pub fn self_hosted_refused() -> TestResult {
                 )
             };
             if let Ok(f) = r {
+                // Frozen, so that HVO gets as far as the self-hosted check.
+                f.head(&VMEMMAP).ref_freeze(1);
                 found = Some(f);
                 break 'outer;
             }

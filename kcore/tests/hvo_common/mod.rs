@@ -16,6 +16,7 @@
 #![allow(dead_code)]
 
 use kcore::addr::{Pfn, PhysAddr, VirtAddr, PAGE_SIZE, PMD_SIZE};
+use kcore::bbm_sync::{BbmSync, SyncEvent};
 use kcore::buddy::Buddy;
 use kcore::hugetlb::{Folio, HugePageSize, HugetlbPool, NoHooks};
 use kcore::hugetlb_vmemmap::{BuddyFrames, Hvo, HvoOptions, VmemmapFrames};
@@ -28,7 +29,9 @@ use kcore::pgtable::{Attrs, DescKind, Descriptor, Level, ENTRIES_PER_TABLE};
 use kcore::phys::PhysMem;
 use kcore::tlb::{MmuEvent, MmuOps, MmuStats, RecordingMmu};
 use kcore::vmemmap::{SelfHosted, Vmemmap, PAGES_PER_SECTION, SECTION_SIZE, VMEMMAP_BLOCK_SIZE};
+use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_uint, c_void};
+use std::rc::Rc;
 
 mod sys {
     use super::*;
@@ -172,6 +175,10 @@ pub struct ShadowMmu {
     pub drop_dsb_ish: bool,
     /// `mmap` calls made to mirror entries.
     pub mirror_calls: u64,
+    /// The break window a [`WindowSync`] has open (shared with it), if any.
+    pub window: Rc<Cell<Option<(u64, u64)>>>,
+    /// Writes of an invalid entry (or of a pending one) at a VA outside the open break window.
+    pub breaks_outside_window: u64,
 }
 
 impl ShadowMmu {
@@ -230,6 +237,21 @@ impl ShadowMmu {
         }
     }
 
+    /// A second backend over the same tables and window (another CPU's), recording apart.
+    pub fn another(&self) -> ShadowMmu {
+        ShadowMmu {
+            rec: RecordingMmu::new(),
+            win: self.win,
+            mem: self.mem,
+            root: self.root,
+            drop_tlbi: false,
+            drop_dsb_ish: false,
+            mirror_calls: 0,
+            window: Rc::new(Cell::new(None)),
+            breaks_outside_window: 0,
+        }
+    }
+
     pub fn take_events(&mut self) -> Vec<MmuEvent> {
         self.rec.take_events()
     }
@@ -237,6 +259,12 @@ impl ShadowMmu {
 
 impl MmuOps for ShadowMmu {
     unsafe fn write_entry(&mut self, slot: *mut u64, va: VirtAddr, level: Level, new: Descriptor) {
+        // SAFETY: the caller's slot is a live entry; reading it has no side effect.
+        let old = Descriptor(unsafe { core::ptr::read_volatile(slot) });
+        if old.is_valid() && !new.is_valid() {
+            let inside = self.window.get().is_some_and(|(lo, hi)| va.0 >= lo && va.0 < hi);
+            self.breaks_outside_window += u64::from(!inside);
+        }
         // SAFETY: forwarded from the caller.
         unsafe { self.rec.write_entry(slot, va, level, new) };
         self.sync(va.0, level.size());
@@ -274,6 +302,19 @@ impl MmuOps for ShadowMmu {
     }
     fn stats(&self) -> MmuStats {
         self.rec.stats()
+    }
+}
+
+/// A frame allocator with no frames (for HVO calls that need none, e.g. `split_folio`).
+pub struct NoFrames;
+
+// SAFETY: hands out nothing.
+unsafe impl VmemmapFrames for NoFrames {
+    fn alloc(&mut self) -> Option<PhysAddr> {
+        None
+    }
+    fn free(&mut self, _: PhysAddr) -> bool {
+        false
     }
 }
 
@@ -377,6 +418,8 @@ impl World {
             drop_tlbi: false,
             drop_dsb_ish: false,
             mirror_calls: 0,
+            window: Rc::new(Cell::new(None)),
+            breaks_outside_window: 0,
         };
         {
             let mut g = mm.mmap_write();
@@ -471,6 +514,17 @@ impl World {
         fail_at: Option<u64>,
         f: impl FnOnce(&mut TestHvo<'_, '_>) -> R,
     ) -> (R, FrameCalls) {
+        self.hvo_sync(opts, fail_at, None, f)
+    }
+
+    /// [`World::hvo`] with `sync` as the HVO instance's [`BbmSync`].
+    pub fn hvo_sync<R>(
+        &mut self,
+        opts: HvoOptions,
+        fail_at: Option<u64>,
+        sync: Option<&mut dyn BbmSync>,
+        f: impl FnOnce(&mut TestHvo<'_, '_>) -> R,
+    ) -> (R, FrameCalls) {
         let guard = self.mm.mmap_read();
         let mut frames = TestFrames {
             inner: BuddyFrames::new(&mut self.buddy, &self.vm),
@@ -485,12 +539,23 @@ impl World {
             Hvo::new(&guard, &self.mem, &mut self.mmu, &self.vm, &mut frames, &mut self.tables)
         }
         .with_options(opts);
+        if let Some(s) = sync {
+            h.set_sync(s);
+        }
         let r = f(&mut h);
         (r, FrameCalls { calls: frames.calls, allocated: frames.allocated, freed: frames.freed })
     }
 
-    /// A HugeTLB folio of `size` at `pfn` (or anywhere), from the pool.
+    /// A HugeTLB folio of `size` at `pfn` (or anywhere), from the pool, frozen (head refcount
+    /// 0) as HVO requires.
     pub fn folio(&mut self, size: HugePageSize, pfn: Option<Pfn>) -> Folio {
+        let f = self.folio_unfrozen(size, pfn);
+        assert!(f.head(&self.vm).ref_freeze(1));
+        f
+    }
+
+    /// A HugeTLB folio as the pool hands it out (head refcount 1).
+    pub fn folio_unfrozen(&mut self, size: HugePageSize, pfn: Option<Pfn>) -> Folio {
         match pfn {
             Some(p) => self
                 .pool
@@ -578,6 +643,71 @@ impl Drop for World {
     fn drop(&mut self) {
         // SAFETY: our reservation; nothing uses the window once the world goes.
         unsafe { sys::munmap(self.mmu.win.addr.cast(), self.window_len as usize) };
+    }
+}
+
+/// A [`BbmSync`] that records its calls, tells the [`ShadowMmu`] which window is open (so that
+/// a break outside it is counted), and checks at each `break_end` that every page of the
+/// window is mapped again (through the simulated tables).
+pub struct WindowSync {
+    pub events: Vec<SyncEvent>,
+    window: Rc<Cell<Option<(u64, u64)>>>,
+    mem: PhysView,
+    root: PhysAddr,
+    /// Pages found unmapped at a `break_end`.
+    pub unmapped_at_end: u64,
+    /// Hooks called out of order (a break inside a break, an op inside an op, a break outside
+    /// an op, a grace period inside a break).
+    pub misordered: u64,
+    in_op: bool,
+}
+
+impl WindowSync {
+    pub fn new(w: &World) -> Self {
+        WindowSync {
+            events: Vec::new(),
+            window: Rc::clone(&w.mmu.window),
+            mem: w.mem,
+            root: w.mm.root(),
+            unmapped_at_end: 0,
+            misordered: 0,
+            in_op: false,
+        }
+    }
+}
+
+impl BbmSync for WindowSync {
+    fn op_begin(&mut self) {
+        self.misordered += u64::from(self.in_op);
+        self.in_op = true;
+        self.events.push(SyncEvent::OpBegin);
+    }
+    fn break_begin(&mut self, start: VirtAddr, end: VirtAddr) {
+        self.misordered += u64::from(!self.in_op || self.window.get().is_some());
+        self.window.set(Some((start.0, end.0)));
+        self.events.push(SyncEvent::BreakBegin(start, end));
+    }
+    fn break_end(&mut self) {
+        match self.window.take() {
+            None => self.misordered += 1,
+            Some((lo, hi)) => {
+                for va in (lo & !(PAGE_SIZE - 1)..hi).step_by(PAGE_SIZE as usize) {
+                    // SAFETY: the live root of the simulated init_mm, all in simulated RAM.
+                    let t = unsafe { translate(self.root, &self.mem, VirtAddr(va)) };
+                    self.unmapped_at_end += u64::from(t.is_none());
+                }
+            }
+        }
+        self.events.push(SyncEvent::BreakEnd);
+    }
+    fn grace_period(&mut self) {
+        self.misordered += u64::from(!self.in_op || self.window.get().is_some());
+        self.events.push(SyncEvent::GracePeriod);
+    }
+    fn op_end(&mut self) {
+        self.misordered += u64::from(!self.in_op || self.window.get().is_some());
+        self.in_op = false;
+        self.events.push(SyncEvent::OpEnd);
     }
 }
 
