@@ -33,6 +33,7 @@ use kcore::hugetlb::{Folio, HugePageSize, NoHooks};
 use kcore::hugetlb_vmemmap::{
     self as hv, alloc_vmemmap_frame, folio_vmemmap_range, free_vmemmap_frame, HvoError, HvoStats,
 };
+use kcore::hvo_phase::{self, HvoPhase, NR_PHASES};
 use kcore::layout::VMEMMAP_START;
 use kcore::pagewalk::{walk_page_range_novma, Entry, Interests, PageWalkOps, WalkAction};
 use kcore::pgtable::{DescKind, Level};
@@ -173,6 +174,9 @@ struct Round {
     res_ticks: u64,
     opt: HvoStats,
     restore: HvoStats,
+    /// Ticks per phase inside the optimize / restore calls (`kcore::hvo_phase`).
+    opt_phases: [u64; NR_PHASES],
+    res_phases: [u64; NR_PHASES],
     /// Buddy free-count gained across the optimize calls (frames freed minus frames and table
     /// pages taken).
     buddy_gain: i64,
@@ -192,7 +196,9 @@ fn alloc_folio(size: HugePageSize) -> Result<Folio, BenchError> {
         .lock()
         .alloc_pool_folio(size, &mut buddy, &VMEMMAP, &mut NoHooks)
         .map_err(|_| BenchError::NoFolio(size))?;
-    f.head(&VMEMMAP).set_refcount(0);
+    if !f.head(&VMEMMAP).ref_freeze(1) {
+        return Err(BenchError::NoFolio(size));
+    }
     Ok(f)
 }
 
@@ -228,7 +234,9 @@ fn round(size: HugePageSize, n: usize, hvo: bool, mode: Mode) -> Result<Round, B
                 let skip = now() - t;
                 let f0 = free_pages();
                 let t = now();
+                hvo_phase::take();
                 let stats = with_hvo(|_| {}, |h| h.optimize_folios(&folios).map(|_| h.stats()))?;
+                add(&mut r.opt_phases, hvo_phase::take());
                 r.opt_ticks += now() - t;
                 r.buddy_gain += free_pages() - f0;
                 r.opt += stats;
@@ -248,7 +256,9 @@ fn round(size: HugePageSize, n: usize, hvo: bool, mode: Mode) -> Result<Round, B
                     let f0 = free_pages();
                     skip += now() - t;
                     let t = now();
+                    hvo_phase::take();
                     let stats = with_hvo(|_| {}, |h| h.optimize_folio(&f).map(|_| h.stats()))?;
+                    add(&mut r.opt_phases, hvo_phase::take());
                     r.opt_ticks += now() - t;
                     let t = now();
                     r.buddy_gain += free_pages() - f0;
@@ -274,7 +284,9 @@ fn round(size: HugePageSize, n: usize, hvo: bool, mode: Mode) -> Result<Round, B
             if hvo {
                 let f0 = free_pages();
                 let t = now();
+                hvo_phase::take();
                 let stats = with_hvo(|_| {}, |h| h.restore_folios(&folios).map(|_| h.stats()))?;
+                add(&mut r.res_phases, hvo_phase::take());
                 r.res_ticks += now() - t;
                 r.restore_cost += f0 - free_pages();
                 r.restore += stats;
@@ -287,7 +299,9 @@ fn round(size: HugePageSize, n: usize, hvo: bool, mode: Mode) -> Result<Round, B
             while let Some(f) = folios.pop() {
                 if hvo {
                     let t = now();
+                    hvo_phase::take();
                     let stats = with_hvo(|_| {}, |h| h.restore_folio(&f).map(|_| h.stats()))?;
+                    add(&mut r.res_phases, hvo_phase::take());
                     r.res_ticks += now() - t;
                     r.restore += stats;
                 }
@@ -299,7 +313,35 @@ fn round(size: HugePageSize, n: usize, hvo: bool, mode: Mode) -> Result<Round, B
     Ok(r)
 }
 
+fn add(acc: &mut [u64; NR_PHASES], t: [u64; NR_PHASES]) {
+    for (a, t) in acc.iter_mut().zip(t) {
+        *a += t;
+    }
+}
+
+fn report_phases(size: HugePageSize, label: &str, op: &str, p: &[u64; NR_PHASES]) {
+    let t = |ph: HvoPhase| p[ph as usize];
+    crate::info!(
+        "bench: phases size={} mode={} op={} check={} split={} remap={} copy={} tlb={} alloc={} free={} grace={}",
+        size.name(),
+        label,
+        op,
+        t(HvoPhase::Check),
+        t(HvoPhase::Split),
+        t(HvoPhase::Remap),
+        t(HvoPhase::Copy),
+        t(HvoPhase::Tlb),
+        t(HvoPhase::Alloc),
+        t(HvoPhase::Free),
+        t(HvoPhase::Grace)
+    );
+}
+
 fn report(size: HugePageSize, hvo: bool, label: &str, r: &Round) {
+    if hvo {
+        report_phases(size, label, "optimize", &r.opt_phases);
+        report_phases(size, label, "restore", &r.res_phases);
+    }
     let (o, s) = (&r.opt, &r.restore);
     crate::info!(
         "bench: run size={} hvo={} mode={} folios={} alloc_ticks={} free_ticks={} opt_ticks={} res_ticks={} splits={} lb_splits={} tables={} remapped={} heads={} frames_alloc={} frames_freed={} buddy_gain={} opt_writes={} opt_tlbi={} opt_flush_all={} opt_dsb={} opt_isb={} res_writes={} res_tlbi={} res_flush_all={} res_dsb={} res_isb={} restored={} res_frames={} restore_cost={} vm_before={} vm_after={} wrong={}",
@@ -468,6 +510,7 @@ fn size_runs(size: HugePageSize, n: usize) -> Result<u64, BenchError> {
 pub fn run() -> bool {
     let boot = now();
     crate::info!("bench: boot ticks={} hz={}", boot, timer::frequency());
+    hvo_phase::set_clock(Some(timer::ticks));
     let was = hv::hvo_enabled();
     hv::set_hvo_enabled(true);
     let mut ok = true;
@@ -489,6 +532,7 @@ pub fn run() -> bool {
         }
     }
     hv::set_hvo_enabled(was);
+    hvo_phase::set_clock(None);
     crate::info!("bench: done ok={}", u8::from(ok));
     ok
 }

@@ -86,6 +86,7 @@ use crate::addr::{Pfn, PhysAddr, VirtAddr, PAGE_SIZE, PMD_SIZE, PUD_SIZE};
 pub use crate::bbm_sync::{BbmSync, NoSync};
 use crate::buddy::{Buddy, BuddyError};
 use crate::hugetlb::{check_folio, Folio, FolioError};
+use crate::hvo_phase::{self as phase, HvoPhase};
 use crate::layout::{VMEMMAP_SIZE, VMEMMAP_START};
 use crate::mapper::FrameAlloc;
 use crate::mm::{Kernel, Mm, MmapReadGuard, SpinGuard};
@@ -598,6 +599,7 @@ impl FreeList {
     }
 
     fn drain(&mut self, vm: &Vmemmap, frames: &mut impl VmemmapFrames, stats: &mut HvoStats) {
+        let prev = phase::enter(HvoPhase::Free);
         while let Some(pfn) = self.head {
             let p = vm.page(pfn);
             self.head = p.next();
@@ -609,6 +611,7 @@ impl FreeList {
             }
         }
         stats.free_failures += core::mem::take(&mut self.unlisted);
+        phase::resume(prev);
     }
 }
 
@@ -618,11 +621,13 @@ impl FreeList {
 /// `dst` is a frame we own that nothing maps yet; `src` is a vmemmap frame of a folio whose
 /// owner keeps writers away; both are reachable through `mem`.
 unsafe fn copy_frame(mem: &impl PhysMem, src: PhysAddr, dst: PhysAddr) {
+    let prev = phase::enter(HvoPhase::Copy);
     let (s, d) = (mem.ptr(src).cast::<u64>(), mem.ptr(dst).cast::<u64>());
     for i in 0..(PAGE_SIZE / 8) as usize {
         // SAFETY: both pointers cover a whole 4 KiB frame (caller's guarantee); `i < 512`.
         unsafe { core::ptr::write_volatile(d.add(i), core::ptr::read_volatile(s.add(i))) };
     }
+    phase::resume(prev);
 }
 
 /// Descriptors at the start of a copy of page 0 that are not tails: only the head. (Linux's
@@ -822,6 +827,13 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
     /// become a table, the table page prepared for this split stays unused (it goes back at the
     /// end of the operation) and the walk descends into the existing table.
     fn split(&mut self, e: &Entry) -> Result<PhysAddr, HvoError> {
+        let prev = phase::enter(HvoPhase::Split);
+        let r = self.split_timed(e);
+        phase::resume(prev);
+        r
+    }
+
+    fn split_timed(&mut self, e: &Entry) -> Result<PhysAddr, HvoError> {
         if let Some(hook) = self.race_hook.as_deref_mut() {
             hook(e.addr());
         }
@@ -1136,7 +1148,9 @@ fn complete_and_publish<M: PhysMem, O: MmuOps>(
     threshold: u64,
     stats: &mut HvoStats,
 ) -> Result<(), HvoError> {
+    let prev = phase::enter(HvoPhase::Tlb);
     let done = complete_batch(guard, mem, w, folios, threshold, stats);
+    phase::resume(prev);
     if w.window_open {
         // DSB ISHST: the new entries are visible to the table walkers; ISB: this core's later
         // instructions translate with them (ARM ARM "Ordering of translation table walks").
@@ -1387,6 +1401,13 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
     }
 
     fn optimize(&mut self, folios: &[Folio], batched: bool) -> Result<u64, HvoError> {
+        phase::enter(HvoPhase::Check);
+        let r = self.optimize_timed(folios, batched);
+        phase::leave();
+        r
+    }
+
+    fn optimize_timed(&mut self, folios: &[Folio], batched: bool) -> Result<u64, HvoError> {
         let vm = self.vm;
         for f in folios {
             check_order(f)?;
@@ -1422,6 +1443,7 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         for f in todo.clone() {
             walk_folio(self.guard, self.mem, &mut w, f, Phase::Check)?;
         }
+        phase::enter(HvoPhase::Alloc);
         alloc_tables(self.mem, &mut *self.tables, &mut w, &mut self.stats)?;
         // The frames for the copies of page 0, taken before any entry is written (so that no
         // allocation happens inside a break window). Short: the last folios keep their page 0.
@@ -1443,6 +1465,7 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
 
         let mut r = Ok(());
         if batched {
+            phase::enter(HvoPhase::Split);
             w.strategy = Strategy::SplitOnly;
             for f in todo.clone() {
                 r = r.and_then(|()| walk_folio(self.guard, self.mem, &mut w, f, Phase::Apply));
@@ -1450,6 +1473,7 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
             w.strategy = Strategy::Optimize;
         }
         let phase = if batched { Phase::Invalidate } else { Phase::Apply };
+        phase::enter(HvoPhase::Remap);
         for f in todo.clone() {
             if r.is_err() {
                 break;
@@ -1477,10 +1501,13 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         // every other CPU has passed a quiescent state, no reader still holds an address it
         // computed through the old mapping: free.
         if !w.to_free.is_empty() {
+            let prev = phase::enter(HvoPhase::Grace);
             w.sync.grace_period();
+            phase::resume(prev);
         }
         w.to_free.drain(vm, &mut *self.frames, &mut self.stats);
         w.sync.op_end();
+        phase::enter(HvoPhase::Free);
         release_tables(self.mem, &mut *self.tables, &mut w, &mut self.stats);
         self.stats.splits += w.splits;
         self.stats.splits_skipped += w.splits_skipped;
@@ -1503,6 +1530,13 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
     }
 
     fn restore(&mut self, folios: &[Folio], batched: bool) -> Result<u64, HvoError> {
+        phase::enter(HvoPhase::Check);
+        let r = self.restore_timed(folios, batched);
+        phase::leave();
+        r
+    }
+
+    fn restore_timed(&mut self, folios: &[Folio], batched: bool) -> Result<u64, HvoError> {
         let vm = self.vm;
         for f in folios {
             check_order(f)?;
@@ -1529,6 +1563,7 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
             walk_folio(self.guard, self.mem, &mut w, f, Phase::Check)?;
         }
         let needed = w.need_frames;
+        phase::enter(HvoPhase::Alloc);
         for got in 0..needed {
             match self.frames.alloc() {
                 Some(pa) => {
@@ -1550,6 +1585,7 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         }
         w.sync.op_begin();
         let phase = if batched { Phase::Invalidate } else { Phase::Apply };
+        phase::enter(HvoPhase::Remap);
         let mut r = Ok(());
         for f in todo.clone() {
             r = r.and_then(|()| walk_folio(self.guard, self.mem, &mut w, f, phase));

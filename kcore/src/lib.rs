@@ -28,6 +28,7 @@ pub mod cmdline;
 pub mod esr;
 pub mod hugetlb;
 pub mod hugetlb_vmemmap;
+pub mod hvo_phase;
 pub mod layout;
 pub mod mapper;
 pub mod memblock;
