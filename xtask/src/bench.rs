@@ -265,7 +265,12 @@ struct SizeFigures {
     bytes_per_gib_before: f64,
     bytes_per_gib_after: f64,
     size_bytes: f64,
+    /// Instructions per folio by phase, batched: (operation, [(phase, instructions)]).
+    phases: Vec<(String, Vec<(String, f64)>)>,
 }
+
+/// The phases `firmware/src/bench.rs` prints, in order.
+const PHASES: [&str; 8] = ["check", "split", "remap", "copy", "tlb", "alloc", "free", "grace"];
 
 struct Report {
     json: Value,
@@ -392,6 +397,19 @@ impl Report {
             f.frames_ideal = (vm_pages - 1.0) * n;
             f.bytes_per_gib_before = per(on.get("vm_before"), n) * (1073741824.0 / size_bytes);
             f.bytes_per_gib_after = per(on.get("vm_after"), n) * (1073741824.0 / size_bytes);
+            for op in ["optimize", "restore"] {
+                let line = d.other.iter().find(|l| {
+                    l.kind == "phases"
+                        && l.s("size") == size
+                        && l.s("mode") == "batched"
+                        && l.s("op") == op
+                });
+                if let Some(l) = line {
+                    let v =
+                        PHASES.iter().map(|p| (p.to_string(), per(l.get(p), n) * ipt)).collect();
+                    f.phases.push((op.to_string(), v));
+                }
+            }
             sizes.push(f);
         }
         let boot_instr = d.boot_ticks * ipt;
@@ -412,6 +430,7 @@ impl Report {
                 "counts_per_batch": f.counts.iter().map(|(k, m, lb)| (k.clone(), json!({"measured": m, "per_folio": m / f.folios, "lower_bound": lb, "distance": m / lb}))).collect::<serde_json::Map<_, _>>(),
                 "vmemmap_frames_freed": {"buddy_measured": f.frames_freed, "entries_remapped": f.frames_freed_hvo, "at_most": f.frames_ideal},
                 "vmemmap_bytes_per_gib": {"before": f.bytes_per_gib_before, "after": f.bytes_per_gib_after},
+                "phases_per_folio_batched": f.phases.iter().map(|(op, v)| (op.clone(), Value::Object(v.iter().map(|(p, x)| (p.clone(), json!(x))).collect()))).collect::<serde_json::Map<_, _>>(),
             }))).collect::<serde_json::Map<_, _>>(),
             "other": d.other.iter().map(|l| json!({"kind": l.kind, "values": l.kv})).collect::<Vec<_>>(),
             "ok": d.ok,
@@ -526,6 +545,11 @@ impl Report {
                 fmt_n(f.bytes_per_gib_before / 1024.0),
                 fmt_n(f.bytes_per_gib_after / 1024.0)
             );
+            for (op, v) in &f.phases {
+                let parts: Vec<String> =
+                    v.iter().map(|(p, x)| format!("{p} {}", fmt_n(*x))).collect();
+                let _ = writeln!(o, "  {op} by phase, per folio (batched): {}", parts.join(", "));
+            }
         }
         o
     }
@@ -564,17 +588,21 @@ fn fmt_n(x: f64) -> String {
 /// per size), and the instructions per folio of each operation.
 fn chart(r: &Report, path: &Path) -> Result<()> {
     use plotters::prelude::*;
-    let root = SVGBackend::new(path, (1200, 420)).into_drawing_area();
+    let root = SVGBackend::new(path, (1200, 800)).into_drawing_area();
     root.fill(&WHITE)?;
-    let panels = root.split_evenly((1, 3));
-    for (panel, f) in panels.iter().zip(&r.sizes) {
+    let panels = root.split_evenly((2, 2));
+    // Top row: vmemmap memory against the number of huge pages, one panel per size.
+    for (panel, f) in panels[..2].iter().zip(&r.sizes) {
         let max_n: u32 = if f.size == "2M" { 1024 } else { 16 };
         let mib = |bytes_per_folio: f64, n: u32| bytes_per_folio * f64::from(n) / 1048576.0;
         let before = f.bytes_per_gib_before * f.size_bytes / 1073741824.0;
         let after = f.bytes_per_gib_after * f.size_bytes / 1073741824.0;
         let top = mib(before, max_n) * 1.1;
         let mut c = ChartBuilder::on(panel)
-            .caption(format!("vmemmap for {} huge pages", f.size), ("sans-serif", 18))
+            .caption(
+                format!("vmemmap for {} huge pages (measured per folio)", f.size),
+                ("sans-serif", 18),
+            )
             .margin(10)
             .x_label_area_size(35)
             .y_label_area_size(55)
@@ -596,48 +624,89 @@ fn chart(r: &Report, path: &Path) -> Result<()> {
         ))?
         .label("HVO on")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], BLUE));
-        c.configure_series_labels().border_style(BLACK).background_style(WHITE).draw()?;
+        c.configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .border_style(BLACK)
+            .background_style(WHITE)
+            .draw()?;
     }
-    // Cost per folio by operation (log scale): allocate and free, HVO off and on, batched.
-    let mut bars: Vec<(String, f64, RGBColor)> = Vec::new();
-    for f in &r.sizes {
+    // Bottom row: instructions per folio (batched), optimize and restore stacked by phase.
+    let phase_colors = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(127, 127, 127),
+    ];
+    for (panel, f) in panels[2..].iter().zip(&r.sizes) {
+        // (label, stacked segments (value, colour))
+        let mut bars: Vec<(String, Vec<(f64, RGBColor)>)> = Vec::new();
+        let grey = RGBColor(170, 170, 170);
         if let Some((_, off, on)) = f.alloc.iter().find(|(m, _, _)| m == "batched") {
-            bars.push((format!("{} alloc off", f.size), *off, RGBColor(200, 80, 80)));
-            bars.push((format!("{} alloc on", f.size), *on, RGBColor(80, 80, 200)));
+            bars.push(("alloc, HVO off".into(), vec![(*off, grey)]));
+            bars.push(("alloc, HVO on".into(), vec![(*on, RGBColor(90, 90, 90))]));
         }
-        bars.push((format!("{} optimize", f.size), f.opt, RGBColor(80, 160, 80)));
-        bars.push((format!("{} opt. bound", f.size), f.opt_lb, RGBColor(160, 160, 160)));
         if let Some((_, off, on)) = f.free.iter().find(|(m, _, _)| m == "batched") {
-            bars.push((format!("{} free off", f.size), *off, RGBColor(200, 80, 80)));
-            bars.push((format!("{} free on", f.size), *on, RGBColor(80, 80, 200)));
+            bars.push(("free, HVO off".into(), vec![(*off, grey)]));
+            bars.push(("free, HVO on".into(), vec![(*on, RGBColor(90, 90, 90))]));
         }
-    }
-    let max = bars.iter().map(|b| b.1).fold(1.0, f64::max) * 2.0;
-    let n = bars.len() as u32;
-    let mut c = ChartBuilder::on(&panels[2])
-        .caption("instructions per folio (batched)", ("sans-serif", 18))
-        .margin(10)
-        .x_label_area_size(90)
-        .y_label_area_size(60)
-        .build_cartesian_2d((0u32..n).into_segmented(), (100f64..max).log_scale())?;
-    c.configure_mesh()
-        .disable_x_mesh()
-        .x_labels(n as usize)
-        .x_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(i) => {
-                bars.get(*i as usize).map(|b| b.0.clone()).unwrap_or_default()
+        for (op, v) in &f.phases {
+            let segs = v.iter().zip(phase_colors).map(|((_, x), c)| (*x, c)).collect();
+            bars.push((op.clone(), segs));
+        }
+        bars.push(("optimize bound".into(), vec![(f.opt_lb, RGBColor(0, 0, 0))]));
+        let total =
+            |b: &Vec<(f64, RGBColor)>| b.iter().map(|s| s.0).filter(|x| x.is_finite()).sum::<f64>();
+        let max = bars.iter().map(|b| total(&b.1)).fold(1.0, f64::max) * 1.15;
+        let n = bars.len() as u32;
+        let mut c = ChartBuilder::on(panel)
+            .caption(
+                format!("{} folio: instructions per folio, batched", f.size),
+                ("sans-serif", 18),
+            )
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d((0u32..n).into_segmented(), 0f64..max)?;
+        c.configure_mesh()
+            .disable_x_mesh()
+            .x_labels(n as usize)
+            .x_label_formatter(&|v| match v {
+                SegmentValue::CenterOf(i) => {
+                    bars.get(*i as usize).map(|b| b.0.clone()).unwrap_or_default()
+                }
+                _ => String::new(),
+            })
+            .x_label_style(("sans-serif", 11))
+            .y_label_formatter(&|y| fmt_n(*y))
+            .draw()?;
+        for (i, (_, segs)) in bars.iter().enumerate() {
+            let i = i as u32;
+            let mut base = 0.0;
+            for (v, col) in segs {
+                if !v.is_finite() || *v <= 0.0 {
+                    continue;
+                }
+                c.draw_series(std::iter::once(Rectangle::new(
+                    [(SegmentValue::Exact(i), base), (SegmentValue::Exact(i + 1), base + v)],
+                    col.filled(),
+                )))?;
+                base += v;
             }
-            _ => String::new(),
-        })
-        .x_label_style(("sans-serif", 11).into_font().transform(FontTransform::Rotate90))
-        .y_desc("instructions")
-        .draw()?;
-    for (i, (_, v, col)) in bars.iter().enumerate() {
-        let i = i as u32;
-        c.draw_series(std::iter::once(Rectangle::new(
-            [(SegmentValue::Exact(i), 100.0), (SegmentValue::Exact(i + 1), *v)],
-            col.filled(),
-        )))?;
+        }
+        for (name, col) in PHASES.iter().zip(phase_colors) {
+            c.draw_series(std::iter::empty::<Rectangle<(SegmentValue<u32>, f64)>>())?
+                .label(*name)
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], col.filled()));
+        }
+        c.configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .border_style(BLACK)
+            .background_style(WHITE)
+            .draw()?;
     }
     root.present()?;
     Ok(())
@@ -658,6 +727,7 @@ mod tests {
         "prim name=free_frame reps=64 ticks=640",
         "prim name=table_alloc reps=16 ticks=160",
         "run size=2M hvo=off mode=batched folios=64 alloc_ticks=6400 free_ticks=6400 vm_before=2097152 vm_after=2097152",
+        "phases size=2M mode=batched op=optimize check=10 split=0 remap=10 copy=5 tlb=5 alloc=1 free=8 grace=0",
         "run size=2M hvo=on mode=batched folios=64 alloc_ticks=7040 free_ticks=12800 opt_ticks=640 res_ticks=640 splits=0 lb_splits=0 tables=0 remapped=448 buddy_gain=448 opt_writes=1024 opt_tlbi=512 opt_dsb=3 vm_before=2097152 vm_after=262144",
         "done ok=1",
     ];
