@@ -525,6 +525,60 @@ fn desc_words(p: &Page) -> [u64; 8] {
     core::array::from_fn(|i| unsafe { core::ptr::read_volatile(base.add(i)) })
 }
 
+/// Descriptors per vmemmap page.
+const DESCS_PER_PAGE: u64 = PAGE_SIZE / PAGE_DESC_SIZE;
+
+/// [`check_folio`] and [`verify_tails`] in one pass over the descriptors, for a folio that is
+/// not optimized: the head and tail 1 are checked field by field as `check_folio` does, and every
+/// other tail is compared with tail 1 word by word, a vmemmap page at a time. A tail equal to
+/// tail 1 byte for byte passes every check `check_folio` makes of a tail (state, tail bit,
+/// compound head), so this accepts exactly what the two separate passes accept; on a mismatch
+/// the two are run to report the same error they would.
+fn check_folio_and_tails(vm: &Vmemmap, folio: &Folio) -> Result<(), HvoError> {
+    let fallback = || {
+        check_folio(folio, vm).map_err(HvoError::Folio)?;
+        verify_tails(vm, folio)
+    };
+    let n = folio.nr_pages();
+    let head_pfn = folio.head_pfn();
+    let (Some(head), Some(t1)) = (vm.get(head_pfn), vm.get(Pfn(head_pfn.0 + 1))) else {
+        return fallback();
+    };
+    let head_ok = head.flags().contains(PageFlags::HEAD | PageFlags::HUGETLB)
+        && !head.is_tail()
+        && head.order() == folio.order()
+        && head.state() == PageState::HugeTlb;
+    let t1_ok = !t1.is_head()
+        && t1.is_tail()
+        && core::ptr::eq(t1.compound_head(), head)
+        && t1.state() == PageState::HugeTlb;
+    if !head_ok || !t1_ok || n < DESCS_PER_PAGE || n % DESCS_PER_PAGE != 0 {
+        return fallback();
+    }
+    let template = desc_words(t1);
+    // A vmemmap page's 64 descriptors are contiguous (a section's memmap is virtually
+    // contiguous and a section holds whole vmemmap pages); each page is reached through `vm`.
+    for first in (0..n).step_by(DESCS_PER_PAGE as usize) {
+        let from = if first == 0 { 2 } else { first };
+        let Some(p) = vm.get(Pfn(head_pfn.0 + from)) else { return fallback() };
+        let base = (p as *const Page).cast::<u64>();
+        let words = ((first + DESCS_PER_PAGE - from) * (PAGE_DESC_SIZE / 8)) as usize;
+        let mut diff = 0u64;
+        for i in (0..words).step_by(8) {
+            for (w, t) in template.iter().enumerate() {
+                // SAFETY: `base` is descriptor `from` of a vmemmap page whose descriptors
+                // `from..first + 64` are mapped (above); `i + w < words` stays inside them.
+                // As in `desc_words`, reads of an all-atomic type through a raw pointer.
+                diff |= unsafe { core::ptr::read_volatile(base.add(i + w)) } ^ t;
+            }
+        }
+        if diff != 0 {
+            return fallback();
+        }
+    }
+    Ok(())
+}
+
 /// Checks that tails 2.. of `folio` equal tail 1 byte for byte.
 fn verify_tails(vm: &Vmemmap, folio: &Folio) -> Result<(), HvoError> {
     if folio.nr_pages() < 3 {
@@ -1415,9 +1469,10 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
                 continue;
             }
             self.check_frozen(f)?;
-            check_folio(f, vm).map_err(HvoError::Folio)?;
             if self.opts.verify_tails {
-                verify_tails(vm, f)?;
+                check_folio_and_tails(vm, f)?;
+            } else {
+                check_folio(f, vm).map_err(HvoError::Folio)?;
             }
         }
         // The optimized flags change only at the very end, so this selects the same folios in
