@@ -552,7 +552,7 @@ fn check_folio_and_tails(vm: &Vmemmap, folio: &Folio) -> Result<(), HvoError> {
         && t1.is_tail()
         && core::ptr::eq(t1.compound_head(), head)
         && t1.state() == PageState::HugeTlb;
-    if !head_ok || !t1_ok || n < DESCS_PER_PAGE || n % DESCS_PER_PAGE != 0 {
+    if !head_ok || !t1_ok || n < DESCS_PER_PAGE || !n.is_multiple_of(DESCS_PER_PAGE) {
         return fallback();
     }
     let template = desc_words(t1);

@@ -218,7 +218,7 @@ impl BenchData {
                 _ => d.other.push(l),
             }
         }
-        if !done || !(d.hz > 0.0) {
+        if !done || d.hz.is_nan() || d.hz <= 0.0 {
             bail!(
                 "the firmware's benchmark output is incomplete (no `bench: done` or no boot line)"
             );
@@ -572,7 +572,7 @@ fn fmt_n(x: f64) -> String {
     let s = n.unsigned_abs().to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -703,7 +703,7 @@ fn chart(r: &Report, path: &Path) -> Result<()> {
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], col.filled()));
         }
         c.configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
+            .position(SeriesLabelPosition::UpperRight)
             .border_style(BLACK)
             .background_style(WHITE)
             .draw()?;
