@@ -28,13 +28,14 @@ use crate::hvo::{with_hvo, BATCH};
 use crate::memory::{init_mm, BUDDY, HUGETLB, LINEAR, VMEMMAP};
 use core::convert::Infallible;
 use heapless::Vec;
-use kcore::addr::{PhysAddr, VirtAddr, PAGE_SIZE};
+use kcore::addr::{Pfn, PhysAddr, VirtAddr, PAGE_SIZE};
 use kcore::hugetlb::{Folio, HugePageSize, NoHooks};
 use kcore::hugetlb_vmemmap::{
     self as hv, alloc_vmemmap_frame, folio_vmemmap_range, free_vmemmap_frame, HvoError, HvoStats,
 };
 use kcore::hvo_phase::{self, HvoPhase, NR_PHASES};
 use kcore::layout::VMEMMAP_START;
+use kcore::page::PageState;
 use kcore::pagewalk::{walk_page_range_novma, Entry, Interests, PageWalkOps, WalkAction};
 use kcore::pgtable::{DescKind, Level};
 use kcore::phys::PhysMem;
@@ -462,6 +463,15 @@ fn primitives() -> Result<(), BenchError> {
         let _ = free_vmemmap_frame(&mut buddy, &VMEMMAP, p);
     }
     prim("free_frame", n, now() - t);
+    // 64 contiguous frames given back as one run (what HVO does with a folio's old frames).
+    if let Ok(first) = buddy.alloc(&VMEMMAP, 6) {
+        for i in 0..64 {
+            VMEMMAP.page(Pfn(first.0 + i)).set_state(PageState::Vmemmap);
+        }
+        let t = now();
+        let ok = hv::free_vmemmap_frames(&mut buddy, &VMEMMAP, first.addr(), 64);
+        prim("free_run", ok, now() - t);
+    }
     // A table page (zeroed) for a split, and its 512 entries.
     let t = now();
     let mut pages: Vec<PhysAddr, 16> = Vec::new();

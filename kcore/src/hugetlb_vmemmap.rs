@@ -418,6 +418,12 @@ pub unsafe trait VmemmapFrames {
     /// Takes back a frame that no longer backs anything (unmapped, and its TLB entries gone).
     /// Returns `false` if the allocator refused it (it is then leaked).
     fn free(&mut self, pa: PhysAddr) -> bool;
+    /// Takes back the `n` contiguous frames from `pa`, as `n` calls of [`free`](Self::free)
+    /// would (the default does exactly that); returns how many were accepted. An allocator
+    /// may do it with less work per frame (see [`free_vmemmap_frames`]).
+    fn free_run(&mut self, pa: PhysAddr, n: u64) -> u64 {
+        (0..n).map(|i| u64::from(self.free(pa + i * PAGE_SIZE))).sum()
+    }
 }
 
 /// Takes one frame from the buddy allocator for the vmemmap: its descriptor becomes
@@ -455,6 +461,50 @@ pub fn free_vmemmap_frame(buddy: &mut Buddy, vm: &Vmemmap, pa: PhysAddr) -> Resu
     r
 }
 
+/// Gives `n` contiguous frames from `pa` that backed the vmemmap to the buddy allocator, as
+/// `n` calls of [`free_vmemmap_frame`] would, but a block at a time: the run is cut into the
+/// largest naturally aligned blocks, each laid out as an allocated block of its order and freed
+/// with one [`Buddy::free`] (which checks every frame and merges once), instead of one free and
+/// one merge per frame. Frames outside the allocator's managed span, or a block the allocator
+/// refuses, go one by one through [`free_vmemmap_frame`]. Returns the number of frames accepted.
+pub fn free_vmemmap_frames(buddy: &mut Buddy, vm: &Vmemmap, pa: PhysAddr, n: u64) -> u64 {
+    let start = Pfn::containing(pa);
+    let one_by_one = |buddy: &mut Buddy, from: u64, to: u64| -> u64 {
+        (from..to).map(|p| u64::from(free_vmemmap_frame(buddy, vm, Pfn(p).addr()).is_ok())).sum()
+    };
+    let all_described = (start.0..start.0 + n).all(|p| vm.get(Pfn(p)).is_some());
+    if n < 2 || !all_described || !buddy.is_managed(start, n) {
+        return one_by_one(buddy, start.0, start.0 + n);
+    }
+    let (mut cur, end, mut accepted) = (start.0, start.0 + n, 0);
+    while cur < end {
+        let align = if cur == 0 { 63 } else { cur.trailing_zeros() };
+        let fit = 63 - (end - cur).leading_zeros();
+        let order = align.min(fit).min(u32::from(crate::buddy::MAX_ORDER)) as u8;
+        let len = 1u64 << order;
+        // The layout `Buddy::free` expects of an allocated block of `order`.
+        for p in cur..cur + len {
+            let d = vm.page(Pfn(p));
+            d.init(PageState::Allocated);
+            d.set_order(crate::page::ORDER_NONE);
+        }
+        let head = vm.page(Pfn(cur));
+        head.set_order(order);
+        head.set_refcount(1);
+        if buddy.free(vm, Pfn(cur), order).is_ok() {
+            accepted += len;
+        } else {
+            // Nothing changed in the allocator: each frame on its own, as before.
+            for p in cur..cur + len {
+                vm.page(Pfn(p)).init(PageState::Vmemmap);
+            }
+            accepted += one_by_one(buddy, cur, cur + len);
+        }
+        cur += len;
+    }
+    accepted
+}
+
 /// [`VmemmapFrames`] over the buddy allocator (see [`alloc_vmemmap_frame`],
 /// [`free_vmemmap_frame`]).
 #[derive(Debug)]
@@ -487,6 +537,9 @@ unsafe impl VmemmapFrames for BuddyFrames<'_> {
     }
     fn free(&mut self, pa: PhysAddr) -> bool {
         free_vmemmap_frame(self.buddy, self.vm, pa).map_err(|e| self.last_error = Some(e)).is_ok()
+    }
+    fn free_run(&mut self, pa: PhysAddr, n: u64) -> u64 {
+        free_vmemmap_frames(self.buddy, self.vm, pa, n)
     }
 }
 
@@ -658,15 +711,29 @@ impl FreeList {
 
     fn drain(&mut self, vm: &Vmemmap, frames: &mut impl VmemmapFrames, stats: &mut HvoStats) {
         let prev = phase::enter(HvoPhase::Free);
+        // Contiguous frames (a folio's old vmemmap pages usually are) go back as one run.
+        let mut run: Option<(Pfn, u64)> = None;
+        let mut flush = |run: (Pfn, u64), stats: &mut HvoStats| {
+            let ok = frames.free_run(run.0.addr(), run.1);
+            stats.frames_freed += ok;
+            stats.free_failures += run.1 - ok;
+        };
         while let Some(pfn) = self.head {
             let p = vm.page(pfn);
             self.head = p.next();
             p.set_next(None);
-            if frames.free(pfn.addr()) {
-                stats.frames_freed += 1;
-            } else {
-                stats.free_failures += 1;
-            }
+            run = match run {
+                Some((s, n)) if pfn.0 + 1 == s.0 => Some((pfn, n + 1)),
+                Some((s, n)) if pfn.0 == s.0 + n => Some((s, n + 1)),
+                Some(r) => {
+                    flush(r, stats);
+                    Some((pfn, 1))
+                }
+                None => Some((pfn, 1)),
+            };
+        }
+        if let Some(r) = run {
+            flush(r, stats);
         }
         stats.free_failures += core::mem::take(&mut self.unlisted);
         phase::resume(prev);

@@ -348,7 +348,8 @@ impl Report {
             let (copy, alloc_f, free_f, table) = (
                 d.prim("copy4k").min(d.prim("copy4k_words")),
                 d.prim("alloc_frame"),
-                d.prim("free_frame"),
+                // One by one or as a run, whichever the allocator does cheaper.
+                d.prim("free_frame").min(d.prim("free_run")),
                 d.prim("table_alloc"),
             );
             let sync = windows * tlbi + (2.0 * windows + 1.0) * dsb + isb;
