@@ -47,7 +47,7 @@ pub struct NoSync;
 
 impl BbmSync for NoSync {}
 
-/// One event of a [`RecordingSync`].
+/// One event of a `RecordingSync`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum SyncEvent {

@@ -256,6 +256,13 @@ pub enum DissolveError<E> {
     Folio(FolioError),
     /// The buddy allocator refused the frames (a bug: they are leaked as `Allocated`).
     Buddy(BuddyError),
+    /// The folio's vmemmap is still optimized after [`VmemmapHooks::before_dissolve`] (no hook
+    /// restored it): its tail descriptors are read-only aliases, so they cannot be rewritten.
+    /// The folio is back on the pool's free list.
+    StillOptimized {
+        /// Head of the folio.
+        folio: Pfn,
+    },
 }
 
 /// What the HVO code does around a folio's life. Both methods default to doing nothing.
@@ -496,6 +503,12 @@ impl HugetlbPool {
     /// `hooks.before_dissolve` (restore the vmemmap), check the invariants, rewrite every
     /// descriptor as a plain `Allocated` block, and free it. On a hook or invariant failure the
     /// folio is put back on the pool's free list.
+    ///
+    /// The pool knows whether a folio's vmemmap is optimized (the head's
+    /// [`PageFlags::VMEMMAP_OPTIMIZED`], Linux's `HPG_vmemmap_optimized`): if it still is after
+    /// the hook, the descriptors are not rewritten (their tails are read-only aliases of page
+    /// 0, and writing them faults) and [`DissolveError::StillOptimized`] is returned, as
+    /// Linux's `__update_and_free_hugetlb_folio()` keeps a folio it cannot restore.
     pub fn free_pool_folio<H: VmemmapHooks>(
         &mut self,
         folio: Folio,
@@ -506,6 +519,11 @@ impl HugetlbPool {
         if let Err(e) = hooks.before_dissolve(&folio, vm) {
             self.enqueue(folio, vm);
             return Err(DissolveError::Restore(e));
+        }
+        if vm.page(folio.head).test(PageFlags::VMEMMAP_OPTIMIZED) {
+            let head = folio.head;
+            self.enqueue(folio, vm);
+            return Err(DissolveError::StillOptimized { folio: head });
         }
         if let Err(e) = check_folio(&folio, vm) {
             self.enqueue(folio, vm);

@@ -273,6 +273,13 @@ pub enum HvoError {
         /// Its reference count.
         refcount: u32,
     },
+    /// The operation was done (the folios are optimized and flagged), but the frame allocator
+    /// refused `count` of the freed vmemmap frames: they are lost to the allocator, keep their
+    /// `Vmemmap` state, and [`vmemmap_census`] counts them as frames nothing maps.
+    FramesNotFreed {
+        /// Frames refused.
+        count: u64,
+    },
 }
 
 /// Tunables. [`Default`] gives Linux's behaviour.
@@ -437,46 +444,73 @@ pub fn alloc_vmemmap_frame(buddy: &mut Buddy, vm: &Vmemmap) -> Result<PhysAddr, 
 
 /// Gives a frame that backed the vmemmap to the buddy allocator.
 ///
-/// A frame the allocator manages (it came from [`alloc_vmemmap_frame`]) is freed as an
-/// allocated order-0 block. A frame from the boot-time vmemmap came from memblock and is not in
-/// the allocator's managed ranges: it is handed over with [`Buddy::free_range`], which adds it
-/// to them (Linux's `free_bootmem_page()` → `free_reserved_page()`, which also grows the managed
-/// page count).
+/// A frame that came from the allocator ([`alloc_vmemmap_frame`]) is freed as an allocated
+/// order-0 block. A frame of the boot-time vmemmap came from memblock ([`PageFlags::RESERVED`],
+/// set by `Buddy::free_memblock`) and was never counted as managed: it is handed over with
+/// [`Buddy::free_range`] (Linux's `free_bootmem_page()` → `free_reserved_page()`), which grows
+/// the managed page count; inside a RAM bank's span, as on the target, it needs no new
+/// managed range. On failure the frame keeps its `Vmemmap` state (and flags): the caller must
+/// report it, and the vmemmap census ([`vmemmap_census`]) counts it as a frame nothing maps.
 pub fn free_vmemmap_frame(buddy: &mut Buddy, vm: &Vmemmap, pa: PhysAddr) -> Result<(), BuddyError> {
     let pfn = Pfn::containing(pa);
     let p = vm.get(pfn).ok_or(BuddyError::NoDescriptor { pfn })?;
-    let r = if buddy.is_managed(pfn, 1) {
+    let boot = p.test(PageFlags::RESERVED);
+    let r = if boot {
+        p.init(PageState::Reserved);
+        buddy.free_range(vm, pfn, pfn + 1).map(|_| ())
+    } else {
         // The layout `Buddy::free` expects of an allocated order-0 block.
         p.init(PageState::Allocated);
         p.set_refcount(1);
         buddy.free(vm, pfn, 0)
-    } else {
-        p.init(PageState::Reserved);
-        buddy.free_range(vm, pfn, pfn + 1).map(|_| ())
     };
     if r.is_err() {
-        // Leaked: keep it counted as vmemmap in the page census.
+        // Not freed: it stays a vmemmap frame (now one nothing maps).
         p.init(PageState::Vmemmap);
+        if boot {
+            p.set_flags(PageFlags::RESERVED);
+        }
     }
     r
 }
 
 /// Gives `n` contiguous frames from `pa` that backed the vmemmap to the buddy allocator, as
-/// `n` calls of [`free_vmemmap_frame`] would, but a block at a time: the run is cut into the
-/// largest naturally aligned blocks, each laid out as an allocated block of its order and freed
-/// with one [`Buddy::free`] (which checks every frame and merges once), instead of one free and
-/// one merge per frame. Frames outside the allocator's managed span, or a block the allocator
-/// refuses, go one by one through [`free_vmemmap_frame`]. Returns the number of frames accepted.
+/// `n` calls of [`free_vmemmap_frame`] would, with less work per frame: a run of boot-time
+/// vmemmap frames ([`PageFlags::RESERVED`]) goes to [`Buddy::free_range`] once (which checks
+/// every frame, grows the managed count and frees maximal aligned blocks); a run of frames that
+/// came from the allocator is cut into the largest naturally aligned blocks, each laid out as an
+/// allocated block of its order and freed with one [`Buddy::free`]. A mixed run, or anything
+/// the allocator refuses, goes one frame at a time through [`free_vmemmap_frame`] (which leaves
+/// a refused frame as a `Vmemmap` frame, as before). Returns the number of frames accepted.
 pub fn free_vmemmap_frames(buddy: &mut Buddy, vm: &Vmemmap, pa: PhysAddr, n: u64) -> u64 {
     let start = Pfn::containing(pa);
+    let end = start.0 + n;
     let one_by_one = |buddy: &mut Buddy, from: u64, to: u64| -> u64 {
         (from..to).map(|p| u64::from(free_vmemmap_frame(buddy, vm, Pfn(p).addr()).is_ok())).sum()
     };
-    let all_described = (start.0..start.0 + n).all(|p| vm.get(Pfn(p)).is_some());
-    if n < 2 || !all_described || !buddy.is_managed(start, n) {
-        return one_by_one(buddy, start.0, start.0 + n);
+    if n < 2 || (start.0..end).any(|p| vm.get(Pfn(p)).is_none()) {
+        return one_by_one(buddy, start.0, end);
     }
-    let (mut cur, end, mut accepted) = (start.0, start.0 + n, 0);
+    let boot = |p: u64| vm.page(Pfn(p)).test(PageFlags::RESERVED);
+    if (start.0..end).all(boot) {
+        for p in start.0..end {
+            vm.page(Pfn(p)).init(PageState::Reserved);
+        }
+        if buddy.free_range(vm, start, Pfn(end)).is_ok() {
+            return n;
+        }
+        // Nothing changed in the allocator: back to boot vmemmap frames, then one by one.
+        for p in start.0..end {
+            let d = vm.page(Pfn(p));
+            d.init(PageState::Vmemmap);
+            d.set_flags(PageFlags::RESERVED);
+        }
+        return one_by_one(buddy, start.0, end);
+    }
+    if (start.0..end).any(boot) {
+        return one_by_one(buddy, start.0, end);
+    }
+    let (mut cur, mut accepted) = (start.0, 0);
     while cur < end {
         let align = if cur == 0 { 63 } else { cur.trailing_zeros() };
         let fit = 63 - (end - cur).leading_zeros();
@@ -698,15 +732,29 @@ impl FreeList {
         self.head.is_none() && self.unlisted == 0
     }
 
-    fn push(&mut self, vm: &Vmemmap, pa: PhysAddr) {
+    /// Adds a frame; `tag` is the vmemmap VA it backed (kept in its descriptor's `private`
+    /// word so that a failed optimize can map it back), or 0.
+    fn push(&mut self, vm: &Vmemmap, pa: PhysAddr, tag: u64) {
         let pfn = Pfn::containing(pa);
         match vm.get(pfn) {
             Some(p) => {
+                p.set_private(tag);
                 p.set_next(self.head);
                 self.head = Some(pfn);
             }
             None => self.unlisted += 1,
         }
+    }
+
+    /// Takes one frame off the list: (frame, tag).
+    fn pop(&mut self, vm: &Vmemmap) -> Option<(PhysAddr, u64)> {
+        let pfn = self.head?;
+        let p = vm.page(pfn);
+        self.head = p.next();
+        p.set_next(None);
+        let tag = p.private();
+        p.set_private(0);
+        Some((pfn.addr(), tag))
     }
 
     fn drain(&mut self, vm: &Vmemmap, frames: &mut impl VmemmapFrames, stats: &mut HvoStats) {
@@ -722,6 +770,7 @@ impl FreeList {
             let p = vm.page(pfn);
             self.head = p.next();
             p.set_next(None);
+            p.set_private(0);
             run = match run {
                 Some((s, n)) if pfn.0 + 1 == s.0 => Some((pfn, n + 1)),
                 Some((s, n)) if pfn.0 == s.0 + n => Some((s, n + 1)),
@@ -834,6 +883,9 @@ enum Phase {
     Flush,
     /// Pending entries become valid (batched).
     Complete,
+    /// Undo what the apply/invalidate pass did to the folio where it failed (see
+    /// `Hvo::rollback`).
+    Rollback,
 }
 
 /// The one [`PageWalkOps`] implementation of HVO.
@@ -850,6 +902,11 @@ struct HvoWalk<'a, M: PhysMem, O: MmuOps> {
     recheck: bool,
     /// Test-only: called in `split` between the walker's read of the block and the re-check.
     race_hook: Option<&'a mut dyn FnMut(VirtAddr)>,
+    /// Test-only: the `replace` (counted from 0) that fails as if the entry had changed.
+    fail_replace: Option<u64>,
+    replaces: u64,
+    /// Rollback of an optimize: the frame the entry being visited maps again.
+    undo: Option<PhysAddr>,
     /// The VAs a batched pass may leave invalid (its break window), and whether that window is
     /// open (`break_begin` called, `break_end` not yet).
     batch_window: (VirtAddr, VirtAddr),
@@ -900,6 +957,9 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
             ptl: None,
             recheck: true,
             race_hook: None,
+            fail_replace: None,
+            replaces: 0,
+            undo: None,
             batch_window: (VirtAddr(0), VirtAddr(0)),
             window_open: false,
             strategy,
@@ -1023,6 +1083,13 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
     /// taken before the window opens and released after it closes: none is taken inside it.
     fn replace(&mut self, e: &Entry, new: Descriptor) -> Result<(), HvoError> {
         let mm = self.mm;
+        if self.phase != Phase::Rollback {
+            let n = self.replaces;
+            self.replaces += 1;
+            if self.fail_replace == Some(n) {
+                return Err(self.inconsistent(e.addr()));
+            }
+        }
         if self.phase == Phase::Invalidate {
             if !self.window_open {
                 // The batch's one window opens at its first invalid entry; the lock is held
@@ -1082,7 +1149,7 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
                     self.new_head = Some(new);
                     return Err(err);
                 }
-                self.to_free.push(self.vm, pa);
+                self.to_free.push(self.vm, pa, e.addr().0);
                 self.reuse = Some((new, attrs));
                 self.heads_replaced += 1;
             }
@@ -1092,7 +1159,7 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
         let d = Descriptor::leaf(Level::L3, reuse, attrs.read_only())
             .map_err(|_| HvoError::Encode { pa: reuse })?;
         self.replace(e, d)?;
-        self.to_free.push(self.vm, pa);
+        self.to_free.push(self.vm, pa, e.addr().0);
         self.remapped += 1;
         Ok(())
     }
@@ -1165,7 +1232,9 @@ impl<M: PhysMem, O: MmuOps> PageWalkOps for HvoWalk<'_, M, O> {
                 Ok(WalkAction::Subtree)
             }
             // Nothing under a block is pending (a folio a batch skipped, never split).
-            (DescKind::Block, Phase::Flush | Phase::Complete) => Ok(WalkAction::Continue),
+            (DescKind::Block, Phase::Flush | Phase::Complete | Phase::Rollback) => {
+                Ok(WalkAction::Continue)
+            }
             (kind, _) => Err(HvoError::UnexpectedMapping { va: e.addr(), level: Level::L2, kind }),
         }
     }
@@ -1205,6 +1274,37 @@ impl<M: PhysMem, O: MmuOps> PageWalkOps for HvoWalk<'_, M, O> {
             },
             // Valid entries are not pending ones.
             Phase::Flush | Phase::Complete => {}
+            Phase::Rollback => match self.strategy {
+                // Map the entry back onto the frame it had, read-write.
+                Strategy::Optimize => {
+                    if let (Some(old), Some((_, rw))) = (self.undo.take(), self.reuse) {
+                        let d = Descriptor::leaf(Level::L3, old, rw)
+                            .map_err(|_| HvoError::Encode { pa: old })?;
+                        self.replace(e, d)?;
+                        if first {
+                            // The copy of page 0 is mapped no more.
+                            self.to_free.push(self.vm, pa, 0);
+                            self.heads_replaced -= 1;
+                        } else {
+                            self.remapped -= 1;
+                        }
+                    }
+                }
+                // Tails already restored go back onto page 0, read-only; their fresh frames
+                // are freed (after the grace period).
+                Strategy::Restore if first => self.reuse = Some((pa, attrs)),
+                Strategy::Restore => {
+                    let (page0, rw) = self.reuse.ok_or(self.inconsistent(e.addr()))?;
+                    if pa != page0 {
+                        let d = Descriptor::leaf(Level::L3, page0, rw.read_only())
+                            .map_err(|_| HvoError::Encode { pa: page0 })?;
+                        self.replace(e, d)?;
+                        self.to_free.push(self.vm, pa, 0);
+                        self.restored -= 1;
+                    }
+                }
+                Strategy::SplitOnly => {}
+            },
         }
         Ok(WalkAction::Continue)
     }
@@ -1255,12 +1355,69 @@ fn walk_folio<M: PhysMem, O: MmuOps>(
     w.folio = folio.head_pfn();
     w.start = start;
     w.reuse = None;
+    walk_span(guard, mem, w, start, end)
+}
+
+/// Walks `[start, end)` in the phase and folio already set in `w`.
+fn walk_span<M: PhysMem, O: MmuOps>(
+    guard: &MmapReadGuard<'_, Kernel>,
+    mem: &M,
+    w: &mut HvoWalk<'_, M, O>,
+    start: VirtAddr,
+    end: VirtAddr,
+) -> Result<(), HvoError> {
     w.pte_table = None;
     match walk_page_range_novma(guard, mem, start, end, w) {
         Ok(_) => Ok(()),
         Err(WalkError::Callback(e)) => Err(e),
         Err(WalkError::InvalidRange { start, end, .. }) => Err(HvoError::BadRange { start, end }),
     }
+}
+
+/// Undoes the part of an optimize that reached `folio` before failing (Linux's
+/// `vmemmap_remap_free()` on error, with `vmemmap_restore_pte`): every entry already remapped
+/// goes back onto the frame it had (still on the free list, found by its tag), read-write with
+/// page 0's attributes `rw`; page 0 last, whose copy is then freed.
+fn rollback_optimize<M: PhysMem, O: MmuOps>(
+    guard: &MmapReadGuard<'_, Kernel>,
+    mem: &M,
+    w: &mut HvoWalk<'_, M, O>,
+    folio: &Folio,
+    rw: Attrs,
+) -> Result<(), HvoError> {
+    let vm = w.vm;
+    let (start, end) = folio_vmemmap_range(folio);
+    let (mut mine, mut rest) =
+        (FreeList { head: None, unlisted: 0 }, FreeList { head: None, unlisted: 0 });
+    while let Some((pa, tag)) = w.to_free.pop(vm) {
+        if (start.0..end.0).contains(&tag) {
+            mine.push(vm, pa, tag);
+        } else {
+            rest.push(vm, pa, tag);
+        }
+    }
+    w.to_free.head = rest.head;
+    w.phase = Phase::Rollback;
+    w.folio = folio.head_pfn();
+    w.start = start;
+    let mut head_old = None;
+    let mut r = Ok(());
+    while let Some((pa, tag)) = mine.pop(vm) {
+        if tag == start.0 {
+            head_old = Some(pa);
+            continue;
+        }
+        w.undo = Some(pa);
+        w.reuse = Some((pa, rw));
+        r = r.and(walk_span(guard, mem, w, VirtAddr(tag), VirtAddr(tag) + PAGE_SIZE));
+    }
+    if let Some(pa) = head_old {
+        w.undo = Some(pa);
+        w.reuse = Some((pa, rw));
+        r = r.and(walk_span(guard, mem, w, start, start + PAGE_SIZE));
+    }
+    w.undo = None;
+    r
 }
 
 /// Ends every optimize or restore pass: completes the entries a batched pass left pending (even
@@ -1347,6 +1504,7 @@ pub struct Hvo<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> {
     tables: &'a mut T,
     sync: Option<&'a mut dyn BbmSync>,
     race_hook: Option<&'a mut dyn FnMut(VirtAddr)>,
+    fail_replace: Option<u64>,
     opts: HvoOptions,
     stats: HvoStats,
 }
@@ -1390,6 +1548,7 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
             tables,
             sync: None,
             race_hook: None,
+            fail_replace: None,
             opts: HvoOptions::default(),
             stats: HvoStats::default(),
         }
@@ -1406,6 +1565,14 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
     #[cfg(any(test, feature = "std"))]
     pub fn set_split_race_hook(&mut self, hook: &'a mut dyn FnMut(VirtAddr)) {
         self.race_hook = Some(hook);
+    }
+
+    /// Test-only: in each following operation, the `k`-th entry replacement (counted from 0,
+    /// not counting rollbacks) fails as if another CPU had changed the entry
+    /// ([`HvoError::Inconsistent`]), to test what a failure after entries were written leaves.
+    #[cfg(any(test, feature = "std"))]
+    pub fn inject_replace_failure(&mut self, k: Option<u64>) {
+        self.fail_replace = k;
     }
 
     /// With options `opts`.
@@ -1467,6 +1634,7 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         };
         let mut w = HvoWalk::new(self.mem, self.vm, &mut *self.mmu, sync, mm, Strategy::SplitOnly);
         w.recheck = self.opts.recheck_entries;
+        w.fail_replace = self.fail_replace;
         w.race_hook = self.race_hook.as_deref_mut().map(|h| h as &mut dyn FnMut(VirtAddr));
         walk_folio(self.guard, self.mem, &mut w, folio, Phase::Check)?;
         alloc_tables(self.mem, &mut *self.tables, &mut w, &mut self.stats)?;
@@ -1564,6 +1732,7 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         };
         let mut w = HvoWalk::new(self.mem, vm, &mut *self.mmu, sync, mm, Strategy::Optimize);
         w.recheck = self.opts.recheck_entries;
+        w.fail_replace = self.fail_replace;
         w.race_hook = self.race_hook.as_deref_mut().map(|h| h as &mut dyn FnMut(VirtAddr));
         w.batch_window = window;
         for f in todo.clone() {
@@ -1600,18 +1769,30 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         }
         let phase = if batched { Phase::Invalidate } else { Phase::Apply };
         phase::enter(HvoPhase::Remap);
-        for f in todo.clone() {
+        // The folio (index in `todo`) where the pass failed, with page 0's attributes.
+        let mut failed: Option<(usize, Option<Attrs>)> = None;
+        for (i, f) in todo.clone().enumerate() {
             if r.is_err() {
                 break;
             }
             w.new_head = heads.pop(self.mem);
             r = walk_folio(self.guard, self.mem, &mut w, f, phase);
+            if r.is_err() {
+                failed = Some((i, w.reuse.map(|(_, a)| a)));
+            }
             if let Some(unused) = w.new_head.take() {
-                w.to_free.push(vm, unused);
+                w.to_free.push(vm, unused, 0);
             }
         }
+        // Folios completely done: all of them, or those before the one that failed (none if
+        // the split pass failed).
+        let done = match (&r, failed) {
+            (Ok(()), _) => n_todo,
+            (Err(_), Some((i, _))) => i,
+            (Err(_), None) => 0,
+        };
         while let Some(unused) = heads.pop(self.mem) {
-            w.to_free.push(vm, unused);
+            w.to_free.push(vm, unused, 0);
         }
         // Pending entries are completed even after an error (which the check pass makes
         // impossible short of a concurrent edit of the tables), so none stays invalid.
@@ -1623,6 +1804,13 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
             self.opts.flush_all_threshold,
             &mut self.stats,
         ));
+        // A failure after entries of a folio were written: put that folio back as it was, so
+        // that exactly the folios flagged below are optimized.
+        if let Some((i, Some(rw))) = failed {
+            if let Some(f) = todo.clone().nth(i) {
+                r = r.and(rollback_optimize(self.guard, self.mem, &mut w, f, rw));
+            }
+        }
         // The old frames' TLB entries are gone (each break completed with its DSB ISH); once
         // every other CPU has passed a quiescent state, no reader still holds an address it
         // computed through the old mapping: free.
@@ -1631,7 +1819,9 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
             w.sync.grace_period();
             phase::resume(prev);
         }
+        let failures_before = self.stats.free_failures;
         w.to_free.drain(vm, &mut *self.frames, &mut self.stats);
+        let not_freed = self.stats.free_failures - failures_before;
         w.sync.op_end();
         phase::enter(HvoPhase::Free);
         release_tables(self.mem, &mut *self.tables, &mut w, &mut self.stats);
@@ -1641,17 +1831,18 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         self.stats.head_pages_replaced += w.heads_replaced;
         drop(w);
         self.stats.add_mmu(self.mmu.stats().since(before));
-        r?;
         let mut n = 0;
-        for f in folios {
-            let head = vm.page(f.head_pfn());
-            if !head.test(PageFlags::VMEMMAP_OPTIMIZED) {
-                head.set_flags(PageFlags::VMEMMAP_OPTIMIZED);
-                NR_OPTIMIZED.fetch_add(1, Relaxed);
-                n += 1;
-            }
+        for f in todo.take(done) {
+            vm.page(f.head_pfn()).set_flags(PageFlags::VMEMMAP_OPTIMIZED);
+            NR_OPTIMIZED.fetch_add(1, Relaxed);
+            n += 1;
         }
         self.stats.folios += n;
+        r?;
+        if not_freed > 0 {
+            // Never report success for a failed free.
+            return Err(HvoError::FramesNotFreed { count: not_freed });
+        }
         Ok(n)
     }
 
@@ -1675,6 +1866,7 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
             return Ok(0);
         }
         let window = batch_window(todo.clone());
+        let n_todo = todo.clone().count();
         let before = self.mmu.stats();
         let mm = self.guard.mm();
         let mut nosync = NoSync;
@@ -1684,6 +1876,7 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         };
         let mut w = HvoWalk::new(self.mem, vm, &mut *self.mmu, sync, mm, Strategy::Restore);
         w.recheck = self.opts.recheck_entries;
+        w.fail_replace = self.fail_replace;
         w.batch_window = window;
         for f in todo.clone() {
             walk_folio(self.guard, self.mem, &mut w, f, Phase::Check)?;
@@ -1713,9 +1906,15 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         let phase = if batched { Phase::Invalidate } else { Phase::Apply };
         phase::enter(HvoPhase::Remap);
         let mut r = Ok(());
-        for f in todo.clone() {
-            r = r.and_then(|()| walk_folio(self.guard, self.mem, &mut w, f, phase));
+        let mut failed = None;
+        for (i, f) in todo.clone().enumerate() {
+            r = walk_folio(self.guard, self.mem, &mut w, f, phase);
+            if r.is_err() {
+                failed = Some(i);
+                break;
+            }
         }
+        let done = failed.unwrap_or(n_todo);
         r = r.and(complete_and_publish(
             self.guard,
             self.mem,
@@ -1724,6 +1923,11 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
             self.opts.flush_all_threshold,
             &mut self.stats,
         ));
+        // A failure after entries of a folio were restored: map them back onto page 0, so
+        // that the folio is exactly as optimized as its flag says.
+        if let Some(f) = failed.and_then(|i| todo.clone().nth(i)) {
+            r = r.and(walk_folio(self.guard, self.mem, &mut w, f, Phase::Rollback));
+        }
         while let Some(pa) = w.frames.pop(self.mem) {
             // Only after an error: frames allocated but never mapped (no grace period needed).
             if self.frames.free(pa) {
@@ -1732,18 +1936,23 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
                 self.stats.free_failures += 1;
             }
         }
+        if !w.to_free.is_empty() {
+            // Frames a rollback unmapped: readers may still hold addresses through them.
+            w.sync.grace_period();
+            w.to_free.drain(vm, &mut *self.frames, &mut self.stats);
+        }
         w.sync.op_end();
         self.stats.ptes_restored += w.restored;
         drop(w);
         self.stats.add_mmu(self.mmu.stats().since(before));
-        r?;
         let mut n = 0;
-        for f in todo {
+        for f in todo.take(done) {
             vm.page(f.head_pfn()).clear_flags(PageFlags::VMEMMAP_OPTIMIZED);
             NR_OPTIMIZED.fetch_sub(1, Relaxed);
             n += 1;
         }
         self.stats.folios_restored += n;
+        r?;
         Ok(n)
     }
 }
@@ -1878,6 +2087,51 @@ pub fn vmemmap_usage(guard: &MmapReadGuard<'_, Kernel>, mem: &impl PhysMem) -> V
     // The range is page aligned and inside the kernel half: the walk cannot fail.
     let _ = walk_page_range_novma(guard, mem, s, e, &mut w);
     w.u
+}
+
+/// The vmemmap's frames two ways: by page state and by what `init_mm` maps.
+#[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct VmemmapCensus {
+    /// RAM frames in state [`PageState::Vmemmap`].
+    pub state_vmemmap: u64,
+    /// Distinct frames the vmemmap maps (blocks in full).
+    pub mapped: u64,
+}
+
+impl VmemmapCensus {
+    /// Frames in state `Vmemmap` that nothing maps: lost (e.g. a free the allocator refused).
+    pub fn unmapped(&self) -> u64 {
+        self.state_vmemmap.saturating_sub(self.mapped)
+    }
+
+    /// Conservation of the vmemmap: every frame in state `Vmemmap` is mapped, and the vmemmap
+    /// maps no more frames than that (a mapped frame in another state was freed under it).
+    pub fn check(&self) -> Result<(), VmemmapCensus> {
+        if self.state_vmemmap == self.mapped {
+            Ok(())
+        } else {
+            Err(*self)
+        }
+    }
+}
+
+/// Counts the vmemmap's frames by state (over `ram`) and by a walk of `init_mm` (see
+/// [`vmemmap_usage`]): page conservation extended to "nothing holds a vmemmap frame that
+/// nothing maps".
+pub fn vmemmap_census(
+    guard: &MmapReadGuard<'_, Kernel>,
+    mem: &impl PhysMem,
+    vm: &Vmemmap,
+    ram: &[crate::memblock::MemRegion],
+) -> VmemmapCensus {
+    let u = vmemmap_usage(guard, mem);
+    VmemmapCensus {
+        state_vmemmap: crate::buddy::conservation(vm, ram).vmemmap,
+        mapped: u.blocks_1g * (PUD_SIZE / PAGE_SIZE)
+            + u.blocks_2m * (PMD_SIZE / PAGE_SIZE)
+            + u.pte_frames,
+    }
 }
 
 /// Bytes of memory backing the vmemmap, measured (see [`vmemmap_usage`]).

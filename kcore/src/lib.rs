@@ -10,9 +10,11 @@
 //!   physical memory is reached.
 //! - [`esr`], [`cmdline`], [`bootinfo`]: exception syndrome decoding, the kernel command line,
 //!   ATAGs and device trees.
-//! - [`pgtable`], [`tlb`], [`mapper`], [`pagewalk`], [`mm`], [`ptdump`]: ARMv8 translation
-//!   tables, barriers and TLB maintenance, building maps, the one page walker, address spaces and
-//!   their `mmap_lock`, and the page-table dump.
+//! - [`pgtable`], [`tlb`], [`bbm_check`], [`mapper`], [`pagewalk`], [`mm`], [`ptdump`]: ARMv8
+//!   translation tables, barriers and TLB maintenance backends, the break-before-make checker
+//!   and online auditor, building maps, the one page walker, address spaces and their
+//!   `mmap_lock` and `page_table_lock`, and the page-table dump.
+//! - [`bbm_sync`]: the hooks by which HVO coordinates its break windows with other CPUs.
 //! - [`memblock`], [`page`], [`vmemmap`], [`buddy`], [`hugetlb`], [`hugetlb_vmemmap`]: early
 //!   frame allocation, the 64-byte page descriptor, the virtually mapped memmap, the buddy
 //!   allocator, HugeTLB folios and the HugeTLB vmemmap optimization.
@@ -21,6 +23,7 @@
 #![warn(missing_docs)]
 
 pub mod addr;
+pub mod bbm_check;
 pub mod bbm_sync;
 pub mod bootinfo;
 pub mod buddy;

@@ -423,8 +423,13 @@ impl<'a, K: MmKind> MmapReadGuard<'a, K> {
     pub fn mm(&self) -> &'a Mm<K> {
         self.mm
     }
+}
 
-    /// Software translation of `va` (see [`mapper::translate`]).
+impl MmapReadGuard<'_, Kernel> {
+    /// Software translation of `va` (see [`mapper::translate`]). Only for `init_mm`: a
+    /// translation walks the tables, and a user address space's tables may be freed under a
+    /// read hold (`munmap()` downgrades before freeing them), so a user mm translates through
+    /// [`MmapWriteGuard::translate`], like every other walk of it.
     pub fn translate(
         &self,
         mem: &impl PhysMem,

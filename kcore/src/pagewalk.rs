@@ -39,11 +39,13 @@
 //! address space (see [`crate::mm`]). On Linux, `mmap_lock` does *not* protect the kernel's
 //! page tables from being freed: memory hot-remove frees intermediate tables of the linear map
 //! and vmemmap without it. In this firmware the only code that frees kernel table pages is the
-//! vmemmap / HVO code restoring a vmemmap mapping and the hot-remove path (the mapper's
-//! `unmap_range` on `init_mm`), and both take `init_mm`'s `mmap_lock` for *write*; so a walker
-//! holding it for read cannot see a table freed under it. Entries may still change under a
-//! reader (HVO remaps vmemmap PTEs holding the read lock), which is why every entry is read
-//! with a volatile load, and re-read after each callback.
+//! hot-remove path (the mapper's `unmap_range` on `init_mm`), which takes `init_mm`'s
+//! `mmap_lock` for *write*; so a walker holding it for read cannot see a table freed under it.
+//! HVO holds the lock for *read* and frees no table: it adds tables (splitting vmemmap blocks)
+//! and remaps vmemmap PTEs, and keeps the split tables after a restore, as Linux does. Entries
+//! may therefore change under a reader, which is why every entry is read with a volatile load
+//! and re-read after each callback, and why HVO re-checks each entry under `init_mm`'s
+//! `page_table_lock` before it replaces it (two HVO callers may walk at once).
 
 use crate::addr::{PhysAddr, VirtAddr, PAGE_SIZE};
 use crate::mm::{Mm, MmKind, WalkLock};

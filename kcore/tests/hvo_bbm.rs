@@ -5,10 +5,11 @@ mod hvo_common;
 
 use hvo_common::*;
 use kcore::addr::{Pfn, PMD_SIZE};
+use kcore::bbm_check::{check_break_before_make, check_published, BbmMissing};
 use kcore::hugetlb::{Folio, HugePageSize};
 use kcore::hugetlb_vmemmap::{folio_is_optimized, HvoOptions, HvoStats};
 use kcore::pgtable::{DescKind, Level};
-use kcore::tlb::{check_break_before_make, check_published, BbmMissing, MmuEvent, TlbiKind};
+use kcore::tlb::{MmuEvent, TlbiKind};
 
 fn checked(events: &[MmuEvent]) {
     check_break_before_make(events).unwrap();
@@ -134,25 +135,27 @@ fn dropped_steps_are_rejected() {
         let mut w = World::new(3, 0);
         let fs = four_2m(&mut w);
         breakit(&mut w);
+        // Each sequence judged by the recorded checker and by the online auditor: both catch it.
+        let judge = |w: &mut World, level: Option<Level>, what: &str| {
+            let (ev, audit) = w.mmu.take_events_audited();
+            let v = check_break_before_make(&ev).unwrap_err();
+            assert_eq!(v.missing, missing, "{name}: {what}");
+            let a = audit.unwrap_err();
+            assert_eq!(a.missing, missing, "{name}: {what} (auditor)");
+            if let Some(l) = level {
+                assert_eq!((v.level, a.level), (l, l), "{name}: {what}");
+            }
+        };
         let _ = w.hvo(HvoOptions::default(), None, |h| h.split_folio(&fs[0]));
-        let v = check_break_before_make(&w.mmu.take_events()).unwrap_err();
-        assert_eq!((v.missing, v.level), (missing, Level::L2), "{name}: split");
-
+        judge(&mut w, Some(Level::L2), "split");
         let _ = w.hvo(HvoOptions::default(), None, |h| h.optimize_folio(&fs[0]));
-        let v = check_break_before_make(&w.mmu.take_events()).unwrap_err();
-        assert_eq!((v.missing, v.level), (missing, Level::L3), "{name}: optimize");
-
+        judge(&mut w, Some(Level::L3), "optimize");
         let _ = w.hvo(HvoOptions::default(), None, |h| h.optimize_folios(&fs[1..]));
-        let v = check_break_before_make(&w.mmu.take_events()).unwrap_err();
-        assert_eq!(v.missing, missing, "{name}: batched optimize");
-
+        judge(&mut w, None, "batched optimize");
         let _ = w.hvo(HvoOptions::default(), None, |h| h.restore_folio(&fs[0]));
-        let v = check_break_before_make(&w.mmu.take_events()).unwrap_err();
-        assert_eq!((v.missing, v.level), (missing, Level::L3), "{name}: restore");
-
+        judge(&mut w, Some(Level::L3), "restore");
         let _ = w.hvo(HvoOptions::default(), None, |h| h.restore_folios(&fs[1..]));
-        let v = check_break_before_make(&w.mmu.take_events()).unwrap_err();
-        assert_eq!(v.missing, missing, "{name}: batched restore");
+        judge(&mut w, None, "batched restore");
     }
 }
 
@@ -333,4 +336,48 @@ fn unfrozen_folios_are_refused() {
     let opts = HvoOptions { require_frozen: false, ..HvoOptions::default() };
     let (r, _) = w.hvo(opts, None, |h| h.optimize_folio(&f));
     assert_eq!(r, Ok(true));
+}
+
+/// A speculative reference taker (Linux's `folio_try_get()` from a PFN walker) runs on another
+/// CPU just as HVO is about to replace page 0 by its copy: the copy is made, the old page 0 is
+/// still mapped. On a frozen folio the get fails and writes nothing; on an unfrozen one (the
+/// test-only `require_frozen: false`) it succeeds on the old frame and is lost with it.
+struct GetAtPage0 {
+    head: *const kcore::page::Page,
+    page0: kcore::addr::VirtAddr,
+    got: Option<bool>,
+}
+
+impl kcore::bbm_sync::BbmSync for GetAtPage0 {
+    fn break_begin(&mut self, start: kcore::addr::VirtAddr, _end: kcore::addr::VirtAddr) {
+        if start == self.page0 && self.got.is_none() {
+            // SAFETY: the head descriptor, mapped (the window has not broken yet).
+            self.got = Some(unsafe { &*self.head }.try_get());
+        }
+    }
+}
+
+#[test]
+fn freezing_prevents_a_lost_reference() {
+    for frozen in [true, false] {
+        let mut w = World::new(2, 0);
+        let f = if frozen {
+            w.folio(HugePageSize::Size2M, None)
+        } else {
+            w.folio_unfrozen(HugePageSize::Size2M, None)
+        };
+        let r0 = f.head(&w.vm).refcount();
+        let mut sync = GetAtPage0 { head: f.head(&w.vm), page0: w.folio_va(&f).0, got: None };
+        let opts = HvoOptions { require_frozen: frozen, ..HvoOptions::default() };
+        let (r, _) = w.hvo_sync(opts, None, Some(&mut sync), |h| h.optimize_folio(&f));
+        assert_eq!(r, Ok(true));
+        let after = f.head(&w.vm).refcount();
+        if frozen {
+            assert_eq!((r0, sync.got, after), (0, Some(false), 0), "nothing taken, nothing lost");
+        } else {
+            // The get succeeded (the taker holds a reference) but the count it raised went with
+            // the old page 0: the folio now reads one reference fewer than are held.
+            assert_eq!((r0, sync.got, after), (1, Some(true), 1), "a reference was lost");
+        }
+    }
 }

@@ -11,19 +11,22 @@ mod hvo_common;
 
 use hvo_common::*;
 use kcore::addr::{Pfn, VirtAddr, PMD_SIZE};
+use kcore::bbm_check::{check_break_before_make, BbmMissing};
 use kcore::buddy::check_conservation;
 use kcore::hugetlb::{Folio, HugePageSize};
 use kcore::hugetlb_vmemmap::{folio_is_optimized, BuddyFrames, Hvo, HvoOptions, HvoStats};
 use kcore::mapper::VecFrameAlloc;
 use kcore::page::PageState;
 use kcore::pgtable::{DescKind, Level};
-use kcore::tlb::check_break_before_make;
 
 struct Outcome {
     a: Result<u64, kcore::hugetlb_vmemmap::HvoError>,
     a_stats: HvoStats,
     b_table: Option<kcore::addr::PhysAddr>,
     a_tables_out: usize,
+    /// A's sequence judged by the recorded checker and by the online auditor.
+    a_check: Result<(), BbmMissing>,
+    a_audit: Result<(), BbmMissing>,
 }
 
 fn race(w: &mut World, x: &Folio, y: &Folio, recheck: bool) -> Outcome {
@@ -57,13 +60,21 @@ fn race(w: &mut World, x: &Folio, y: &Folio, recheck: bool) -> Outcome {
     ha.set_split_race_hook(&mut hook);
     let (a, a_stats) = (ha.split_folio(x), ha.stats());
     drop(guard);
+    // B's sequence is correct whatever A does afterwards.
     assert!(check_break_before_make(&mmu_b.take_events()).is_ok());
-    assert!(check_break_before_make(&w.mmu.take_events()).is_ok());
+    let (ev_a, audit_a) = w.mmu.take_events_audited();
     let b_table = (tables_b.allocated() == 1).then(|| {
         // The one page B took and kept (VecFrameAlloc hands out the lowest first).
         kcore::addr::PhysAddr(w.backing.end() - 16 * 4096)
     });
-    Outcome { a, a_stats, b_table, a_tables_out: w.tables.allocated() }
+    Outcome {
+        a,
+        a_stats,
+        b_table,
+        a_tables_out: w.tables.allocated(),
+        a_check: check_break_before_make(&ev_a).map_err(|v| v.missing),
+        a_audit: audit_a.map_err(|v| v.missing),
+    }
 }
 
 fn w_block(f: &Folio) -> VirtAddr {
@@ -107,6 +118,7 @@ fn second_split_is_skipped_under_page_table_lock() {
     assert_eq!(o.a, Ok(0));
     assert_eq!((o.a_stats.splits, o.a_stats.splits_skipped), (0, 1));
     assert_eq!(o.a_tables_out, tables0, "A's prepared table went back");
+    assert_eq!((o.a_check, o.a_audit), (Ok(()), Ok(())));
     let b_table = o.b_table.expect("B kept its table");
     assert_eq!(block_table(&w, &x), Some(b_table.0), "the block is B's table");
     // y is still optimized: its tails map its page 0, whose frame is not free.
@@ -132,6 +144,9 @@ fn without_the_recheck_the_second_split_leaks_and_reverts() {
     let o = race(&mut w, &x, &y, false);
     // A split the block again, over B's table.
     assert_eq!(o.a, Ok(1));
+    // A broke B's live table with one TLBI by VA, which leaves B's leaves in the TLBs: both
+    // checkers see it.
+    assert_eq!((o.a_check, o.a_audit), (Err(BbmMissing::Tlbi), Err(BbmMissing::Tlbi)));
     let b_table = o.b_table.expect("B took a table");
     assert_ne!(block_table(&w, &x), Some(b_table.0), "B's table is no longer linked: leaked");
     assert!(

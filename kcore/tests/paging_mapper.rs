@@ -1,15 +1,14 @@
 //! The mapper against a naive model, and each of its errors.
 
 use kcore::addr::{PhysAddr, VirtAddr, PAGE_SIZE};
+use kcore::bbm_check::{check_break_before_make, check_published};
 use kcore::mapper::{
     map_range, translate, unmap_range, BlockPolicy, MapError, MapRequest, MapStats, UnmapStats,
     VecFrameAlloc,
 };
 use kcore::pgtable::{Attrs, Level, VaHalf};
 use kcore::phys::Arena;
-use kcore::tlb::{
-    check_break_before_make, check_published, MmuEvent, MmuOps, RecordingMmu, TlbScope,
-};
+use kcore::tlb::{MmuEvent, MmuOps, RecordingMmu, TlbScope};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 

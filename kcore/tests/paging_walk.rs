@@ -3,6 +3,7 @@
 
 use core::ops::ControlFlow;
 use kcore::addr::{PhysAddr, VirtAddr, PAGE_SIZE};
+use kcore::bbm_check::{check_break_before_make, check_published};
 use kcore::mapper::{BlockPolicy, FrameAlloc, VecFrameAlloc};
 use kcore::mm::{Kernel, Mm, User};
 use kcore::pagewalk::{
@@ -11,7 +12,7 @@ use kcore::pagewalk::{
 };
 use kcore::pgtable::{Attrs, DescKind, Descriptor, Level, VaHalf};
 use kcore::phys::{Arena, PhysMem};
-use kcore::tlb::{check_break_before_make, check_published, MmuOps, RecordingMmu, TlbScope};
+use kcore::tlb::{MmuOps, RecordingMmu, TlbScope};
 use proptest::prelude::*;
 
 const GIB: u64 = 1 << 30;
@@ -425,7 +426,7 @@ fn splitting_without_tlbi_is_caught() {
     let end = VirtAddr(va + MIB2);
     walk_page_range_novma(&w, &f.arena, VirtAddr(va), end, &mut Sloppy(&mut f.mmu, t)).unwrap();
     let v = check_break_before_make(f.mmu.events()).unwrap_err();
-    assert_eq!(v.missing, kcore::tlb::BbmMissing::DsbAfterInvalid);
+    assert_eq!(v.missing, kcore::bbm_check::BbmMissing::DsbAfterInvalid);
     assert_eq!(v.va, VirtAddr(va));
 }
 

@@ -16,15 +16,16 @@
 #![allow(dead_code)]
 
 use kcore::addr::{Pfn, PhysAddr, VirtAddr, PAGE_SIZE, PMD_SIZE};
+use kcore::bbm_check::{AuditMmu, BbmViolation};
 use kcore::bbm_sync::{BbmSync, SyncEvent};
 use kcore::buddy::Buddy;
 use kcore::hugetlb::{Folio, HugePageSize, HugetlbPool, NoHooks};
 use kcore::hugetlb_vmemmap::{BuddyFrames, Hvo, HvoOptions, VmemmapFrames};
 use kcore::layout::VMEMMAP_START;
 use kcore::mapper::{translate, BlockPolicy, FrameAlloc, VecFrameAlloc};
-use kcore::memblock::MemRegion;
+use kcore::memblock::{MemRegion, Memblock, ReservedKind};
 use kcore::mm::{Kernel, Mm};
-use kcore::page::{Page, PageFlags, PageState};
+use kcore::page::Page;
 use kcore::pgtable::{Attrs, DescKind, Descriptor, Level, ENTRIES_PER_TABLE};
 use kcore::phys::PhysMem;
 use kcore::tlb::{MmuEvent, MmuOps, MmuStats, RecordingMmu};
@@ -163,9 +164,14 @@ pub struct WindowMap {
     fd: c_int,
 }
 
-/// [`RecordingMmu`] plus the window mirror.
+/// Breaks an [`AuditMmu`] can follow at once in the host world (a 1 GiB batch opens 4096).
+pub const AUDIT_SLOTS: usize = 4200;
+
+/// [`RecordingMmu`] behind the online auditor, plus the window mirror. Every HVO sequence of
+/// the host tests goes through [`AuditMmu`]; [`ShadowMmu::take_events`] fails the test if it
+/// found a violation (unless a step is being dropped on purpose).
 pub struct ShadowMmu {
-    pub rec: RecordingMmu,
+    pub rec: Box<AuditMmu<RecordingMmu, AUDIT_SLOTS>>,
     win: WindowMap,
     mem: PhysView,
     root: PhysAddr,
@@ -240,7 +246,7 @@ impl ShadowMmu {
     /// A second backend over the same tables and window (another CPU's), recording apart.
     pub fn another(&self) -> ShadowMmu {
         ShadowMmu {
-            rec: RecordingMmu::new(),
+            rec: Box::new(AuditMmu::new(RecordingMmu::new())),
             win: self.win,
             mem: self.mem,
             root: self.root,
@@ -252,8 +258,21 @@ impl ShadowMmu {
         }
     }
 
+    /// The recorded events, and the auditor's verdict on them (which is then reset).
+    pub fn take_events_audited(&mut self) -> (Vec<MmuEvent>, Result<(), BbmViolation>) {
+        let verdict = self.rec.check();
+        self.rec.reset();
+        (self.rec.inner_mut().take_events(), verdict)
+    }
+
+    /// The recorded events; panics if the online auditor found a violation in them, unless a
+    /// step is being dropped on purpose (then see [`ShadowMmu::take_events_audited`]).
     pub fn take_events(&mut self) -> Vec<MmuEvent> {
-        self.rec.take_events()
+        let (ev, verdict) = self.take_events_audited();
+        if !self.drop_tlbi && !self.drop_dsb_ish {
+            assert_eq!(verdict, Ok(()), "the online break-before-make auditor");
+        }
+        ev
     }
 }
 
@@ -323,6 +342,8 @@ unsafe impl VmemmapFrames for NoFrames {
 pub struct TestFrames<'a> {
     pub inner: BuddyFrames<'a>,
     pub fail_at: Option<u64>,
+    /// Refuse every free (the frame is not given to the buddy allocator).
+    pub fail_free: bool,
     pub calls: u64,
     pub allocated: u64,
     pub freed: u64,
@@ -341,11 +362,17 @@ unsafe impl VmemmapFrames for TestFrames<'_> {
         r
     }
     fn free(&mut self, pa: PhysAddr) -> bool {
+        if self.fail_free {
+            return false;
+        }
         let ok = self.inner.free(pa);
         self.freed += u64::from(ok);
         ok
     }
     fn free_run(&mut self, pa: PhysAddr, n: u64) -> u64 {
+        if self.fail_free {
+            return 0;
+        }
         let ok = self.inner.free_run(pa, n);
         self.freed += ok;
         ok
@@ -376,6 +403,8 @@ pub struct World {
     pub hot: Option<SelfHosted>,
     /// The boot vmemmap blocks' frames and the table region (not managed by the buddy).
     pub backing: MemRegion,
+    /// HVO sessions' frame allocator refuses every free.
+    pub fail_frees: bool,
 }
 
 /// Table pages for init_mm and the splits.
@@ -416,7 +445,7 @@ impl World {
         // SAFETY: a fresh zeroed table page of the simulated RAM, owned by this mm only.
         let mm = unsafe { Mm::new_kernel(root) };
         let mut mmu = ShadowMmu {
-            rec: RecordingMmu::new(),
+            rec: Box::new(AuditMmu::new(RecordingMmu::new())),
             win,
             mem,
             root,
@@ -451,18 +480,17 @@ impl World {
             unsafe { vm.mark_section_present(s) };
             vm.init_section(s);
         }
-        for pfn in MemRegion::from_range(resv, tbl).pfns() {
-            vm.page(Pfn(pfn)).set_state(PageState::Vmemmap);
-        }
-        for pfn in MemRegion::new(tbl, TABLE_PAGES * PAGE_SIZE).pfns() {
-            let p = vm.page(Pfn(pfn));
-            p.set_state(PageState::PageTable);
-            p.set_flags(PageFlags::TABLE);
-        }
-        let mut buddy = Buddy::new();
+        // Memory handed over as the firmware does it: memblock with the boot vmemmap and the
+        // early tables reserved, then `free_memblock`, which makes each RAM bank one managed
+        // span (so the boot vmemmap is inside it, as on the target) and gives the reserved
+        // frames their states.
         let end = BASE + sections * SECTION_SIZE;
-        buddy.free_range(&vm, Pfn(BASE >> 12), Pfn(resv >> 12)).unwrap();
-        buddy.free_range(&vm, Pfn(backing.end() >> 12), Pfn(end >> 12)).unwrap();
+        let mut mb = Memblock::new();
+        mb.add_memory(PhysAddr(BASE), sections * SECTION_SIZE).unwrap();
+        mb.reserve(PhysAddr(resv), tbl - resv, ReservedKind::Vmemmap).unwrap();
+        mb.reserve(PhysAddr(tbl), TABLE_PAGES * PAGE_SIZE, ReservedKind::EarlyTables).unwrap();
+        let mut buddy = Buddy::new();
+        buddy.free_memblock(&vm, &mb).unwrap();
 
         let mut hot_sh = None;
         if hot > 0 {
@@ -508,6 +536,7 @@ impl World {
             ram: vec![MemRegion::new(BASE, total)],
             hot: hot_sh,
             backing,
+            fail_frees: false,
         }
     }
 
@@ -534,6 +563,7 @@ impl World {
         let mut frames = TestFrames {
             inner: BuddyFrames::new(&mut self.buddy, &self.vm),
             fail_at,
+            fail_free: self.fail_frees,
             calls: 0,
             allocated: 0,
             freed: 0,
@@ -570,6 +600,11 @@ impl World {
                 self.pool.alloc_pool_folio(size, &mut self.buddy, &self.vm, &mut NoHooks).unwrap()
             }
         }
+    }
+
+    /// The vmemmap's frames by state and by mapping.
+    pub fn vmemmap_census(&self) -> kcore::hugetlb_vmemmap::VmemmapCensus {
+        kcore::hugetlb_vmemmap::vmemmap_census(&self.mm.mmap_read(), &self.mem, &self.vm, &self.ram)
     }
 
     /// Software translation in the simulated init_mm.
