@@ -84,6 +84,9 @@ unsafe impl VmemmapFrames for Frames<'_> {
     fn free(&mut self, pa: PhysAddr) -> bool {
         free_vmemmap_frame(&mut BUDDY.lock(), &VMEMMAP, pa).is_ok()
     }
+    fn free_run(&mut self, pa: PhysAddr, n: u64) -> u64 {
+        hv::free_vmemmap_frames(&mut self.0.buddy.borrow_mut(), &VMEMMAP, pa, n)
+    }
 }
 
 /// Split-table pages from a [`SharedBuddy`], zeroed, their descriptors marked as page tables.

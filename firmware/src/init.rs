@@ -391,6 +391,9 @@ extern "C" fn kernel_main_on_stack(_: u64) -> ! {
     }
     crate::info!("identity map dropped; on core 0's stack below {:#x}", km.stack_tops[0]);
 
+    if cmd.bench {
+        exit(u32::from(!crate::bench::run()));
+    }
     if let Some(crash) = cmd.crash {
         crash_now(crash);
     }

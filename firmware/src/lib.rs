@@ -14,6 +14,7 @@ pub mod log;
 #[cfg(all(feature = "defmt-log", not(feature = "plain-log")))]
 pub use defmt::{debug, error, info, warn};
 pub mod arch;
+pub mod bench;
 pub mod board;
 pub mod bootstate;
 pub mod console;

@@ -15,6 +15,7 @@
 //! | `ktest` / `ktest=FILTER` | run the in-kernel tests (all, or those matching `FILTER`) |
 //! | `loglevel=N` | console log level, 0..=8 |
 //! | `memhp_reserve=SIZE` | ours: see below |
+//! | `bench` | ours: run the HVO benchmark (`cargo xtask bench`) after boot, print its figures and exit |
 //! | `crash=panic\|fault\|udf` | ours: end the boot with a panic, an unexpected data abort or an undefined instruction, to show the reporting path |
 //! | `dt_memory` | ours: take the RAM banks from the device tree even on a board whose own table normally wins (QEMU rewrites a `-dtb` to 960 MiB of its 2 GiB) |
 //! | `stress=N` | ours: after boot, run N cycles of the four-core HVO stress (readers on cores 1-3) |
@@ -211,6 +212,8 @@ pub struct Cmdline<'a> {
     pub stress: Option<u64>,
     /// `hvo_bbm=`: the break-before-make strategy for HVO with other cores running.
     pub hvo_bbm: Option<HvoBbm>,
+    /// `bench`: run the HVO benchmark after boot.
+    pub bench: bool,
     warnings: [Warning<'a>; MAX_WARNINGS],
     nr_warnings: usize,
 }
@@ -232,6 +235,7 @@ impl Default for Cmdline<'_> {
             dt_memory: false,
             stress: None,
             hvo_bbm: None,
+            bench: false,
             warnings: [Warning::TooMany; MAX_WARNINGS],
             nr_warnings: 0,
         }
@@ -243,7 +247,7 @@ impl defmt::Format for Cmdline<'_> {
     fn format(&self, f: defmt::Formatter<'_>) {
         defmt::write!(
             f,
-            "Cmdline {{ hugepages: {=[?]}, default_hugepagesz: {}, hugetlb_free_vmemmap: {}, ptdump: {}, console: {}, ktest: {}, loglevel: {}, memhp_reserve: {}, crash: {}, dt_memory: {}, stress: {}, hvo_bbm: {}, warnings: {=[?]} }}",
+            "Cmdline {{ hugepages: {=[?]}, default_hugepagesz: {}, hugetlb_free_vmemmap: {}, ptdump: {}, console: {}, ktest: {}, loglevel: {}, memhp_reserve: {}, crash: {}, dt_memory: {}, stress: {}, hvo_bbm: {}, bench: {}, warnings: {=[?]} }}",
             self.hugepage_requests(),
             self.default_hugepagesz,
             self.hugetlb_free_vmemmap,
@@ -256,6 +260,7 @@ impl defmt::Format for Cmdline<'_> {
             self.dt_memory,
             self.stress,
             self.hvo_bbm,
+            self.bench,
             self.warnings()
         )
     }
@@ -276,6 +281,7 @@ impl core::fmt::Debug for Cmdline<'_> {
             .field("dt_memory", &self.dt_memory)
             .field("stress", &self.stress)
             .field("hvo_bbm", &self.hvo_bbm)
+            .field("bench", &self.bench)
             .field("warnings", &self.warnings())
             .finish()
     }
@@ -711,6 +717,7 @@ pub fn parse(s: &str) -> Cmdline<'_> {
                 Some(Some(b)) => c.dt_memory = b,
                 Some(None) => c.malformed(tok, MalformedReason::BadBool),
             },
+            "bench" if value.is_none() => c.bench = true,
             "crash" => match value {
                 Some("panic") => c.crash = Some(Crash::Panic),
                 Some("fault") => c.crash = Some(Crash::Fault),
@@ -791,6 +798,15 @@ mod tests {
                 Warning::Malformed { option: "hvo_bbm", reason: MalformedReason::MissingValue },
             ]
         );
+    }
+
+    #[test]
+    fn bench_flag() {
+        assert!(parse("bench hugepages=1").bench);
+        assert!(!parse("hugepages=1").bench);
+        let c = parse("bench=1");
+        assert!(!c.bench);
+        assert_eq!(c.warnings().len(), 1);
     }
 
     #[test]

@@ -86,6 +86,7 @@ use crate::addr::{Pfn, PhysAddr, VirtAddr, PAGE_SIZE, PMD_SIZE, PUD_SIZE};
 pub use crate::bbm_sync::{BbmSync, NoSync};
 use crate::buddy::{Buddy, BuddyError};
 use crate::hugetlb::{check_folio, Folio, FolioError};
+use crate::hvo_phase::{self as phase, HvoPhase};
 use crate::layout::{VMEMMAP_SIZE, VMEMMAP_START};
 use crate::mapper::FrameAlloc;
 use crate::mm::{Kernel, Mm, MmapReadGuard, SpinGuard};
@@ -424,6 +425,12 @@ pub unsafe trait VmemmapFrames {
     /// Takes back a frame that no longer backs anything (unmapped, and its TLB entries gone).
     /// Returns `false` if the allocator refused it (it is then leaked).
     fn free(&mut self, pa: PhysAddr) -> bool;
+    /// Takes back the `n` contiguous frames from `pa`, as `n` calls of [`free`](Self::free)
+    /// would (the default does exactly that); returns how many were accepted. An allocator
+    /// may do it with less work per frame (see [`free_vmemmap_frames`]).
+    fn free_run(&mut self, pa: PhysAddr, n: u64) -> u64 {
+        (0..n).map(|i| u64::from(self.free(pa + i * PAGE_SIZE))).sum()
+    }
 }
 
 /// Takes one frame from the buddy allocator for the vmemmap: its descriptor becomes
@@ -467,6 +474,71 @@ pub fn free_vmemmap_frame(buddy: &mut Buddy, vm: &Vmemmap, pa: PhysAddr) -> Resu
     r
 }
 
+/// Gives `n` contiguous frames from `pa` that backed the vmemmap to the buddy allocator, as
+/// `n` calls of [`free_vmemmap_frame`] would, with less work per frame: a run of boot-time
+/// vmemmap frames ([`PageFlags::RESERVED`]) goes to [`Buddy::free_range`] once (which checks
+/// every frame, grows the managed count and frees maximal aligned blocks); a run of frames that
+/// came from the allocator is cut into the largest naturally aligned blocks, each laid out as an
+/// allocated block of its order and freed with one [`Buddy::free`]. A mixed run, or anything
+/// the allocator refuses, goes one frame at a time through [`free_vmemmap_frame`] (which leaves
+/// a refused frame as a `Vmemmap` frame, as before). Returns the number of frames accepted.
+pub fn free_vmemmap_frames(buddy: &mut Buddy, vm: &Vmemmap, pa: PhysAddr, n: u64) -> u64 {
+    let start = Pfn::containing(pa);
+    let end = start.0 + n;
+    let one_by_one = |buddy: &mut Buddy, from: u64, to: u64| -> u64 {
+        (from..to).map(|p| u64::from(free_vmemmap_frame(buddy, vm, Pfn(p).addr()).is_ok())).sum()
+    };
+    if n < 2 || (start.0..end).any(|p| vm.get(Pfn(p)).is_none()) {
+        return one_by_one(buddy, start.0, end);
+    }
+    let boot = |p: u64| vm.page(Pfn(p)).test(PageFlags::RESERVED);
+    if (start.0..end).all(boot) {
+        for p in start.0..end {
+            vm.page(Pfn(p)).init(PageState::Reserved);
+        }
+        if buddy.free_range(vm, start, Pfn(end)).is_ok() {
+            return n;
+        }
+        // Nothing changed in the allocator: back to boot vmemmap frames, then one by one.
+        for p in start.0..end {
+            let d = vm.page(Pfn(p));
+            d.init(PageState::Vmemmap);
+            d.set_flags(PageFlags::RESERVED);
+        }
+        return one_by_one(buddy, start.0, end);
+    }
+    if (start.0..end).any(boot) {
+        return one_by_one(buddy, start.0, end);
+    }
+    let (mut cur, mut accepted) = (start.0, 0);
+    while cur < end {
+        let align = if cur == 0 { 63 } else { cur.trailing_zeros() };
+        let fit = 63 - (end - cur).leading_zeros();
+        let order = align.min(fit).min(u32::from(crate::buddy::MAX_ORDER)) as u8;
+        let len = 1u64 << order;
+        // The layout `Buddy::free` expects of an allocated block of `order`.
+        for p in cur..cur + len {
+            let d = vm.page(Pfn(p));
+            d.init(PageState::Allocated);
+            d.set_order(crate::page::ORDER_NONE);
+        }
+        let head = vm.page(Pfn(cur));
+        head.set_order(order);
+        head.set_refcount(1);
+        if buddy.free(vm, Pfn(cur), order).is_ok() {
+            accepted += len;
+        } else {
+            // Nothing changed in the allocator: each frame on its own, as before.
+            for p in cur..cur + len {
+                vm.page(Pfn(p)).init(PageState::Vmemmap);
+            }
+            accepted += one_by_one(buddy, cur, cur + len);
+        }
+        cur += len;
+    }
+    accepted
+}
+
 /// [`VmemmapFrames`] over the buddy allocator (see [`alloc_vmemmap_frame`],
 /// [`free_vmemmap_frame`]).
 #[derive(Debug)]
@@ -499,6 +571,9 @@ unsafe impl VmemmapFrames for BuddyFrames<'_> {
     }
     fn free(&mut self, pa: PhysAddr) -> bool {
         free_vmemmap_frame(self.buddy, self.vm, pa).map_err(|e| self.last_error = Some(e)).is_ok()
+    }
+    fn free_run(&mut self, pa: PhysAddr, n: u64) -> u64 {
+        free_vmemmap_frames(self.buddy, self.vm, pa, n)
     }
 }
 
@@ -535,6 +610,64 @@ fn desc_words(p: &Page) -> [u64; 8] {
     // all-atomic type allow reads through a raw pointer; the folio's owner (our caller) keeps
     // other writers away.
     core::array::from_fn(|i| unsafe { core::ptr::read_volatile(base.add(i)) })
+}
+
+/// Descriptors per vmemmap page.
+const DESCS_PER_PAGE: u64 = PAGE_SIZE / PAGE_DESC_SIZE;
+
+/// [`check_folio`] and [`verify_tails`] in one pass over the descriptors, for a folio that is
+/// not optimized: the head and tail 1 are checked field by field as `check_folio` does, and every
+/// other tail is compared with tail 1 word by word, a vmemmap page at a time. A tail equal to
+/// tail 1 byte for byte passes every check `check_folio` makes of a tail (state, tail bit,
+/// compound head), so this accepts exactly what the two separate passes accept; on a mismatch
+/// the two are run to report the same error they would.
+fn check_folio_and_tails(vm: &Vmemmap, folio: &Folio) -> Result<(), HvoError> {
+    let fallback = || {
+        check_folio(folio, vm).map_err(HvoError::Folio)?;
+        verify_tails(vm, folio)
+    };
+    let n = folio.nr_pages();
+    let head_pfn = folio.head_pfn();
+    let (Some(head), Some(t1)) = (vm.get(head_pfn), vm.get(Pfn(head_pfn.0 + 1))) else {
+        return fallback();
+    };
+    let head_ok = head.flags().contains(PageFlags::HEAD | PageFlags::HUGETLB)
+        && !head.is_tail()
+        && head.order() == folio.order()
+        && head.state() == PageState::HugeTlb;
+    let t1_ok = !t1.is_head()
+        && t1.is_tail()
+        && core::ptr::eq(t1.compound_head(), head)
+        && t1.state() == PageState::HugeTlb;
+    if !head_ok || !t1_ok || n < DESCS_PER_PAGE || !n.is_multiple_of(DESCS_PER_PAGE) {
+        return fallback();
+    }
+    let w = desc_words(t1);
+    // Compared 16 bytes at a time (one load-pair instruction on AArch64).
+    let template: [u128; 4] =
+        core::array::from_fn(|i| u128::from(w[2 * i]) | (u128::from(w[2 * i + 1]) << 64));
+    // A vmemmap page's 64 descriptors are contiguous (a section's memmap is virtually
+    // contiguous and a section holds whole vmemmap pages); each page is reached through `vm`.
+    for first in (0..n).step_by(DESCS_PER_PAGE as usize) {
+        let from = if first == 0 { 2 } else { first };
+        let Some(p) = vm.get(Pfn(head_pfn.0 + from)) else { return fallback() };
+        let base = (p as *const Page).cast::<u128>();
+        let quads = ((first + DESCS_PER_PAGE - from) * (PAGE_DESC_SIZE / 16)) as usize;
+        let mut diff = 0u128;
+        for i in (0..quads).step_by(4) {
+            for (k, t) in template.iter().enumerate() {
+                // SAFETY: `base` is descriptor `from` of a vmemmap page whose descriptors
+                // `from..first + 64` are mapped (above), 64-byte aligned; `i + k < quads` stays
+                // inside them. As in `desc_words`, reads of an all-atomic type through a raw
+                // pointer (little-endian: the low word first, as `template` is built).
+                diff |= unsafe { core::ptr::read_volatile(base.add(i + k)) } ^ t;
+            }
+        }
+        if diff != 0 {
+            return fallback();
+        }
+    }
+    Ok(())
 }
 
 /// Checks that tails 2.. of `folio` equal tail 1 byte for byte.
@@ -625,18 +758,34 @@ impl FreeList {
     }
 
     fn drain(&mut self, vm: &Vmemmap, frames: &mut impl VmemmapFrames, stats: &mut HvoStats) {
+        let prev = phase::enter(HvoPhase::Free);
+        // Contiguous frames (a folio's old vmemmap pages usually are) go back as one run.
+        let mut run: Option<(Pfn, u64)> = None;
+        let mut flush = |run: (Pfn, u64), stats: &mut HvoStats| {
+            let ok = frames.free_run(run.0.addr(), run.1);
+            stats.frames_freed += ok;
+            stats.free_failures += run.1 - ok;
+        };
         while let Some(pfn) = self.head {
             let p = vm.page(pfn);
             self.head = p.next();
             p.set_next(None);
             p.set_private(0);
-            if frames.free(pfn.addr()) {
-                stats.frames_freed += 1;
-            } else {
-                stats.free_failures += 1;
-            }
+            run = match run {
+                Some((s, n)) if pfn.0 + 1 == s.0 => Some((pfn, n + 1)),
+                Some((s, n)) if pfn.0 == s.0 + n => Some((s, n + 1)),
+                Some(r) => {
+                    flush(r, stats);
+                    Some((pfn, 1))
+                }
+                None => Some((pfn, 1)),
+            };
+        }
+        if let Some(r) = run {
+            flush(r, stats);
         }
         stats.free_failures += core::mem::take(&mut self.unlisted);
+        phase::resume(prev);
     }
 }
 
@@ -646,11 +795,13 @@ impl FreeList {
 /// `dst` is a frame we own that nothing maps yet; `src` is a vmemmap frame of a folio whose
 /// owner keeps writers away; both are reachable through `mem`.
 unsafe fn copy_frame(mem: &impl PhysMem, src: PhysAddr, dst: PhysAddr) {
+    let prev = phase::enter(HvoPhase::Copy);
     let (s, d) = (mem.ptr(src).cast::<u64>(), mem.ptr(dst).cast::<u64>());
     for i in 0..(PAGE_SIZE / 8) as usize {
         // SAFETY: both pointers cover a whole 4 KiB frame (caller's guarantee); `i < 512`.
         unsafe { core::ptr::write_volatile(d.add(i), core::ptr::read_volatile(s.add(i))) };
     }
+    phase::resume(prev);
 }
 
 /// Descriptors at the start of a copy of page 0 that are not tails: only the head. (Linux's
@@ -861,6 +1012,13 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
     /// become a table, the table page prepared for this split stays unused (it goes back at the
     /// end of the operation) and the walk descends into the existing table.
     fn split(&mut self, e: &Entry) -> Result<PhysAddr, HvoError> {
+        let prev = phase::enter(HvoPhase::Split);
+        let r = self.split_timed(e);
+        phase::resume(prev);
+        r
+    }
+
+    fn split_timed(&mut self, e: &Entry) -> Result<PhysAddr, HvoError> {
         if let Some(hook) = self.race_hook.as_deref_mut() {
             hook(e.addr());
         }
@@ -1272,7 +1430,9 @@ fn complete_and_publish<M: PhysMem, O: MmuOps>(
     threshold: u64,
     stats: &mut HvoStats,
 ) -> Result<(), HvoError> {
+    let prev = phase::enter(HvoPhase::Tlb);
     let done = complete_batch(guard, mem, w, folios, threshold, stats);
+    phase::resume(prev);
     if w.window_open {
         // DSB ISHST: the new entries are visible to the table walkers; ISB: this core's later
         // instructions translate with them (ARM ARM "Ordering of translation table walks").
@@ -1534,6 +1694,13 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
     }
 
     fn optimize(&mut self, folios: &[Folio], batched: bool) -> Result<u64, HvoError> {
+        phase::enter(HvoPhase::Check);
+        let r = self.optimize_timed(folios, batched);
+        phase::leave();
+        r
+    }
+
+    fn optimize_timed(&mut self, folios: &[Folio], batched: bool) -> Result<u64, HvoError> {
         let vm = self.vm;
         for f in folios {
             check_order(f)?;
@@ -1541,9 +1708,10 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
                 continue;
             }
             self.check_frozen(f)?;
-            check_folio(f, vm).map_err(HvoError::Folio)?;
             if self.opts.verify_tails {
-                verify_tails(vm, f)?;
+                check_folio_and_tails(vm, f)?;
+            } else {
+                check_folio(f, vm).map_err(HvoError::Folio)?;
             }
         }
         // The optimized flags change only at the very end, so this selects the same folios in
@@ -1570,6 +1738,7 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         for f in todo.clone() {
             walk_folio(self.guard, self.mem, &mut w, f, Phase::Check)?;
         }
+        phase::enter(HvoPhase::Alloc);
         alloc_tables(self.mem, &mut *self.tables, &mut w, &mut self.stats)?;
         // The frames for the copies of page 0, taken before any entry is written (so that no
         // allocation happens inside a break window). Short: the last folios keep their page 0.
@@ -1591,6 +1760,7 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
 
         let mut r = Ok(());
         if batched {
+            phase::enter(HvoPhase::Split);
             w.strategy = Strategy::SplitOnly;
             for f in todo.clone() {
                 r = r.and_then(|()| walk_folio(self.guard, self.mem, &mut w, f, Phase::Apply));
@@ -1598,6 +1768,7 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
             w.strategy = Strategy::Optimize;
         }
         let phase = if batched { Phase::Invalidate } else { Phase::Apply };
+        phase::enter(HvoPhase::Remap);
         // The folio (index in `todo`) where the pass failed, with page 0's attributes.
         let mut failed: Option<(usize, Option<Attrs>)> = None;
         for (i, f) in todo.clone().enumerate() {
@@ -1644,12 +1815,15 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         // every other CPU has passed a quiescent state, no reader still holds an address it
         // computed through the old mapping: free.
         if !w.to_free.is_empty() {
+            let prev = phase::enter(HvoPhase::Grace);
             w.sync.grace_period();
+            phase::resume(prev);
         }
         let failures_before = self.stats.free_failures;
         w.to_free.drain(vm, &mut *self.frames, &mut self.stats);
         let not_freed = self.stats.free_failures - failures_before;
         w.sync.op_end();
+        phase::enter(HvoPhase::Free);
         release_tables(self.mem, &mut *self.tables, &mut w, &mut self.stats);
         self.stats.splits += w.splits;
         self.stats.splits_skipped += w.splits_skipped;
@@ -1673,6 +1847,13 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
     }
 
     fn restore(&mut self, folios: &[Folio], batched: bool) -> Result<u64, HvoError> {
+        phase::enter(HvoPhase::Check);
+        let r = self.restore_timed(folios, batched);
+        phase::leave();
+        r
+    }
+
+    fn restore_timed(&mut self, folios: &[Folio], batched: bool) -> Result<u64, HvoError> {
         let vm = self.vm;
         for f in folios {
             check_order(f)?;
@@ -1701,6 +1882,7 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
             walk_folio(self.guard, self.mem, &mut w, f, Phase::Check)?;
         }
         let needed = w.need_frames;
+        phase::enter(HvoPhase::Alloc);
         for got in 0..needed {
             match self.frames.alloc() {
                 Some(pa) => {
@@ -1722,6 +1904,7 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         }
         w.sync.op_begin();
         let phase = if batched { Phase::Invalidate } else { Phase::Apply };
+        phase::enter(HvoPhase::Remap);
         let mut r = Ok(());
         let mut failed = None;
         for (i, f) in todo.clone().enumerate() {

@@ -33,6 +33,7 @@ pub mod dt_console;
 pub mod esr;
 pub mod hugetlb;
 pub mod hugetlb_vmemmap;
+pub mod hvo_phase;
 pub mod layout;
 pub mod lineedit;
 pub mod mapper;

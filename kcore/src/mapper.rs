@@ -226,6 +226,10 @@ unsafe fn plan(
     pa: u64,
     policy: BlockPolicy,
 ) -> Result<u64, u64> {
+    if table.is_none() && level == Level::L3 {
+        // A level-3 table still to be made: every entry fits a page, nothing is mapped.
+        return Ok(0);
+    }
     let mut need = 0;
     let mut cur = s;
     while cur < e {
@@ -308,6 +312,8 @@ struct MapCtx<'a, M: PhysMem, O: MmuOps> {
     policy: BlockPolicy,
     pool: Pool,
     stats: MapStats,
+    /// A level-3 page descriptor with `attrs` and output address 0 (`| pa` makes any page).
+    page_template: Descriptor,
 }
 
 impl<M: PhysMem, O: MmuOps> MapCtx<'_, M, O> {
@@ -316,6 +322,25 @@ impl<M: PhysMem, O: MmuOps> MapCtx<'_, M, O> {
     /// # Safety
     /// Tables reachable from `table` are table pages in `mem` that the caller may edit.
     unsafe fn map(&mut self, table: PhysAddr, level: Level, s: u64, e: u64, pa: u64) {
+        if level == Level::L3 {
+            // Every entry of the range becomes a page (`plan` checked that none is mapped):
+            // the descriptor is encoded once and the table page reached once.
+            let base = slot_ptr(self.mem, table, 0);
+            let (mut cur, mut epa) = (s, pa);
+            while cur < e {
+                // SAFETY: `level.index` is below 512, inside the table page (caller's
+                // guarantee that `table` is a table page in `mem`).
+                let slot = unsafe { base.add(level.index(VirtAddr(cur))) };
+                let leaf = Descriptor(self.page_template.0 | epa);
+                // SAFETY: an invalid entry of a table we may edit (plan() rejected overlaps);
+                // invalid -> valid needs no break-before-make.
+                unsafe { self.mmu.write_entry(slot, self.half.va(cur), level, leaf) };
+                self.stats.pages += 1;
+                cur += PAGE_SIZE;
+                epa += PAGE_SIZE;
+            }
+            return;
+        }
         let mut cur = s;
         while cur < e {
             let (base, next) = entry_span(level, cur, e);
@@ -394,7 +419,10 @@ pub unsafe fn map_range(
         Err(off) => return Err(MapError::Overlap { req, existing: half.va(off) }),
     };
     let pool = Pool::fill(mem, alloc, needed).ok_or(MapError::OutOfTables { req, needed })?;
-    let mut ctx = MapCtx { mem, mmu, half, attrs, policy, pool, stats: MapStats::default() };
+    let page_template =
+        Descriptor::leaf(Level::L3, PhysAddr(0), attrs).expect("0 is a valid page address");
+    let mut ctx =
+        MapCtx { mem, mmu, half, attrs, policy, pool, stats: MapStats::default(), page_template };
     // SAFETY: forwarded from the caller; `plan` checked the whole range.
     unsafe { ctx.map(root, Level::L0, s, e, pa.0) };
     debug_assert!(ctx.pool.head.is_none(), "plan() and map() disagree");

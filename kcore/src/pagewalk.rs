@@ -312,11 +312,14 @@ impl<M: PhysMem, O: PageWalkOps> Walker<'_, M, O> {
     /// kept alive by the walk lock.
     unsafe fn walk(&mut self, table: PhysAddr, level: Level, s: u64, e: u64) -> Flow<O> {
         let size = level.size();
+        // The table page is reached once; its entries by index.
+        let entries = self.mem.ptr(table) as *mut u64;
         let mut cur = s;
         while cur < e {
             let base = cur & !(size - 1);
             let next = (base + size).min(e);
-            let slot = self.mem.ptr(table + level.index(VirtAddr(cur)) as u64 * 8) as *mut u64;
+            // SAFETY: `level.index` is below 512: an entry of the table page (caller's guarantee).
+            let slot = unsafe { entries.add(level.index(VirtAddr(cur))) };
             loop {
                 // SAFETY: `slot` is an entry of a live table page (caller's guarantee).
                 let desc = unsafe { read_entry(slot) };

@@ -4,6 +4,7 @@
 //! ELF and turning it into `kernel8.img`), [`qemu`] (the QEMU invocation and its supervision) and
 //! [`decode`] (turning the UART byte stream into log lines, defmt or plain text).
 
+mod bench;
 mod build;
 mod decode;
 mod doctor;
@@ -50,6 +51,8 @@ enum Command {
     Fuzz(fuzz::Args),
     /// Load the firmware into a Pi 4 over JTAG with probe-rs and start it (feature `probe`).
     Flash(flash::Args),
+    /// Benchmark HVO on QEMU (instruction counts), or with --host kcore against aarch64-paging.
+    Bench(bench::Args),
 }
 
 /// The boards the firmware can be built for: package `board-<name>`, bin `pi4-hvo-<name>`.
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
         Command::Monitor(args) => monitor::main(args),
         Command::Fuzz(args) => fuzz::main(args),
         Command::Flash(args) => flash::main(args),
+        Command::Bench(args) => bench::main(args),
     };
     match result {
         Ok(code) => code,

@@ -338,6 +338,20 @@ pub const TARGET_RUNS: &[TargetRun] = &[
         ],
         status: 0,
     },
+    // One short run of `cargo xtask bench`'s firmware mode, so it cannot rot; its figures are
+    // not judged here (debug build, no -icount).
+    TargetRun {
+        name: "bench",
+        bootargs: "bench",
+        dtb: None,
+        timeout_secs: 300,
+        expect: &[
+            "bench: run size=2M hvo=on mode=batched",
+            "bench: run size=1G hvo=on mode=single",
+            "bench: done ok=1",
+        ],
+        status: 0,
+    },
     TargetRun {
         name: "crash-fault",
         bootargs: "crash=fault",

@@ -377,6 +377,14 @@ unsafe impl VmemmapFrames for TestFrames<'_> {
         self.freed += u64::from(ok);
         ok
     }
+    fn free_run(&mut self, pa: PhysAddr, n: u64) -> u64 {
+        if self.fail_free {
+            return 0;
+        }
+        let ok = self.inner.free_run(pa, n);
+        self.freed += ok;
+        ok
+    }
 }
 
 pub type TestHvo<'a, 'b> = Hvo<'a, PhysView, ShadowMmu, TestFrames<'b>, VecFrameAlloc>;
