@@ -85,7 +85,7 @@ unsafe impl VmemmapFrames for Frames<'_> {
         free_vmemmap_frame(&mut BUDDY.lock(), &VMEMMAP, pa).is_ok()
     }
     fn free_run(&mut self, pa: PhysAddr, n: u64) -> u64 {
-        hv::free_vmemmap_frames(&mut self.0.buddy.borrow_mut(), &VMEMMAP, pa, n)
+        hv::free_vmemmap_frames(&mut BUDDY.lock(), &VMEMMAP, pa, n)
     }
 }
 
