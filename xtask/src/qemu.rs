@@ -140,55 +140,7 @@ pub fn run_until(
     timeout: Option<Duration>,
     on_bytes: &mut dyn FnMut(&[u8]) -> Option<i32>,
 ) -> Result<Outcome> {
-    if let Some(dtb) = &cfg.dtb {
-        if !dtb.is_file() {
-            bail!("the DTB {} does not exist", dtb.display());
-        }
-    }
-    let mut child = Command::new(QEMU)
-        .args(cfg.args())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("could not start {QEMU}; run `cargo xtask doctor`"))?;
-    let mut stdout = child.stdout.take().expect("stdout is piped");
-    let (tx, rx) = mpsc::channel::<Vec<u8>>();
-    let reader = thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        loop {
-            match stdout.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if tx.send(buf[..n].to_vec()).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    let deadline = timeout.map(|t| Instant::now() + t);
-    let outcome = loop {
-        let received = match deadline {
-            Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
-            None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
-        };
-        match received {
-            Ok(bytes) => {
-                if let Some(status) = on_bytes(&bytes) {
-                    kill(&mut child);
-                    break Outcome::Exited(status);
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                kill(&mut child);
-                break Outcome::TimedOut;
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break wait(&mut child, deadline)?,
-        }
-    };
-    let _ = reader.join();
-    Ok(outcome)
+    run_with_input(cfg, timeout, Input::None, &mut |bytes, _| on_bytes(bytes))
 }
 
 /// Where QEMU's serial input (its stdin, with `-serial stdio`) comes from in [`run_with_input`].
@@ -203,14 +155,17 @@ pub enum Input {
     },
     /// Whatever the `on_bytes` callback writes (scripted input); nothing else.
     Scripted,
+    /// None: QEMU's stdin is closed (`on_bytes` gets a sink).
+    None,
 }
 
 /// [`run_with_input`]'s callback: the bytes QEMU wrote, a writer on its serial input; returns
 /// `Some(status)` at the firmware's final line, as [`run_until`]'s does.
 pub type OnBytesWithInput<'a> = dyn FnMut(&[u8], &mut dyn std::io::Write) -> Option<i32> + 'a;
 
-/// Like [`run_until`], with QEMU's stdin piped: `on_bytes` also gets a writer on it (a sink with
-/// [`Input::Forward`], where a thread copies xtask's stdin instead). QEMU takes serial input only
+/// Starts QEMU and streams its stdout to `on_bytes`, as [`run_until`] does, with its serial
+/// input from `input`: `on_bytes` also gets a writer on it (a sink with [`Input::Forward`], where
+/// a thread copies xtask's stdin instead, and with [`Input::None`]). QEMU takes serial input only
 /// as fast as the guest's UART FIFO drains, so written bytes wait in the pipe, none is lost.
 pub fn run_with_input(
     cfg: &QemuConfig,
@@ -225,15 +180,16 @@ pub fn run_with_input(
     }
     let mut child = Command::new(QEMU)
         .args(cfg.args())
-        .stdin(Stdio::piped())
+        .stdin(if matches!(input, Input::None) { Stdio::null() } else { Stdio::piped() })
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .with_context(|| format!("could not start {QEMU}; run `cargo xtask doctor`"))?;
-    let mut stdin = child.stdin.take().expect("stdin is piped");
     let mut script: Box<dyn std::io::Write> = match input {
-        Input::Scripted => Box::new(stdin),
+        Input::None => Box::new(std::io::sink()),
+        Input::Scripted => Box::new(child.stdin.take().expect("stdin is piped")),
         Input::Forward { ready } => {
+            let mut stdin = child.stdin.take().expect("stdin is piped");
             // Not joined: it blocks on the terminal until the next line, and ends with xtask.
             thread::spawn(move || {
                 use std::io::Write;
