@@ -112,12 +112,15 @@ pub struct BreakDelay<O: MmuOps> {
     pub before_break: u64,
     /// Ticks after each DSB ISH.
     pub in_break: u64,
+    /// Called before each valid -> invalid write (a test's handshake with the other cores,
+    /// e.g. "a reader holds a reference now"; see `hvo_smp::readers::wait_fresh_holder`).
+    pub gate: Option<fn(VirtAddr)>,
 }
 
 impl<O: MmuOps> BreakDelay<O> {
     /// `inner` with no delay.
     pub fn new(inner: O) -> Self {
-        BreakDelay { inner, before_break: 0, in_break: 0 }
+        BreakDelay { inner, before_break: 0, in_break: 0, gate: None }
     }
 }
 
@@ -132,10 +135,13 @@ fn spin_ticks(t: u64) {
 
 impl<O: MmuOps> MmuOps for BreakDelay<O> {
     unsafe fn write_entry(&mut self, slot: *mut u64, va: VirtAddr, level: Level, new: Descriptor) {
-        if self.before_break != 0 && !new.is_valid() {
+        if (self.before_break != 0 || self.gate.is_some()) && !new.is_valid() {
             // SAFETY: the caller's guarantee covers reading the entry it is about to write.
             if unsafe { kcore::tlb::read_entry(slot) }.is_valid() {
                 spin_ticks(self.before_break);
+                if let Some(gate) = self.gate {
+                    gate(va);
+                }
             }
         }
         // SAFETY: forwarded with the caller's guarantee.
@@ -285,6 +291,8 @@ pub struct HvoSetup<'x> {
     pub options: Option<HvoOptions>,
     /// Test delays (see [`BreakDelay`]): ticks before each break, ticks inside each.
     pub delay: (u64, u64),
+    /// Test handshake run before each break (see [`BreakDelay::gate`]).
+    pub gate: Option<fn(VirtAddr)>,
 }
 
 /// Runs `f` with an HVO instance over the live `init_mm` (mmap_lock held for read), the real
@@ -309,6 +317,7 @@ pub fn with_hvo_in<R>(
     setup(&mut shared);
     let mut mmu = BreakDelay::new(backend());
     (mmu.before_break, mmu.in_break) = cfg.delay;
+    mmu.gate = cfg.gate;
     let mut frames = Frames(&shared);
     let mut tables = Tables(&shared);
     let r = {

@@ -49,6 +49,10 @@ pub struct StressConfig {
     /// Top the pool's 2 MiB folios up to `max_2m` with fresh ones from the buddy allocator
     /// (on-target tests, which also run without a boot pool).
     pub top_up: bool,
+    /// Readers hold each speculative reference for a while, and HVO waits before each break
+    /// until a reader holds one taken after the wait began (the freeze control's handshake:
+    /// the reference straddles the break for certain rather than by the host's scheduling).
+    pub hold_refs: bool,
 }
 
 impl StressConfig {
@@ -64,6 +68,7 @@ impl StressConfig {
             gets_only: false,
             all_hold_lock: false,
             top_up: false,
+            hold_refs: false,
         }
     }
 }
@@ -142,6 +147,7 @@ fn hvo_op(
     strategy: HvoBbm,
     cfg_freeze: bool,
     delay: (u64, u64),
+    gate: Option<fn(kcore::addr::VirtAddr)>,
 ) -> Result<HvoStats, HvoError> {
     if cfg_freeze {
         freeze(folios);
@@ -149,7 +155,7 @@ fn hvo_op(
     let mut sync = SmpSync::new(strategy);
     let options = HvoOptions { require_frozen: cfg_freeze, ..HvoOptions::default() };
     let r = with_hvo_in(
-        HvoSetup { sync: Some(&mut sync), options: Some(options), delay },
+        HvoSetup { sync: Some(&mut sync), options: Some(options), delay, gate },
         |_| {},
         |h| {
             if optimize { h.optimize_folios(folios) } else { h.restore_folios(folios) }
@@ -303,9 +309,11 @@ fn run_on(cfg: &StressConfig, b2: &Batch, b1: &Batch) -> Result<StressResult, St
     // The highest reader core also holds a spinlock while it reads.
     let top = 7 - mask.leading_zeros() as usize;
     let gets_only = if cfg.gets_only { readers::GETS_ONLY } else { 0 };
+    let hold = if cfg.hold_refs { readers::HOLD_REF } else { 0 };
+    let gate = cfg.hold_refs.then_some(readers::wait_fresh_holder as fn(_));
     let n_readers = start_readers(mask, |c| {
         let lock = cfg.all_hold_lock || (c == top && mask.count_ones() > 1);
-        gets_only | if lock { readers::HOLD_LOCK } else { 0 }
+        gets_only | hold | if lock { readers::HOLD_LOCK } else { 0 }
     });
 
     let mut res = StressResult {
@@ -321,7 +329,7 @@ fn run_on(cfg: &StressConfig, b2: &Batch, b1: &Batch) -> Result<StressResult, St
         for optimize in [true, false] {
             for g in &groups {
                 let t = timer::ticks();
-                let r = hvo_op(g, optimize, cfg.strategy, cfg.freeze, cfg.delay);
+                let r = hvo_op(g, optimize, cfg.strategy, cfg.freeze, cfg.delay, gate);
                 hvo_ticks += timer::ticks() - t;
                 match r {
                     Ok(s) => res.hvo += s,
@@ -487,7 +495,7 @@ fn peer_job(strategy: u64) {
     while PEER_GO.load(Ordering::Acquire) == 0 {
         core::hint::spin_loop();
     }
-    match hvo_op(core::slice::from_ref(&f), true, strategy, true, (0, 0)) {
+    match hvo_op(core::slice::from_ref(&f), true, strategy, true, (0, 0), None) {
         Ok(s) => {
             PEER_SPLITS.store(s.splits, Ordering::Relaxed);
             PEER_TABLES.store(s.tables_allocated, Ordering::Relaxed);
@@ -619,7 +627,7 @@ pub fn concurrent_split(
         }
         // Both go.
         PEER_GO.store(1, Ordering::Release);
-        let mine = hvo_op(core::slice::from_ref(a), true, strategy, true, (0, 0));
+        let mine = hvo_op(core::slice::from_ref(a), true, strategy, true, (0, 0), None);
         crate::smp::wait_idle(peer);
         match mine {
             Ok(s) => {
@@ -640,7 +648,7 @@ pub fn concurrent_split(
             res.wrong += verify_heads(f);
         }
         // Restore both (one core, readers still running), then verify again.
-        if let Err(e) = hvo_op(&pair, false, strategy, true, (0, 0)) {
+        if let Err(e) = hvo_op(&pair, false, strategy, true, (0, 0), None) {
             crate::error!("concurrent split: restore: {:?}", e);
             res.errors += 1;
         }

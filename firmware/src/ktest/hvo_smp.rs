@@ -45,7 +45,9 @@ fn stress_clean(
     stress::report(strategy, &r);
     ensure_eq!(r.cycles, CYCLES);
     ensure!(r.readers >= 1, "at least one reader core");
-    ensure!(r.reads > 0 && r.gets > 0, "both kinds of reader did work");
+    // Attempted gets: whether one succeeds depends on the host's scheduling (the folios are
+    // frozen for most of a run, stop-machine's the more so), which a test must not judge.
+    ensure!(r.reads > 0 && r.gets + r.gets_refused > 0, "both kinds of reader did work");
     ensure_eq!(r.wrong, 0);
     ensure_eq!(r.counters.unexpected_faults, 0);
     ensure_eq!(r.leaked, 0);
@@ -104,28 +106,41 @@ pub fn stress_none_shows_failure() -> TestResult {
     super::conserved()
 }
 
-/// Without the reference freeze (test-only), a speculative get lands on page 0 while HVO copies
-/// it: a reference is lost (or a write faults). With the freeze (the stress runs above) none is.
+/// Without the reference freeze (test-only), a speculative reference taken after HVO copied page
+/// 0 and put after the remap lands on the copy: a reference is lost (or a write faults). With the
+/// freeze (the stress runs above) none is. The straddle is arranged, not hoped for: readers hold
+/// each reference for a millisecond and HVO waits before each break until one holds a reference
+/// taken after the copy (`readers::wait_fresh_holder`), so the result does not depend on how the
+/// host schedules QEMU's vCPU threads.
 pub fn no_freeze_loses_references() -> TestResult {
+    use crate::hvo_smp::readers::{FRESH_HOLDERS, NO_FRESH_HOLDER};
+    use core::sync::atomic::Ordering;
     let cfg = StressConfig {
         freeze: false,
         gets_only: true,
-        delay: (ticks_us(300), 0),
-        max_2m: 4,
+        hold_refs: true,
+        // One folio per batch: in a batch, the second folio's page-0 break comes while the
+        // first one's entries are invalid and the readers wait on them (no fresh holder).
+        max_2m: 1,
         max_1g: 0,
         top_up: true,
-        ..StressConfig::new(HvoBbm::FaultWait, 4)
+        ..StressConfig::new(HvoBbm::FaultWait, 3)
     };
     let r =
         ran(stress::run(&cfg).map_err(|e| crate::error!("stress: {:?}", e)), "the stress run ran")?;
+    let (fresh, none) =
+        (FRESH_HOLDERS.load(Ordering::Relaxed), NO_FRESH_HOLDER.load(Ordering::Relaxed));
     crate::info!(
-        "smp no-freeze: gets {}, refused {}, folios with a wrong refcount {}, unexpected faults {}",
+        "smp no-freeze: gets {}, refused {}, folios with a wrong refcount {}, unexpected faults {}, breaks with a fresh holder {} (without {})",
         r.gets,
         r.gets_refused,
         r.bad_refcounts,
-        r.counters.unexpected_faults
+        r.counters.unexpected_faults,
+        fresh,
+        none
     );
     ensure!(r.gets > 0, "speculative gets happened");
+    ensure!(fresh > 0, "a reader held a fresh reference across a break");
     ensure!(
         r.bad_refcounts > 0 || r.counters.unexpected_faults > 0,
         "without the freeze a reference is lost or a write faults"
