@@ -293,6 +293,9 @@ pub struct HvoSetup<'x> {
     pub delay: (u64, u64),
     /// Test handshake run before each break (see [`BreakDelay::gate`]).
     pub gate: Option<fn(VirtAddr)>,
+    /// Test-only: called in a split between the walker's read of the block and the re-check
+    /// under `page_table_lock` ([`kcore::hugetlb_vmemmap::Hvo::set_split_race_hook`]).
+    pub race_hook: Option<&'x mut dyn FnMut(VirtAddr)>,
 }
 
 /// Runs `f` with an HVO instance over the live `init_mm` (mmap_lock held for read), the real
@@ -335,6 +338,14 @@ pub fn with_hvo_in<R>(
         }
         if let Some(s) = cfg.sync {
             hvo.set_sync(s);
+        }
+        #[cfg(feature = "ktest")]
+        if let Some(h) = cfg.race_hook {
+            hvo.set_split_race_hook(h);
+        }
+        #[cfg(not(feature = "ktest"))]
+        if cfg.race_hook.is_some() {
+            crate::warn!("hvo: a split race hook is a test hook: ignored outside ktest builds");
         }
         f(&mut hvo)
     };

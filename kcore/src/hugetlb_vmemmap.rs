@@ -1562,7 +1562,7 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
     /// Test-only: `hook(va)` runs inside each split between the walker's read of the level-2
     /// entry at `va` and its re-check under `page_table_lock`, the window in which another CPU
     /// may split the same block. Host tests use it to interleave a second HVO deterministically.
-    #[cfg(any(test, feature = "std"))]
+    #[cfg(any(test, feature = "std", feature = "test-hooks"))]
     pub fn set_split_race_hook(&mut self, hook: &'a mut dyn FnMut(VirtAddr)) {
         self.race_hook = Some(hook);
     }

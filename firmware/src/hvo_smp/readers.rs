@@ -74,6 +74,28 @@ const RS: ReaderStats = ReaderStats { reads: Z64, gets: Z64, refused: Z64, wrong
 /// Per-core counts.
 pub static STATS: [ReaderStats; MAX_CPUS] = [RS; MAX_CPUS];
 
+/// The first wrong answer since [`publish`], for the report: the pfn (0: none), the head the
+/// reader found, and what was wrong ([`WRONG_HEAD`], [`WRONG_TAIL`], [`WRONG_COMPOUND`],
+/// [`WRONG_GET_LOOKUP`], [`WRONG_GET_RECHECK`] bits).
+pub static FIRST_WRONG: [AtomicU64; 3] = [Z64; 3];
+/// [`FIRST_WRONG`]: `PageHead()` disagreed.
+pub const WRONG_HEAD: u64 = 1;
+/// [`FIRST_WRONG`]: `PageTail()` disagreed.
+pub const WRONG_TAIL: u64 = 2;
+/// [`FIRST_WRONG`]: `compound_head()` disagreed.
+pub const WRONG_COMPOUND: u64 = 4;
+/// [`FIRST_WRONG`]: a speculative get's lookup found another head.
+pub const WRONG_GET_LOOKUP: u64 = 8;
+/// [`FIRST_WRONG`]: a speculative get's re-check after the reference failed.
+pub const WRONG_GET_RECHECK: u64 = 16;
+
+fn note_wrong(pfn: Pfn, seen: Pfn, what: u64) {
+    if FIRST_WRONG[0].compare_exchange(0, pfn.0, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+        FIRST_WRONG[1].store(seen.0, Ordering::Relaxed);
+        FIRST_WRONG[2].store(what, Ordering::Release);
+    }
+}
+
 /// Per core, [`HOLD_REF`] readers: references taken so far (counted after each `try_get`).
 static ACQUIRED: [AtomicU64; MAX_CPUS] = [Z64; MAX_CPUS];
 /// Per core: holding a reference now (set after the count above, cleared before the put).
@@ -145,6 +167,9 @@ pub fn publish<'f>(folios: impl Iterator<Item = &'f Folio>) {
         }
     }
     FRESH_HOLDERS.store(0, Ordering::Relaxed);
+    for w in FIRST_WRONG.iter() {
+        w.store(0, Ordering::Relaxed);
+    }
     NO_FRESH_HOLDER.store(0, Ordering::Relaxed);
     STOP.store(false, Ordering::Relaxed);
     NR.store(n, Ordering::Release);
@@ -216,10 +241,12 @@ fn walk(st: &ReaderStats, head: Pfn, first: u64, len: u64) {
     for p in first..first + len {
         let pfn = Pfn(p);
         let is_head = pfn == head;
-        if hv::page_is_head(&VMEMMAP, pfn) != is_head
-            || hv::page_is_tail(&VMEMMAP, pfn) == is_head
-            || hv::page_compound_head_pfn(&VMEMMAP, pfn) != head
-        {
+        let seen = hv::page_compound_head_pfn(&VMEMMAP, pfn);
+        let what = if hv::page_is_head(&VMEMMAP, pfn) != is_head { WRONG_HEAD } else { 0 }
+            | if hv::page_is_tail(&VMEMMAP, pfn) == is_head { WRONG_TAIL } else { 0 }
+            | if seen != head { WRONG_COMPOUND } else { 0 };
+        if what != 0 {
+            note_wrong(pfn, seen, what);
             wrong += 1;
         }
     }
@@ -234,6 +261,7 @@ fn walk(st: &ReaderStats, head: Pfn, first: u64, len: u64) {
 fn speculative_get(st: &ReaderStats, truth: Pfn, pfn: Pfn, hold: Option<usize>) {
     let head = hv::page_compound_head_pfn(&VMEMMAP, pfn);
     if head != truth {
+        note_wrong(pfn, head, WRONG_GET_LOOKUP);
         st.wrong.fetch_add(1, Ordering::Relaxed);
         return;
     }
@@ -243,7 +271,9 @@ fn speculative_get(st: &ReaderStats, truth: Pfn, pfn: Pfn, hold: Option<usize>) 
         return;
     }
     // Still the folio we looked up? (Linux: `folio != page_folio(page)` -> put and retry.)
-    if hv::page_compound_head_pfn(&VMEMMAP, pfn) != head || !hv::page_is_head(&VMEMMAP, head) {
+    let again = hv::page_compound_head_pfn(&VMEMMAP, pfn);
+    if again != head || !hv::page_is_head(&VMEMMAP, head) {
+        note_wrong(pfn, again, WRONG_GET_RECHECK);
         st.wrong.fetch_add(1, Ordering::Relaxed);
     }
     if let Some(me) = hold {

@@ -18,7 +18,7 @@ use crate::hvo::{
 use crate::memory::{init_mm, BUDDY, LINEAR, VMEMMAP};
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use heapless::Vec;
-use kcore::addr::{Pfn, PMD_SIZE};
+use kcore::addr::{Pfn, VirtAddr, PMD_SIZE};
 use kcore::hugetlb::{Folio, HugePageSize};
 use kcore::hugetlb_vmemmap::{self as hv, HvoError, HvoOptions, HvoStats};
 use kcore::layout::MAX_CPUS;
@@ -147,7 +147,20 @@ fn hvo_op(
     strategy: HvoBbm,
     cfg_freeze: bool,
     delay: (u64, u64),
-    gate: Option<fn(kcore::addr::VirtAddr)>,
+    gate: Option<fn(VirtAddr)>,
+) -> Result<HvoStats, HvoError> {
+    hvo_op_hooked(folios, optimize, strategy, cfg_freeze, delay, gate, None)
+}
+
+/// [`hvo_op`] with a split race hook (see [`HvoSetup::race_hook`]).
+fn hvo_op_hooked(
+    folios: &[Folio],
+    optimize: bool,
+    strategy: HvoBbm,
+    cfg_freeze: bool,
+    delay: (u64, u64),
+    gate: Option<fn(VirtAddr)>,
+    race_hook: Option<&mut dyn FnMut(VirtAddr)>,
 ) -> Result<HvoStats, HvoError> {
     if cfg_freeze {
         freeze(folios);
@@ -155,7 +168,14 @@ fn hvo_op(
     let mut sync = SmpSync::new(strategy);
     let options = HvoOptions { require_frozen: cfg_freeze, ..HvoOptions::default() };
     let r = with_hvo_in(
-        HvoSetup { sync: Some(&mut sync), options: Some(options), delay, gate },
+        HvoSetup {
+            sync: Some(&mut sync),
+            options: Some(options),
+            delay,
+            gate,
+            // A shorter-lived trait object (object lifetimes may shrink behind `&mut`).
+            race_hook: race_hook.map(|h| h as &mut dyn FnMut(VirtAddr)),
+        },
         |_| {},
         |h| {
             if optimize { h.optimize_folios(folios) } else { h.restore_folios(folios) }
@@ -484,6 +504,12 @@ static PEER_SPLITS: AtomicU64 = AtomicU64::new(0);
 static PEER_TABLES: AtomicU64 = AtomicU64::new(0);
 static PEER_SKIPPED: AtomicU64 = AtomicU64::new(0);
 static PEER_ERR: AtomicU8 = AtomicU8::new(0);
+/// This round forces the race (see `peer_job`).
+static PEER_FORCE: AtomicU8 = AtomicU8::new(0);
+/// Core 0 has optimized its folio (a forced round's peer waits for it in its split).
+static PEER_CORE0_DONE: AtomicU8 = AtomicU8::new(0);
+/// A forced round's peer has read the block and waits in its split (core 0 starts then).
+static PEER_IN_SPLIT: AtomicU8 = AtomicU8::new(0);
 
 fn peer_job(strategy: u64) {
     // SAFETY: core 0 stored the head of a 2 MiB folio it allocated for this run and owns until
@@ -495,7 +521,21 @@ fn peer_job(strategy: u64) {
     while PEER_GO.load(Ordering::Acquire) == 0 {
         core::hint::spin_loop();
     }
-    match hvo_op(core::slice::from_ref(&f), true, strategy, true, (0, 0), None) {
+    // A forced round: this core's split, having read the block, waits until core 0 has split
+    // it and optimized its folio, so the re-check under page_table_lock finds a table: the race
+    // taken on purpose rather than when the host happens to schedule it (1 round in ~15).
+    let force = PEER_FORCE.load(Ordering::Acquire) != 0;
+    let mut wait_for_core0 = |_: VirtAddr| {
+        PEER_IN_SPLIT.store(1, Ordering::Release);
+        let t0 = timer::ticks();
+        while PEER_CORE0_DONE.load(Ordering::Acquire) == 0
+            && timer::ticks() - t0 < 5 * timer::frequency()
+        {
+            core::hint::spin_loop();
+        }
+    };
+    let hook = force.then_some(&mut wait_for_core0 as &mut dyn FnMut(VirtAddr));
+    match hvo_op_hooked(core::slice::from_ref(&f), true, strategy, true, (0, 0), None, hook) {
         Ok(s) => {
             PEER_SPLITS.store(s.splits, Ordering::Relaxed);
             PEER_TABLES.store(s.tables_allocated, Ordering::Relaxed);
@@ -524,6 +564,8 @@ pub struct SplitResult {
     pub skipped: u64,
     /// Wrong answers (readers and every-pfn verification).
     pub wrong: u64,
+    /// Of `wrong`, the readers' (the rest: core 0's verification after each step).
+    pub reader_wrong: u64,
     /// Frames lost (buddy free count against the tables kept).
     pub leaked: i64,
     /// HVO errors.
@@ -547,6 +589,7 @@ fn block_unsplit(pfn: Pfn) -> bool {
 pub fn concurrent_split(
     peer: usize,
     rounds: u64,
+    forced: u64,
     strategy: HvoBbm,
 ) -> Result<SplitResult, StressError> {
     let mut res = SplitResult::default();
@@ -555,7 +598,7 @@ pub fn concurrent_split(
     let ram = crate::bootstate::ram_regions();
     // Hot-added memory hosting its own memmap is refused by HVO: not a candidate.
     let self_hosted = crate::memory::SELF_HOSTED.lock().map(|sh| sh.range);
-    for _ in 0..rounds {
+    for round in 0..rounds {
         // Two free 2M-aligned ranges in one unsplit block.
         let mut pair: Option<Vec<Folio, 2>> = None;
         'find: for r in ram.as_slice() {
@@ -619,6 +662,9 @@ pub fn concurrent_split(
         PEER_SPLITS.store(0, Ordering::Release);
         PEER_TABLES.store(0, Ordering::Release);
         PEER_SKIPPED.store(0, Ordering::Release);
+        PEER_FORCE.store(u8::from(round < forced), Ordering::Release);
+        PEER_CORE0_DONE.store(0, Ordering::Release);
+        PEER_IN_SPLIT.store(0, Ordering::Release);
         let idx = HvoBbm::ALL.iter().position(|s| *s == strategy).unwrap_or(0) as u64;
         if crate::smp::launch(peer, peer_job, idx).is_err() {
             stop_readers(mask);
@@ -627,7 +673,17 @@ pub fn concurrent_split(
         }
         // Both go.
         PEER_GO.store(1, Ordering::Release);
+        if round < forced {
+            // The peer goes first, as far as its split's re-check.
+            let t0 = timer::ticks();
+            while PEER_IN_SPLIT.load(Ordering::Acquire) == 0
+                && timer::ticks() - t0 < 5 * timer::frequency()
+            {
+                core::hint::spin_loop();
+            }
+        }
         let mine = hvo_op(core::slice::from_ref(a), true, strategy, true, (0, 0), None);
+        PEER_CORE0_DONE.store(1, Ordering::Release);
         crate::smp::wait_idle(peer);
         match mine {
             Ok(s) => {
@@ -675,6 +731,19 @@ pub fn concurrent_split(
         let (reads, _, _, wrong, _) = readers::totals();
         res.reads += reads;
         res.wrong += wrong;
+        res.reader_wrong += wrong;
+        let first = readers::FIRST_WRONG[0].load(Ordering::Acquire);
+        if first != 0 {
+            crate::error!(
+                "concurrent split: a reader's first wrong answer: pfn {:#x} found head {:#x} (wrong: {:#x}; folios {:#x}, {:#x}; races seen so far {})",
+                first,
+                readers::FIRST_WRONG[1].load(Ordering::Relaxed),
+                readers::FIRST_WRONG[2].load(Ordering::Acquire),
+                a.head_pfn().0,
+                b.head_pfn().0,
+                res.skipped
+            );
+        }
         let _ = n;
         let free1 = BUDDY.lock().free_pages();
         // What HVO took and gave back nets out; the one split table stays (as in Linux).

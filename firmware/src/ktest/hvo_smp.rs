@@ -148,20 +148,28 @@ pub fn no_freeze_loses_references() -> TestResult {
     super::conserved()
 }
 
+/// Rounds of the concurrent split, and how many of them force the race.
+const SPLIT_ROUNDS: u64 = 3;
+const SPLIT_FORCED: u64 = 1;
+
 /// Two cores optimize folios whose descriptors share one unsplit vmemmap block at the same
-/// moment: one split per block, the other core's table goes back, nothing wrong or leaked.
+/// moment: one split per block, the other core's table goes back, nothing wrong or leaked. The
+/// first round forces the race (the second core's split waits, having read the block, until the
+/// first has split it); the others leave it to the scheduling.
 pub fn concurrent_split() -> TestResult {
     let peer = ran(
         (1..kcore::layout::MAX_CPUS).find(|&c| crate::smp::is_online(c)).ok_or(()),
         "a second core is online",
     )?;
     let r = ran(
-        stress::concurrent_split(peer, 3, HvoBbm::FaultWait)
+        stress::concurrent_split(peer, SPLIT_ROUNDS, SPLIT_FORCED, HvoBbm::FaultWait)
             .map_err(|e| crate::error!("concurrent split: {:?}", e)),
         "the concurrent-split run ran",
     )?;
     stress::report_split(HvoBbm::FaultWait, &r);
     ensure!(r.blocks > 0, "at least one block raced on");
+    // The forced rounds took the race: the re-check found the other core's table.
+    ensure!(r.skipped >= SPLIT_FORCED, "the forced rounds' re-check found a table");
     ensure_eq!(r.splits, r.blocks);
     ensure_eq!(r.tables, r.blocks);
     ensure_eq!(r.errors, 0);
