@@ -32,13 +32,15 @@ pub const WALK_RUN: u64 = 16;
 pub const HOLD_LOCK: u64 = 1;
 /// Job argument bit: only speculative gets (no walks), for the freeze test.
 pub const GETS_ONLY: u64 = 2;
-/// Job argument bit: hold each speculative reference for [`HOLD_US`] before putting it, and
-/// publish it (see [`wait_fresh_holder`]), for the freeze test.
+/// Job argument bit: hold each speculative reference until the head's vmemmap page moves (at
+/// most [`HOLD_US`]) before putting it, and publish it (see [`wait_fresh_holder`]), for the
+/// freeze test.
 pub const HOLD_REF: u64 = 4;
-/// How long a [`HOLD_REF`] reader holds each reference.
-pub const HOLD_US: u64 = 1000;
+/// How long a [`HOLD_REF`] reader holds each reference at most (it lets go as soon as the
+/// head's vmemmap page has moved).
+pub const HOLD_US: u64 = 5_000;
 /// Give up waiting for a fresh holder after this long (the readers may be gone).
-const FRESH_HOLDER_LIMIT_US: u64 = 50_000;
+const FRESH_HOLDER_LIMIT_US: u64 = 100_000;
 
 #[allow(clippy::declare_interior_mutable_const)]
 const Z64: AtomicU64 = AtomicU64::new(0);
@@ -104,13 +106,15 @@ static HOLDING: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_
 pub static FRESH_HOLDERS: AtomicU64 = AtomicU64::new(0);
 /// See [`FRESH_HOLDERS`].
 pub static NO_FRESH_HOLDER: AtomicU64 = AtomicU64::new(0);
+/// References a [`HOLD_REF`] reader held while the head's vmemmap page moved.
+pub static HELD_ACROSS: AtomicU64 = AtomicU64::new(0);
 
 /// The freeze test's handshake, run by the HVO core before each break: waits until some
 /// [`HOLD_REF`] reader holds a reference whose `try_get` came after this call began. A reader
 /// whose count has moved by two since the call began took its current reference after its
 /// previous one was counted, which was after the call began (the count is read first). So the
 /// reference was taken after HVO copied the descriptors, and is held across the break that
-/// follows (for [`HOLD_US`]): without the freeze, its put lands on the new copy.
+/// follows (until the page has moved): without the freeze, its put lands on the new copy.
 /// Only the break of a folio's first vmemmap page (the one HVO copies) waits; the others, in
 /// the same window, would wait for readers stuck on entries already broken.
 pub fn wait_fresh_holder(va: kcore::addr::VirtAddr) {
@@ -171,6 +175,7 @@ pub fn publish<'f>(folios: impl Iterator<Item = &'f Folio>) {
         w.store(0, Ordering::Relaxed);
     }
     NO_FRESH_HOLDER.store(0, Ordering::Relaxed);
+    HELD_ACROSS.store(0, Ordering::Relaxed);
     STOP.store(false, Ordering::Relaxed);
     NR.store(n, Ordering::Release);
 }
@@ -256,6 +261,17 @@ fn walk(st: &ReaderStats, head: Pfn, first: u64, len: u64) {
     }
 }
 
+/// The physical address `va` translates to now (AT S1E1R), `None` while it does not.
+fn phys_of(va: u64) -> Option<u64> {
+    let par: u64;
+    // SAFETY: an address translation instruction writes only PAR_EL1, read back here; no
+    // memory is accessed. ISB: PAR_EL1 is updated before it is read (ARM ARM C5.5, "AT").
+    unsafe {
+        core::arch::asm!("at s1e1r, {0}", "isb", "mrs {1}, par_el1", in(reg) va, out(reg) par, options(nostack));
+    }
+    (par & 1 == 0).then_some(par & 0x0000_FFFF_FFFF_F000)
+}
+
 /// Speculative reference: look `pfn`'s folio up, try_get its head, re-check, put. `hold`: this
 /// core holds the reference for [`HOLD_US`] first, published for [`wait_fresh_holder`].
 fn speculative_get(st: &ReaderStats, truth: Pfn, pfn: Pfn, hold: Option<usize>) {
@@ -277,11 +293,20 @@ fn speculative_get(st: &ReaderStats, truth: Pfn, pfn: Pfn, hold: Option<usize>) 
         st.wrong.fetch_add(1, Ordering::Relaxed);
     }
     if let Some(me) = hold {
+        // Hold until the head's vmemmap page moves (HVO's page-0 remap: the put then lands on
+        // the copy) or HOLD_US passes, whichever is first.
+        let va = hv::vmemmap_va(head).0;
+        let before = phys_of(va);
         ACQUIRED[me].fetch_add(1, Ordering::AcqRel);
         HOLDING[me].store(true, Ordering::Release);
         let t0 = crate::drivers::timer::ticks();
         let t = crate::drivers::timer::frequency() / 1_000_000 * HOLD_US;
         while crate::drivers::timer::ticks() - t0 < t {
+            let now = phys_of(va);
+            if now.is_some() && now != before {
+                HELD_ACROSS.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
             core::hint::spin_loop();
         }
         HOLDING[me].store(false, Ordering::Release);
