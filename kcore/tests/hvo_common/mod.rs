@@ -21,6 +21,7 @@ use kcore::bbm_sync::{BbmSync, SyncEvent};
 use kcore::buddy::Buddy;
 use kcore::hugetlb::{Folio, HugePageSize, HugetlbPool, NoHooks};
 use kcore::hugetlb_vmemmap::{BuddyFrames, Hvo, HvoOptions, VmemmapFrames};
+use kcore::hvo_tails::{TailDesign, MAX_TAIL_ORDER};
 use kcore::layout::VMEMMAP_START;
 use kcore::mapper::{translate, BlockPolicy, FrameAlloc, VecFrameAlloc};
 use kcore::memblock::{MemRegion, Memblock, ReservedKind};
@@ -436,17 +437,38 @@ impl World {
         let s0 = (base / SECTION_SIZE) as usize;
         let p0 = s0 as u64 * PAGES_PER_SECTION;
         let window_len = (sections + hot) * VMEMMAP_BLOCK_SIZE;
+        // `KCORE_HVO_TAILS=seed|shared` runs every test on a World in that tail design.
+        if let Ok(v) = std::env::var("KCORE_HVO_TAILS") {
+            let d = TailDesign::from_name(&v).expect("KCORE_HVO_TAILS=seed|shared");
+            kcore::hugetlb_vmemmap::set_tail_design(d).expect("tail design");
+        }
+        // The memmap base (pfn 0's descriptor) is aligned as the target's VMEMMAP_START is for
+        // every folio order (shared tail design: the head is the tail's address masked), so
+        // the reservation is over-sized and trimmed to an aligned window.
+        let align = 64u64 << MAX_TAIL_ORDER;
         // SAFETY: no MAP_FIXED: a fresh reservation.
-        let waddr = unsafe {
+        let raw = unsafe {
             mmap_checked(
                 core::ptr::null_mut(),
-                window_len,
+                window_len + align,
                 sys::PROT_NONE,
                 sys::MAP_PRIVATE | sys::MAP_ANONYMOUS | sys::MAP_NORESERVE,
                 -1,
                 0,
             )
         };
+        let want = (p0 * 64) % align;
+        let skip = (want + align - (raw as u64 % align)) % align;
+        let waddr = raw.wrapping_add(skip as usize);
+        // SAFETY: the parts of our own reservation outside the window.
+        unsafe {
+            if skip > 0 {
+                sys::munmap(raw.cast(), skip as usize);
+            }
+            if align - skip > 0 {
+                sys::munmap(waddr.add(window_len as usize).cast(), (align - skip) as usize);
+            }
+        }
         // compound_head() and the fake-head check rebuild pointers from addresses.
         let _ = waddr.expose_provenance();
         let win =
