@@ -2199,6 +2199,10 @@ impl PageWalkOps for UsageWalk {
 
 /// Measures what backs the vmemmap range of `init_mm`, walking it with the page walker.
 pub fn vmemmap_usage(guard: &MmapReadGuard<'_, Kernel>, mem: &impl PhysMem) -> VmemmapUsage {
+    usage_walk(guard, mem).u
+}
+
+fn usage_walk(guard: &MmapReadGuard<'_, Kernel>, mem: &impl PhysMem) -> UsageWalk {
     let mut w = UsageWalk {
         u: VmemmapUsage::default(),
         recent: [0; UsageWalk::RECENT],
@@ -2208,7 +2212,7 @@ pub fn vmemmap_usage(guard: &MmapReadGuard<'_, Kernel>, mem: &impl PhysMem) -> V
     let (s, e) = (VirtAddr(VMEMMAP_START), VirtAddr(VMEMMAP_START + VMEMMAP_SIZE));
     // The range is page aligned and inside the kernel half: the walk cannot fail.
     let _ = walk_page_range_novma(guard, mem, s, e, &mut w);
-    w.u
+    w
 }
 
 /// The vmemmap's frames two ways: by page state and by what `init_mm` maps.
@@ -2240,19 +2244,24 @@ impl VmemmapCensus {
 
 /// Counts the vmemmap's frames by state (over `ram`) and by a walk of `init_mm` (see
 /// [`vmemmap_usage`]): page conservation extended to "nothing holds a vmemmap frame that
-/// nothing maps".
+/// nothing maps". The shared tail pages (shared design) are held by the memmap for reuse even
+/// while no folio maps them: each counts as mapped once.
 pub fn vmemmap_census(
     guard: &MmapReadGuard<'_, Kernel>,
     mem: &impl PhysMem,
     vm: &Vmemmap,
     ram: &[crate::memblock::MemRegion],
 ) -> VmemmapCensus {
-    let u = vmemmap_usage(guard, mem);
+    let w = usage_walk(guard, mem);
+    let u = w.u;
+    let idle_tail_pages =
+        vm.tail_pages().pages().filter(|pa| !w.shared.contains(&(pa.0 + 1))).count() as u64;
     VmemmapCensus {
         state_vmemmap: crate::buddy::conservation(vm, ram).vmemmap,
         mapped: u.blocks_1g * (PUD_SIZE / PAGE_SIZE)
             + u.blocks_2m * (PMD_SIZE / PAGE_SIZE)
-            + u.pte_frames,
+            + u.pte_frames
+            + idle_tail_pages,
     }
 }
 

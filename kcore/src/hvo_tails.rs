@@ -219,6 +219,11 @@ impl TailPages {
         self.pa.iter().filter(|p| p.load(Relaxed) != 0).count() as u64
     }
 
+    /// The shared tail pages allocated.
+    pub fn pages(&self) -> impl Iterator<Item = PhysAddr> + '_ {
+        self.pa.iter().map(|p| p.load(Relaxed)).filter(|&p| p != 0).map(PhysAddr)
+    }
+
     /// Is `pa` one of the shared tail pages?
     pub fn contains(&self, pa: PhysAddr) -> bool {
         pa.0 != 0 && self.pa.iter().any(|p| p.load(Relaxed) == pa.0)
