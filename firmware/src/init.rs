@@ -403,6 +403,9 @@ extern "C" fn kernel_main_on_stack(_: u64) -> ! {
     if cmd.bench {
         exit(u32::from(!crate::bench::run()));
     }
+    if cmd.bench_tails {
+        exit(u32::from(!crate::bench_tails::run()));
+    }
     if let Some(crash) = cmd.crash {
         crash_now(crash);
     }
