@@ -1655,6 +1655,15 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         vmemmap_usage(self.guard, self.mem)
     }
 
+    /// Shared tail design: allocates the tail page of `order` now if it has none (HVO's
+    /// "init" time instead of the first optimize). Returns it; `Ok(None)` in the seed design.
+    pub fn prepare_tail_page(&mut self, order: u8) -> Result<Option<PhysAddr>, HvoError> {
+        if hvo_tails::tail_design() != TailDesign::Shared {
+            return Ok(None);
+        }
+        ensure_tail_page(self.mem, self.vm, &mut *self.frames, order, &mut self.stats).map(Some)
+    }
+
     /// Optimizes `folio` if HVO is enabled now ([`hvo_enabled`]): what the pool calls after
     /// allocating a folio (Linux's `hugetlb_vmemmap_optimize_folio()` from
     /// `prep_new_hugetlb_folio()`). `Ok(false)`: disabled, or nothing to do.

@@ -81,6 +81,17 @@ unsafe fn mmap_checked(
     p.cast()
 }
 
+/// Is the shared tail design in effect (`KCORE_HVO_TAILS=shared`, or a `hvo_tails_*` test)?
+pub fn shared() -> bool {
+    kcore::hvo_tails::tail_design() == TailDesign::Shared
+}
+
+/// Entries an optimize writes for page 0 of a folio: 1 when the seed design replaces page 0 by
+/// its copy, 0 otherwise (the shared design never touches page 0).
+pub fn page0_remaps(opts: HvoOptions) -> u64 {
+    u64::from(opts.replace_head_page && !shared())
+}
+
 /// First simulated physical address of [`World::new`] (the first GiB above the VideoCore's part
 /// of RAM on every Pi 4); [`World::new_at`] takes another.
 pub const BASE: u64 = 0x4000_0000;
@@ -438,9 +449,11 @@ impl World {
         let p0 = s0 as u64 * PAGES_PER_SECTION;
         let window_len = (sections + hot) * VMEMMAP_BLOCK_SIZE;
         // `KCORE_HVO_TAILS=seed|shared` runs every test on a World in that tail design.
+        let mut prime = false;
         if let Ok(v) = std::env::var("KCORE_HVO_TAILS") {
             let d = TailDesign::from_name(&v).expect("KCORE_HVO_TAILS=seed|shared");
             kcore::hugetlb_vmemmap::set_tail_design(d).expect("tail design");
+            prime = d == TailDesign::Shared;
         }
         // The memmap base (pfn 0's descriptor) is aligned as the target's VMEMMAP_START is for
         // every folio order (shared tail design: the head is the tail's address masked), so
@@ -560,7 +573,7 @@ impl World {
             hot_sh = Some(sh);
         }
         mmu.take_events();
-        World {
+        let mut w = World {
             phys,
             mem,
             window_len,
@@ -574,7 +587,17 @@ impl World {
             hot: hot_sh,
             backing,
             fail_frees: false,
+        };
+        if prime {
+            // The existing tests in the shared design run in its steady state: the tail pages of
+            // both orders exist (the first-use allocation is tested by `hvo_tails_*`).
+            for order in [9, 18] {
+                let (r, _) = w.hvo(HvoOptions::default(), None, |h| h.prepare_tail_page(order));
+                assert!(matches!(r, Ok(Some(_))));
+            }
+            w.mmu.take_events();
         }
+        w
     }
 
     /// Runs `f` with an [`Hvo`] over this world. The frame allocator fails from its
