@@ -92,6 +92,16 @@ pub fn page0_remaps(opts: HvoOptions) -> u64 {
     u64::from(opts.replace_head_page && !shared())
 }
 
+/// The frame the tail pages of `f` map once optimized: page 0's frame `p0` (seed design) or
+/// the shared tail page of its order (shared design; `p0` if none exists).
+pub fn tail_target(w: &World, f: &Folio, p0: PhysAddr) -> PhysAddr {
+    if shared() {
+        w.vm.tail_pages().get(f.order()).unwrap_or(p0)
+    } else {
+        p0
+    }
+}
+
 /// First simulated physical address of [`World::new`] (the first GiB above the VideoCore's part
 /// of RAM on every Pi 4); [`World::new_at`] takes another.
 pub const BASE: u64 = 0x4000_0000;
