@@ -76,10 +76,7 @@ fn round_trip(w: &mut World, folio: &Folio, opts: HvoOptions) -> (HvoStats, HvoS
     // shared design (page 1 starts with a tail).
     let fake = Pfn(folio.head_pfn().0 + 64);
     assert_eq!(w.vm.page(fake).is_head(), !shared(), "raw PG_head on the first desc of page 1");
-    assert_eq!(
-        w.desc_via_window(fake) == w.desc_via_window(folio.head_pfn()),
-        !shared()
-    );
+    assert_eq!(w.desc_via_window(fake) == w.desc_via_window(folio.head_pfn()), !shared());
     check_heads(w, folio);
     check_folio(folio, &w.vm).unwrap();
 
