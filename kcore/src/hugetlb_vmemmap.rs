@@ -249,7 +249,8 @@ pub enum HvoError {
         /// The vmemmap address where the disagreement was found.
         va: VirtAddr,
     },
-    /// A tail descriptor differs from the first tail: remapping would lose it.
+    /// A tail descriptor differs from the first tail (or, shared tail design, the first tail
+    /// differs from the shared page's tails, index 1): remapping would lose it.
     TailMismatch {
         /// Head of the folio.
         folio: Pfn,

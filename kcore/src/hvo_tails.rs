@@ -171,7 +171,9 @@ pub fn init_shared_tail(p: &Page, order: u8) {
 
 /// The shared read-only tail page of each order: its physical address, or 0 while none has been
 /// allocated. Allocated once, on first use (the first folio of that order optimized in the
-/// shared design), never freed. Lives in the [`crate::vmemmap::Vmemmap`] it serves.
+/// shared design, or [`crate::hugetlb_vmemmap::Hvo::prepare_tail_page`]), never freed, also when
+/// the operation that allocated it fails afterwards (the one exception to "a failed HVO
+/// operation changes nothing"). Lives in the [`crate::vmemmap::Vmemmap`] it serves.
 pub struct TailPages {
     pa: [AtomicU64; MAX_TAIL_ORDER as usize + 1],
 }
