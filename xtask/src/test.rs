@@ -342,7 +342,7 @@ pub const TARGET_RUNS: &[TargetRun] = &[
     // run with `hvo_tails=shared`.
     TargetRun {
         name: "tails-shared",
-        bootargs: "ktest=hvo_ hvo_tails=shared memhp_reserve=256M stress=1 hvo_bbm=fault-wait hugepagesz=2M hugepages=16 hugepagesz=1G hugepages=1",
+        bootargs: "ktest=hvo_ hvo_tails=shared memhp_reserve=256M stress=1 hvo_bbm=fault-wait hugepagesz=2M hugepages=64 hugepagesz=1G hugepages=1",
         dtb: None,
         timeout_secs: 300,
         expect: &[
