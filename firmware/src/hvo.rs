@@ -610,9 +610,17 @@ pub fn boot(cmd: &Cmdline<'_>) -> bool {
 fn report(size: HugePageSize, r: &SizeRun) -> bool {
     let s = &r.stats;
     let name = size.name();
-    let agree = r.buddy_delta == s.ptes_remapped as i64
+    // The shared tail design takes its tail page for the order from the buddy on first use.
+    let agree = r.buddy_delta == s.ptes_remapped as i64 - s.shared_tail_pages as i64
         && r.split_tables_delta == s.tables_allocated as i64;
     crate::info!("HVO {}: {} folio(s) in the pool, {} optimized", name, r.folios, r.optimized);
+    crate::info!(
+        "HVO {}:   tail design {} (hvo_tails=), shared tail pages allocated now {}, in all {}",
+        name,
+        kcore::hvo_tails::tail_design().name(),
+        s.shared_tail_pages,
+        VMEMMAP.tail_pages().count()
+    );
     crate::info!(
         "HVO {}:   frames freed: {} by the buddy free count, {} entries remapped: {}",
         name,

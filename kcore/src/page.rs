@@ -175,6 +175,12 @@ pub const ORDER_NONE: u8 = u8::MAX;
 /// "No pfn" in the free-list links.
 pub const PFN_NONE: u64 = u64::MAX;
 
+/// Bit 1 of `compound_head`: a mask-encoded tail (see [`crate::hvo_tails`]).
+const TAIL_MASK_BIT: u64 = 1 << 1;
+/// The low bits of a mask-encoded word that are flags, not mask (a descriptor is 64-byte
+/// aligned).
+const MASK_LOW: u64 = PAGE_DESC_SIZE - 1;
+
 /// Linux's `hugetlb_optimize_vmemmap_key`: may fake heads exist?
 static FAKE_HEAD_FIXUP: AtomicBool = AtomicBool::new(false);
 
@@ -199,7 +205,8 @@ pub fn fake_head_fixup_enabled() -> bool {
 pub struct Page {
     /// Flag bits ([`PageFlags`]) in the low bits, [`PageState`] in bits 56..60.
     flags: AtomicU64,
-    /// For tails: address of the head descriptor | 1. Otherwise 0.
+    /// For tails: address of the head descriptor | 1 (seed design), or a mask of the folio's
+    /// descriptor span | 2 | 1 (shared tail design). Otherwise 0.
     compound_head: AtomicU64,
     /// Free-list link (pfn, [`PFN_NONE`] for none).
     next: AtomicU64,
@@ -373,6 +380,9 @@ impl Page {
     /// Linux's `compound_head()`: the head descriptor of the compound page this descriptor
     /// belongs to; `self` for a head or a non-compound page. Fake heads (HVO) resolve to the
     /// real head when [`set_fake_head_fixup`] is on.
+    ///
+    /// A mask-encoded tail (shared tail design, [`crate::hvo_tails`]) resolves by masking its
+    /// own address, with no fake-head branch: bit 1 of the word says which encoding it is.
     pub fn compound_head(&self) -> &Page {
         self.stable(|| self.compound_head_once())
     }
@@ -381,6 +391,15 @@ impl Page {
     fn compound_head_once(&self) -> &Page {
         let head = self.compound_head.load(Relaxed);
         if head & 1 == 1 {
+            if head & TAIL_MASK_BIT != 0 {
+                let me = self as *const Page;
+                // SAFETY: a mask-encoded word is only stored by `set_compound_word` for a tail
+                // of a naturally aligned folio whose head descriptor's address is aligned to the
+                // folio's descriptor span (`hvo_tails::set_tail_link` checks it), so masking our
+                // own address gives the head, in the same memmap allocation as `self` (same
+                // provenance). `Page` is all atomics: any bit pattern is valid.
+                return unsafe { &*me.map_addr(|a| a & (head as usize) & !(MASK_LOW as usize)) };
+            }
             // SAFETY: bit 0 is only ever set by `set_compound_head`, which stores the address of
             // a live descriptor `head` | 1. Descriptors are never freed while the memmap they
             // belong to exists (which outlives `self`), and `Page` is all atomics, so any bit
@@ -388,6 +407,12 @@ impl Page {
             return unsafe { &*core::ptr::with_exposed_provenance::<Page>((head - 1) as usize) };
         }
         self.fixed_fake_head()
+    }
+
+    /// Stores a raw `compound_head` word: a mask-encoded tail (`mask | 2 | 1`, see
+    /// [`crate::hvo_tails::tail_mask_word`]). The caller guarantees the mask gives the head.
+    pub fn set_compound_word(&self, word: u64) {
+        self.compound_head.store(word, Relaxed);
     }
 
     /// Makes this descriptor a tail of `head`.

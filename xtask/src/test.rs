@@ -338,6 +338,20 @@ pub const TARGET_RUNS: &[TargetRun] = &[
         ],
         status: 0,
     },
+    // The shared tail design (issue 13 item 1): HVO's on-target tests and the four-core stress
+    // run with `hvo_tails=shared`.
+    TargetRun {
+        name: "tails-shared",
+        bootargs: "ktest=hvo_ hvo_tails=shared memhp_reserve=256M stress=1 hvo_bbm=fault-wait hugepagesz=2M hugepages=64 hugepagesz=1G hugepages=1",
+        dtb: None,
+        timeout_secs: 300,
+        expect: &[
+            "HVO tail design: shared",
+            "result: smp strategy=fault-wait cycles=1 ",
+            " wrong=0 unexpected_faults=0 leaked=0 ",
+        ],
+        status: 0,
+    },
     // One short run of `cargo xtask bench`'s firmware mode, so it cannot rot; its figures are
     // not judged here (debug build, no -icount).
     TargetRun {
