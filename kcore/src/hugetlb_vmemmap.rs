@@ -346,6 +346,9 @@ pub struct HvoStats {
     /// Splits skipped because the block had been split by someone else since the walker read
     /// it (found under `page_table_lock`; the table prepared for it went back unused).
     pub splits_skipped: u64,
+    /// Walks that met a vmemmap block in another CPU's split (its level-2 entry invalid, between
+    /// break and make), waited for that split under `page_table_lock` and went on from there.
+    pub split_waits: u64,
     /// Table pages taken from the table allocator.
     pub tables_allocated: u64,
     /// Tail vmemmap entries remapped read-only onto page 0.
@@ -394,6 +397,7 @@ impl HvoStats {
             folios_restored: f(self.folios_restored, o.folios_restored),
             splits: f(self.splits, o.splits),
             splits_skipped: f(self.splits_skipped, o.splits_skipped),
+            split_waits: f(self.split_waits, o.split_waits),
             tables_allocated: f(self.tables_allocated, o.tables_allocated),
             ptes_remapped: f(self.ptes_remapped, o.ptes_remapped),
             head_pages_replaced: f(self.head_pages_replaced, o.head_pages_replaced),
@@ -954,6 +958,9 @@ struct HvoWalk<'a, M: PhysMem, O: MmuOps> {
     pending: u64,
     splits: u64,
     splits_skipped: u64,
+    /// Another CPU's split met (see [`HvoStats::split_waits`]), and where to walk on from.
+    split_waits: u64,
+    retry_from: Option<VirtAddr>,
     remapped: u64,
     restored: u64,
     heads_replaced: u64,
@@ -1000,6 +1007,8 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
             pending: 0,
             splits: 0,
             splits_skipped: 0,
+            split_waits: 0,
+            retry_from: None,
             remapped: 0,
             restored: 0,
             heads_replaced: 0,
@@ -1360,6 +1369,18 @@ impl<M: PhysMem, O: MmuOps> PageWalkOps for HvoWalk<'_, M, O> {
         depth: Level,
     ) -> Result<ControlFlow<()>, HvoError> {
         let not_mapped = HvoError::NotMapped { va: start, level: depth };
+        if depth == Level::L2 && self.ptl.is_none() && self.retry_from.is_none() {
+            // The vmemmap is always mapped, so an invalid level-2 entry is another CPU's split
+            // between its break and its make (a 2 MiB block being replaced by a table). That CPU
+            // holds `page_table_lock` from before the break until the table is published:
+            // taking the lock waits for it, and the walk goes on from here (`walk_span`) and
+            // finds the table. (Not while this walk holds the lock itself: then no split can be
+            // in progress, and the hole is real.)
+            drop(self.mm.page_table_lock());
+            self.split_waits += 1;
+            self.retry_from = Some(start);
+            return Err(not_mapped);
+        }
         if depth != Level::L3 || !matches!(self.phase, Phase::Flush | Phase::Complete) {
             return Err(not_mapped);
         }
@@ -1411,11 +1432,27 @@ fn walk_span<M: PhysMem, O: MmuOps>(
     start: VirtAddr,
     end: VirtAddr,
 ) -> Result<(), HvoError> {
-    w.pte_table = None;
-    match walk_page_range_novma(guard, mem, start, end, w) {
-        Ok(_) => Ok(()),
-        Err(WalkError::Callback(e)) => Err(e),
-        Err(WalkError::InvalidRange { start, end, .. }) => Err(HvoError::BadRange { start, end }),
+    let mut from = start;
+    let mut waited_at = None;
+    loop {
+        w.pte_table = None;
+        w.retry_from = None;
+        match walk_page_range_novma(guard, mem, from, end, w) {
+            Ok(_) => return Ok(()),
+            // Another CPU's split was in progress at `at` and is over (see `pte_hole`): the
+            // entries before `at` are done, walk on from there. Once per place: a block still
+            // invalid after the wait is a real hole (NotMapped).
+            Err(WalkError::Callback(e)) => match w.retry_from.take() {
+                Some(at) if at >= from && at < end && waited_at != Some(at) => {
+                    waited_at = Some(at);
+                    from = at;
+                }
+                _ => return Err(e),
+            },
+            Err(WalkError::InvalidRange { start, end, .. }) => {
+                return Err(HvoError::BadRange { start, end })
+            }
+        }
     }
 }
 
@@ -1702,6 +1739,7 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         };
         let splits = w.splits;
         self.stats.splits_skipped += w.splits_skipped;
+        self.stats.split_waits += w.split_waits;
         release_tables(self.mem, &mut *self.tables, &mut w, &mut self.stats);
         self.stats.splits += splits;
         drop(w);
@@ -1898,6 +1936,7 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         release_tables(self.mem, &mut *self.tables, &mut w, &mut self.stats);
         self.stats.splits += w.splits;
         self.stats.splits_skipped += w.splits_skipped;
+        self.stats.split_waits += w.split_waits;
         self.stats.ptes_remapped += w.remapped;
         self.stats.head_pages_replaced += w.heads_replaced;
         drop(w);
