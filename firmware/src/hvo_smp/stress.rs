@@ -503,6 +503,7 @@ static PEER_DONE: AtomicU8 = AtomicU8::new(0);
 static PEER_SPLITS: AtomicU64 = AtomicU64::new(0);
 static PEER_TABLES: AtomicU64 = AtomicU64::new(0);
 static PEER_SKIPPED: AtomicU64 = AtomicU64::new(0);
+static PEER_WAITS: AtomicU64 = AtomicU64::new(0);
 static PEER_ERR: AtomicU8 = AtomicU8::new(0);
 /// This round forces the race (see `peer_job`).
 static PEER_FORCE: AtomicU8 = AtomicU8::new(0);
@@ -540,6 +541,7 @@ fn peer_job(strategy: u64) {
             PEER_SPLITS.store(s.splits, Ordering::Relaxed);
             PEER_TABLES.store(s.tables_allocated, Ordering::Relaxed);
             PEER_SKIPPED.store(s.splits_skipped, Ordering::Relaxed);
+            PEER_WAITS.store(s.split_waits, Ordering::Relaxed);
         }
         Err(e) => {
             crate::error!("concurrent split: core {}: {:?}", crate::percpu::this_cpu().id, e);
@@ -562,6 +564,9 @@ pub struct SplitResult {
     /// Splits the re-check under `page_table_lock` skipped because the other core had split
     /// the block since this one's walker read it: the race, observed.
     pub skipped: u64,
+    /// Walks that met the other core's split between its break and its make and waited for it
+    /// (`HvoStats::split_waits`).
+    pub split_waits: u64,
     /// Wrong answers (readers and every-pfn verification).
     pub wrong: u64,
     /// Of `wrong`, the readers' (the rest: core 0's verification after each step).
@@ -662,6 +667,7 @@ pub fn concurrent_split(
         PEER_SPLITS.store(0, Ordering::Release);
         PEER_TABLES.store(0, Ordering::Release);
         PEER_SKIPPED.store(0, Ordering::Release);
+        PEER_WAITS.store(0, Ordering::Release);
         PEER_FORCE.store(u8::from(round < forced), Ordering::Release);
         PEER_CORE0_DONE.store(0, Ordering::Release);
         PEER_IN_SPLIT.store(0, Ordering::Release);
@@ -690,6 +696,7 @@ pub fn concurrent_split(
                 res.splits += s.splits;
                 res.tables += s.tables_allocated;
                 res.skipped += s.splits_skipped;
+                res.split_waits += s.split_waits;
             }
             Err(e) => {
                 crate::error!("concurrent split: core 0: {:?}", e);
@@ -699,6 +706,7 @@ pub fn concurrent_split(
         res.splits += PEER_SPLITS.load(Ordering::Acquire);
         res.tables += PEER_TABLES.load(Ordering::Acquire);
         res.skipped += PEER_SKIPPED.load(Ordering::Acquire);
+        res.split_waits += PEER_WAITS.load(Ordering::Acquire);
         res.errors += u64::from(PEER_ERR.load(Ordering::Acquire));
         for f in pair.iter() {
             res.wrong += verify_heads(f);
@@ -773,12 +781,13 @@ fn release_folio(f: Folio) {
 /// Prints the concurrent-split result line.
 pub fn report_split(strategy: HvoBbm, r: &SplitResult) {
     crate::info!(
-        "result: smp-split strategy={} blocks={} splits={} tables_kept={} races_seen={} reads={} faults_waited={} wrong={} unexpected_faults={} leaked={} errors={}",
+        "result: smp-split strategy={} blocks={} splits={} tables_kept={} races_seen={} split_waits={} reads={} faults_waited={} wrong={} unexpected_faults={} leaked={} errors={}",
         strategy.name(),
         r.blocks,
         r.splits,
         r.tables,
         r.skipped,
+        r.split_waits,
         r.reads,
         r.counters.faults_waited,
         r.wrong,
