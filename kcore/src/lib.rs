@@ -32,6 +32,7 @@ pub mod cmdline;
 pub mod dt_console;
 pub mod esr;
 pub mod hugetlb;
+pub mod hugetlb_demote;
 pub mod hugetlb_vmemmap;
 pub mod hvo_phase;
 pub mod layout;
