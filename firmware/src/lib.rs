@@ -18,6 +18,7 @@ pub mod bench;
 pub mod board;
 pub mod bootstate;
 pub mod console;
+pub mod demote;
 pub mod devicetree;
 pub mod drivers;
 pub mod hvo;
