@@ -35,6 +35,7 @@ pub mod hugetlb;
 pub mod hugetlb_demote;
 pub mod hugetlb_vmemmap;
 pub mod hvo_phase;
+pub mod hvo_preinit;
 pub mod layout;
 pub mod lineedit;
 pub mod mapper;

@@ -428,6 +428,18 @@ impl World {
     /// [`World::new`] with the simulated RAM starting at `base` (section-aligned), e.g. a bank
     /// above 4 GiB of an 8 GB board.
     pub fn new_at(base: u64, sections: u64, hot: u64) -> World {
+        World::new_inner(base, sections, hot, 0..0)
+    }
+
+    /// [`World::new`] with the boot sections `preinit` (indexes from [`BASE`]'s section) left
+    /// without a vmemmap and reserved in memblock as `HugetlbBoot`, for a test to populate
+    /// (`kcore::hvo_preinit`).
+    pub fn new_preinit(sections: u64, preinit: core::ops::Range<u64>) -> World {
+        assert!(preinit.end < sections, "the last section holds the boot vmemmap");
+        World::new_inner(BASE, sections, 0, preinit)
+    }
+
+    fn new_inner(base: u64, sections: u64, hot: u64, skip: core::ops::Range<u64>) -> World {
         assert!(sections >= 2);
         assert_eq!(base % SECTION_SIZE, 0, "{base:#x} is not section-aligned");
         let total = (sections + hot) * SECTION_SIZE;
@@ -472,7 +484,7 @@ impl World {
         };
         {
             let mut g = mm.mmap_write();
-            for i in 0..sections {
+            for i in (0..sections).filter(|i| !skip.contains(i)) {
                 g.map_range(
                     &mem,
                     &mut tables,
@@ -490,7 +502,7 @@ impl World {
         // above for the boot ones, in `populate_self_hosted`'s closure for the hot ones); the
         // window lives as long as the world.
         let vm = unsafe { Vmemmap::new(waddr.cast::<Page>().wrapping_sub(p0 as usize)) };
-        for s in s0..s0 + sections as usize {
+        for s in (s0..s0 + sections as usize).filter(|s| !skip.contains(&((s - s0) as u64))) {
             // SAFETY: mapped above.
             unsafe { vm.mark_section_present(s) };
             vm.init_section(s);
@@ -504,6 +516,11 @@ impl World {
         mb.add_memory(PhysAddr(base), sections * SECTION_SIZE).unwrap();
         mb.reserve(PhysAddr(resv), tbl - resv, ReservedKind::Vmemmap).unwrap();
         mb.reserve(PhysAddr(tbl), TABLE_PAGES * PAGE_SIZE, ReservedKind::EarlyTables).unwrap();
+        if !skip.is_empty() {
+            let at = base + skip.start * SECTION_SIZE;
+            let len = (skip.end - skip.start) * SECTION_SIZE;
+            mb.reserve(PhysAddr(at), len, ReservedKind::HugetlbBoot).unwrap();
+        }
         let mut buddy = Buddy::new();
         buddy.free_memblock(&vm, &mb).unwrap();
 
