@@ -75,7 +75,7 @@ fn populated_optimized_without_a_block() {
 fn hvo_sees_it_optimized() {
     let (mut w, _) = preinit_world();
     w.mmu.take_events();
-    // SAFETY (test): the one handle on the preinit folio, as the pool would own it.
+    // SAFETY: the one handle on the preinit folio (as the pool would own it), made once.
     let f = unsafe { Folio::from_raw(HEAD, 18) };
     assert!(folio_is_optimized(&w.vm, &f));
     let (r, calls) = w.hvo(HvoOptions::default(), None, |h| (h.optimize_folio(&f), h.stats()));
