@@ -46,7 +46,9 @@ pub struct DemoteRun {
     pub to: Option<HugePageSize>,
 }
 
-/// Demotes one free folio of `size` from the pool (see the module documentation).
+/// Demotes one free folio of `size` from the pool (see the module documentation). Not inlined:
+/// kcore's demote keeps a batch of 64 part handles on the stack.
+#[inline(never)]
 pub fn demote_one(size: HugePageSize, mode: DemoteMode) -> Result<DemoteRun, DemoteFail> {
     let Some(to) = size.demote_size() else {
         return Err(DemoteFail::NoSmallerSize { size });
