@@ -541,6 +541,7 @@ pub fn run() -> bool {
             }
         }
     }
+    ok &= crate::bench_demote::run();
     hv::set_hvo_enabled(was);
     hvo_phase::set_clock(None);
     crate::info!("bench: done ok={}", u8::from(ok));

@@ -116,15 +116,10 @@ fn execute(cmd: Command) {
         }
         Command::NrHugepages { size: Some(size), count: None } => show_pool(size),
         Command::NrHugepages { size: Some(size), count: Some(n) } => set_pool(size, n),
-        Command::Demote { size, count } => crate::warn!(
-            "console: demote {} {}: not available in this build: demote (issue 13 item 3) is not built yet",
-            size.name(),
-            count
-        ),
-        Command::HugetlbOptimizeVmemmap(None) => crate::info!(
-            "console: vm.hugetlb_optimize_vmemmap = {}",
-            u8::from(hv::hvo_enabled())
-        ),
+        Command::Demote { size, count } => demote(size, count),
+        Command::HugetlbOptimizeVmemmap(None) => {
+            crate::info!("console: vm.hugetlb_optimize_vmemmap = {}", u8::from(hv::hvo_enabled()))
+        }
         Command::HugetlbOptimizeVmemmap(Some(on)) => {
             hv::set_hvo_enabled(on);
             crate::info!(
@@ -387,6 +382,64 @@ fn shrink(size: HugePageSize, nr: u64, target: u64) {
         expected,
         verdict(expected == delta)
     );
+}
+
+/// `demote SIZE N`: splits up to `n` free folios of `size` into folios of the next smaller
+/// size (`crate::demote`), optimized directly when HVO is on.
+fn demote(size: HugePageSize, n: u64) {
+    let mut done = 0u64;
+    while done < n {
+        match crate::demote::demote_one(size, kcore::hugetlb_demote::DemoteMode::Direct) {
+            Ok(r) => {
+                done += 1;
+                let s = r.stats;
+                let to = r.to.map_or("?", |t| t.name());
+                crate::info!(
+                    "console: demote {}: 1 folio demoted into {} {} folio(s), {} optimized ({}); {} us",
+                    size.name(),
+                    s.parts,
+                    to,
+                    s.parts_optimized,
+                    if s.direct { "direct, no restore" } else { "descriptors rewritten" },
+                    timer::ticks_to_ns(r.ticks) / 1000
+                );
+                let expected = s.hvo.net_frames_freed() - s.hvo.tables_allocated as i64;
+                crate::info!(
+                    "console:   vmemmap frames: buddy free count {}, allocated {} freed {} page tables {} ({}): {}; entries remapped {} restored {}, TLBI {} ({} full), DSB {}, break windows {}",
+                    r.buddy_delta,
+                    s.hvo.frames_allocated,
+                    s.hvo.frames_freed,
+                    s.hvo.tables_allocated,
+                    expected,
+                    verdict(expected == r.buddy_delta),
+                    s.hvo.ptes_remapped,
+                    s.hvo.ptes_restored,
+                    s.hvo.tlbi,
+                    s.hvo.tlbi_flush_all,
+                    s.hvo.dsb,
+                    s.windows
+                );
+                if let Some(e) = s.optimize_error {
+                    crate::warn!("console:   optimizing the parts stopped: {:?}", e);
+                }
+                crate::info!(
+                    "console:   every pfn's head/tail answer: {} wrong: {}",
+                    r.wrong,
+                    verdict(r.wrong == 0)
+                );
+            }
+            Err(e) => {
+                crate::warn!("console: demote {}: {:?}; nothing changed", size.name(), e);
+                break;
+            }
+        }
+    }
+    if done > 0 {
+        for s in HugePageSize::ALL {
+            show_pool(s);
+        }
+        check_conservation();
+    }
 }
 
 fn hvo_report() {

@@ -82,6 +82,14 @@ impl HugePageSize {
             HugePageSize::Size1G => 1,
         }
     }
+    /// The size a folio of this size demotes to (Linux's `demote_size`): 1 GiB to 2 MiB; none
+    /// below 2 MiB.
+    pub const fn demote_size(self) -> Option<HugePageSize> {
+        match self {
+            HugePageSize::Size1G => Some(HugePageSize::Size2M),
+            HugePageSize::Size2M => None,
+        }
+    }
     /// Linux's name: `"2M"` / `"1G"`.
     pub const fn name(self) -> &'static str {
         match self {
@@ -177,6 +185,48 @@ impl Folio {
     /// and the descriptors would be corrupted.)
     pub unsafe fn from_raw(head: Pfn, order: u8) -> Self {
         Folio { head, order }
+    }
+}
+
+/// A folio demoted into `2^(from - to)` folios of order `to` (see `crate::hugetlb_demote`):
+/// the handle of the whole is gone, the parts' handles are made by [`Demoted::parts`] and go to
+/// the pool with [`HugetlbPool::accept_demoted`].
+#[derive(PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Demoted {
+    head: Pfn,
+    from: u8,
+    to: u8,
+}
+
+impl Demoted {
+    /// The demoted `folio`'s parts of order `to` (their descriptors already laid out).
+    pub(crate) fn new(folio: Folio, to: u8) -> Self {
+        Demoted { head: folio.head, from: folio.order, to }
+    }
+    /// Head of the first part (the old folio's head).
+    pub fn head_pfn(&self) -> Pfn {
+        self.head
+    }
+    /// Number of parts.
+    pub fn count(&self) -> u64 {
+        1 << (self.from - self.to)
+    }
+    /// The size of the parts.
+    pub fn part_size(&self) -> Option<HugePageSize> {
+        HugePageSize::from_order(self.to)
+    }
+    /// The size of the folio demoted.
+    pub fn from_size(&self) -> Option<HugePageSize> {
+        HugePageSize::from_order(self.from)
+    }
+    /// A handle on part `k` (`k < count()`).
+    pub(crate) fn part(&self, k: u64) -> Folio {
+        Folio { head: Pfn(self.head.0 + (k << self.to)), order: self.to }
+    }
+    /// Handles on the parts, in address order.
+    pub fn parts(&self) -> impl Iterator<Item = Folio> + '_ {
+        (0..self.count()).map(|k| Folio { head: Pfn(self.head.0 + (k << self.to)), order: self.to })
     }
 }
 
@@ -595,6 +645,21 @@ impl HugetlbPool {
             }
         }
         report
+    }
+
+    /// Takes in the parts of a folio of this pool that was demoted (Linux's
+    /// `demote_free_hugetlb_folios()` accounting): the folio leaves `nr_hugepages` of its size,
+    /// each part joins the smaller size's `nr_hugepages` and free list.
+    pub fn accept_demoted(&mut self, d: Demoted, vm: &Vmemmap) {
+        let (Some(from), Some(_)) = (d.from_size(), d.part_size()) else {
+            return;
+        };
+        let h = &mut self.hstates[from.index()];
+        h.nr = h.nr.saturating_sub(1);
+        for f in d.parts() {
+            self.hstates[f.size().index()].nr += 1;
+            self.enqueue(f, vm);
+        }
     }
 
     /// Checks every free folio's invariants and the free-list counts.

@@ -2319,6 +2319,46 @@ pub fn vmemmap_bytes_in_use(guard: &MmapReadGuard<'_, Kernel>, mem: &impl PhysMe
     vmemmap_usage(guard, mem).bytes()
 }
 
+// ---------------------------------------------------------------------------------------------
+// For sibling operations (demote, `crate::hugetlb_demote`)
+// ---------------------------------------------------------------------------------------------
+
+/// The pieces of an [`Hvo`] that an operation written in a sibling module works with: the same
+/// lock guard, memory, MMU backend, memmap, frame allocator, coordination hooks, options and
+/// statistics, so that it keeps [`Hvo::new`]'s contract and its counts add up with HVO's.
+pub(crate) struct HvoParts<'h, 'a, M, O, F> {
+    pub guard: &'a MmapReadGuard<'a, Kernel>,
+    pub mem: &'a M,
+    pub mmu: &'h mut O,
+    pub vm: &'a Vmemmap,
+    pub frames: &'h mut F,
+    pub sync: Option<&'h mut (dyn BbmSync + 'a)>,
+    pub opts: HvoOptions,
+    pub stats: &'h mut HvoStats,
+}
+
+impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F, T> {
+    /// This instance's pieces, for `crate::hugetlb_demote`.
+    pub(crate) fn parts(&mut self) -> HvoParts<'_, 'a, M, O, F> {
+        HvoParts {
+            guard: self.guard,
+            mem: self.mem,
+            mmu: &mut *self.mmu,
+            vm: self.vm,
+            frames: &mut *self.frames,
+            sync: self.sync.as_deref_mut(),
+            opts: self.opts,
+            stats: &mut self.stats,
+        }
+    }
+}
+
+/// Counts `n` more folios as optimized: a demote turns one optimized folio into several
+/// ([`nr_optimized_folios`]).
+pub(crate) fn note_optimized_folios(n: u64) {
+    NR_OPTIMIZED.fetch_add(n, Relaxed);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -450,6 +450,18 @@ impl World {
     /// [`World::new`] with the simulated RAM starting at `base` (section-aligned), e.g. a bank
     /// above 4 GiB of an 8 GB board.
     pub fn new_at(base: u64, sections: u64, hot: u64) -> World {
+        World::new_inner(base, sections, hot, 0..0)
+    }
+
+    /// [`World::new`] with the boot sections `preinit` (indexes from [`BASE`]'s section) left
+    /// without a vmemmap and reserved in memblock as `HugetlbBoot`, for a test to populate
+    /// (`kcore::hvo_preinit`).
+    pub fn new_preinit(sections: u64, preinit: core::ops::Range<u64>) -> World {
+        assert!(preinit.end < sections, "the last section holds the boot vmemmap");
+        World::new_inner(BASE, sections, 0, preinit)
+    }
+
+    fn new_inner(base: u64, sections: u64, hot: u64, skip: core::ops::Range<u64>) -> World {
         assert!(sections >= 2);
         assert_eq!(base % SECTION_SIZE, 0, "{base:#x} is not section-aligned");
         let total = (sections + hot) * SECTION_SIZE;
@@ -481,15 +493,15 @@ impl World {
             )
         };
         let want = (p0 * 64) % align;
-        let skip = (want + align - (raw as u64 % align)) % align;
-        let waddr = raw.wrapping_add(skip as usize);
+        let lead = (want + align - (raw as u64 % align)) % align;
+        let waddr = raw.wrapping_add(lead as usize);
         // SAFETY: the parts of our own reservation outside the window.
         unsafe {
-            if skip > 0 {
-                sys::munmap(raw.cast(), skip as usize);
+            if lead > 0 {
+                sys::munmap(raw.cast(), lead as usize);
             }
-            if align - skip > 0 {
-                sys::munmap(waddr.add(window_len as usize).cast(), (align - skip) as usize);
+            if align - lead > 0 {
+                sys::munmap(waddr.add(window_len as usize).cast(), (align - lead) as usize);
             }
         }
         // compound_head() and the fake-head check rebuild pointers from addresses.
@@ -517,7 +529,7 @@ impl World {
         };
         {
             let mut g = mm.mmap_write();
-            for i in 0..sections {
+            for i in (0..sections).filter(|i| !skip.contains(i)) {
                 g.map_range(
                     &mem,
                     &mut tables,
@@ -535,7 +547,7 @@ impl World {
         // above for the boot ones, in `populate_self_hosted`'s closure for the hot ones); the
         // window lives as long as the world.
         let vm = unsafe { Vmemmap::new(waddr.cast::<Page>().wrapping_sub(p0 as usize)) };
-        for s in s0..s0 + sections as usize {
+        for s in (s0..s0 + sections as usize).filter(|s| !skip.contains(&((s - s0) as u64))) {
             // SAFETY: mapped above.
             unsafe { vm.mark_section_present(s) };
             vm.init_section(s);
@@ -549,6 +561,11 @@ impl World {
         mb.add_memory(PhysAddr(base), sections * SECTION_SIZE).unwrap();
         mb.reserve(PhysAddr(resv), tbl - resv, ReservedKind::Vmemmap).unwrap();
         mb.reserve(PhysAddr(tbl), TABLE_PAGES * PAGE_SIZE, ReservedKind::EarlyTables).unwrap();
+        if !skip.is_empty() {
+            let at = base + skip.start * SECTION_SIZE;
+            let len = (skip.end - skip.start) * SECTION_SIZE;
+            mb.reserve(PhysAddr(at), len, ReservedKind::HugetlbBoot).unwrap();
+        }
         let mut buddy = Buddy::new();
         buddy.free_memblock(&vm, &mb).unwrap();
 
