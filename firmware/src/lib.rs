@@ -15,6 +15,7 @@ pub mod log;
 pub use defmt::{debug, error, info, warn};
 pub mod arch;
 pub mod bench;
+pub mod bench_smp;
 pub mod board;
 pub mod bootstate;
 pub mod console;
