@@ -1332,6 +1332,13 @@ impl<M: PhysMem, O: MmuOps> PageWalkOps for HvoWalk<'_, M, O> {
 
     fn pmd_entry(&mut self, e: &Entry) -> Result<WalkAction<()>, HvoError> {
         match (e.kind(), self.phase) {
+            // The split pass has nothing to do under a table (its pages need no work): skip
+            // the 512 entries instead of visiting each.
+            (DescKind::Table, Phase::Apply | Phase::Invalidate)
+                if self.strategy == Strategy::SplitOnly =>
+            {
+                Ok(WalkAction::Continue)
+            }
             (DescKind::Table, _) => {
                 self.pte_table = Some(e.desc().table_address());
                 Ok(WalkAction::Subtree)
