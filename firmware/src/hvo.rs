@@ -121,12 +121,15 @@ pub struct BreakDelay<O: MmuOps> {
     pub before_break: u64,
     /// Ticks after each DSB ISH.
     pub in_break: u64,
+    /// Called before each valid -> invalid write (a test's handshake with the other cores,
+    /// e.g. "a reader holds a reference now"; see `hvo_smp::readers::wait_fresh_holder`).
+    pub gate: Option<fn(VirtAddr)>,
 }
 
 impl<O: MmuOps> BreakDelay<O> {
     /// `inner` with no delay.
     pub fn new(inner: O) -> Self {
-        BreakDelay { inner, before_break: 0, in_break: 0 }
+        BreakDelay { inner, before_break: 0, in_break: 0, gate: None }
     }
 }
 
@@ -141,10 +144,13 @@ fn spin_ticks(t: u64) {
 
 impl<O: MmuOps> MmuOps for BreakDelay<O> {
     unsafe fn write_entry(&mut self, slot: *mut u64, va: VirtAddr, level: Level, new: Descriptor) {
-        if self.before_break != 0 && !new.is_valid() {
+        if (self.before_break != 0 || self.gate.is_some()) && !new.is_valid() {
             // SAFETY: the caller's guarantee covers reading the entry it is about to write.
             if unsafe { kcore::tlb::read_entry(slot) }.is_valid() {
                 spin_ticks(self.before_break);
+                if let Some(gate) = self.gate {
+                    gate(va);
+                }
             }
         }
         // SAFETY: forwarded with the caller's guarantee.
@@ -294,6 +300,11 @@ pub struct HvoSetup<'x> {
     pub options: Option<HvoOptions>,
     /// Test delays (see [`BreakDelay`]): ticks before each break, ticks inside each.
     pub delay: (u64, u64),
+    /// Test handshake run before each break (see [`BreakDelay::gate`]).
+    pub gate: Option<fn(VirtAddr)>,
+    /// Test-only: called in a split between the walker's read of the block and the re-check
+    /// under `page_table_lock` ([`kcore::hugetlb_vmemmap::Hvo::set_split_race_hook`]).
+    pub race_hook: Option<&'x mut dyn FnMut(VirtAddr)>,
 }
 
 /// Runs `f` with an HVO instance over the live `init_mm` (mmap_lock held for read), the real
@@ -318,6 +329,7 @@ pub fn with_hvo_in<R>(
     setup(&mut shared);
     let mut mmu = BreakDelay::new(backend());
     (mmu.before_break, mmu.in_break) = cfg.delay;
+    mmu.gate = cfg.gate;
     let mut frames = Frames(&shared);
     let mut tables = Tables(&shared);
     let r = {
@@ -335,6 +347,14 @@ pub fn with_hvo_in<R>(
         }
         if let Some(s) = cfg.sync {
             hvo.set_sync(s);
+        }
+        #[cfg(feature = "ktest")]
+        if let Some(h) = cfg.race_hook {
+            hvo.set_split_race_hook(h);
+        }
+        #[cfg(not(feature = "ktest"))]
+        if cfg.race_hook.is_some() {
+            crate::warn!("hvo: a split race hook is a test hook: ignored outside ktest builds");
         }
         f(&mut hvo)
     };
@@ -599,9 +619,17 @@ pub fn boot(cmd: &Cmdline<'_>) -> bool {
 fn report(size: HugePageSize, r: &SizeRun) -> bool {
     let s = &r.stats;
     let name = size.name();
-    let agree = r.buddy_delta == s.ptes_remapped as i64
+    // The shared tail design takes its tail page for the order from the buddy on first use.
+    let agree = r.buddy_delta == s.ptes_remapped as i64 - s.shared_tail_pages as i64
         && r.split_tables_delta == s.tables_allocated as i64;
     crate::info!("HVO {}: {} folio(s) in the pool, {} optimized", name, r.folios, r.optimized);
+    crate::info!(
+        "HVO {}:   tail design {} (hvo_tails=), shared tail pages allocated now {}, in all {}",
+        name,
+        kcore::hvo_tails::tail_design().name(),
+        s.shared_tail_pages,
+        VMEMMAP.tail_pages().count()
+    );
     crate::info!(
         "HVO {}:   frames freed: {} by the buddy free count, {} entries remapped: {}",
         name,

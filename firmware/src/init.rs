@@ -159,6 +159,15 @@ fn parse_cmdline() {
         crate::warn!("command line: ignored: {:?}", w);
     }
     crate::info!("command line: {:?}", c);
+    // The tail design, before any folio is prepared; fixed from here on (changing the encoding
+    // of live folios would need every one restored and prepared again).
+    if let Some(d) = c.hvo_tails {
+        if let Err(e) = kcore::hugetlb_vmemmap::set_tail_design(d) {
+            crate::warn!("hvo_tails={}: refused: {:?}", d.name(), e);
+        }
+    }
+    kcore::hvo_tails::fix_tail_design();
+    crate::info!("HVO tail design: {}", kcore::hvo_tails::tail_design().name());
 }
 
 /// The GIC (distributor and this core's interface), then cores 1-3.
@@ -393,6 +402,9 @@ extern "C" fn kernel_main_on_stack(_: u64) -> ! {
 
     if cmd.bench {
         exit(u32::from(!crate::bench::run()));
+    }
+    if cmd.bench_tails {
+        exit(u32::from(!crate::bench_tails::run()));
     }
     if let Some(crash) = cmd.crash {
         crash_now(crash);

@@ -23,8 +23,10 @@ use crate::percpu::{self, this_cpu};
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use kcore::layout::{KIMAGE_VOFFSET, MAX_CPUS, PAGE_OFFSET};
 
-/// How long the boot core waits for each core to arrive.
-pub const ARRIVAL_TIMEOUT_MS: u64 = 1000;
+/// How long the boot core waits for each core to arrive. A Cortex-A72 arrives in microseconds;
+/// the margin is for QEMU, whose vCPU threads a loaded host may leave unscheduled for a while
+/// (a core given up on is lost for the whole boot, so waiting longer is the cheaper mistake).
+pub const ARRIVAL_TIMEOUT_MS: u64 = 5000;
 
 /// What a new core reads with its MMU off (layout shared with `boot.s`).
 #[repr(C)]

@@ -214,6 +214,10 @@ pub struct Cmdline<'a> {
     pub hvo_bbm: Option<HvoBbm>,
     /// `bench`: run the HVO benchmark after boot.
     pub bench: bool,
+    /// `hvo_tails=seed|shared`: HVO's tail design ([`crate::hvo_tails`]), fixed at boot.
+    pub hvo_tails: Option<crate::hvo_tails::TailDesign>,
+    /// `bench=tails`: measure the booted tail design and exit.
+    pub bench_tails: bool,
     warnings: [Warning<'a>; MAX_WARNINGS],
     nr_warnings: usize,
 }
@@ -236,6 +240,8 @@ impl Default for Cmdline<'_> {
             stress: None,
             hvo_bbm: None,
             bench: false,
+            hvo_tails: None,
+            bench_tails: false,
             warnings: [Warning::TooMany; MAX_WARNINGS],
             nr_warnings: 0,
         }
@@ -247,7 +253,7 @@ impl defmt::Format for Cmdline<'_> {
     fn format(&self, f: defmt::Formatter<'_>) {
         defmt::write!(
             f,
-            "Cmdline {{ hugepages: {=[?]}, default_hugepagesz: {}, hugetlb_free_vmemmap: {}, ptdump: {}, console: {}, ktest: {}, loglevel: {}, memhp_reserve: {}, crash: {}, dt_memory: {}, stress: {}, hvo_bbm: {}, bench: {}, warnings: {=[?]} }}",
+            "Cmdline {{ hugepages: {=[?]}, default_hugepagesz: {}, hugetlb_free_vmemmap: {}, ptdump: {}, console: {}, ktest: {}, loglevel: {}, memhp_reserve: {}, crash: {}, dt_memory: {}, stress: {}, hvo_bbm: {}, bench: {}, hvo_tails: {}, bench_tails: {}, warnings: {=[?]} }}",
             self.hugepage_requests(),
             self.default_hugepagesz,
             self.hugetlb_free_vmemmap,
@@ -261,6 +267,8 @@ impl defmt::Format for Cmdline<'_> {
             self.stress,
             self.hvo_bbm,
             self.bench,
+            self.hvo_tails,
+            self.bench_tails,
             self.warnings()
         )
     }
@@ -282,6 +290,8 @@ impl core::fmt::Debug for Cmdline<'_> {
             .field("stress", &self.stress)
             .field("hvo_bbm", &self.hvo_bbm)
             .field("bench", &self.bench)
+            .field("hvo_tails", &self.hvo_tails)
+            .field("bench_tails", &self.bench_tails)
             .field("warnings", &self.warnings())
             .finish()
     }
@@ -718,6 +728,7 @@ pub fn parse(s: &str) -> Cmdline<'_> {
                 Some(None) => c.malformed(tok, MalformedReason::BadBool),
             },
             "bench" if value.is_none() => c.bench = true,
+            "bench" if value == Some("tails") => c.bench_tails = true,
             "crash" => match value {
                 Some("panic") => c.crash = Some(Crash::Panic),
                 Some("fault") => c.crash = Some(Crash::Fault),
@@ -744,6 +755,11 @@ pub fn parse(s: &str) -> Cmdline<'_> {
             "stress" => match value.map(parse_u64) {
                 Some(Ok(n)) => c.stress = Some(n),
                 Some(Err(e)) => c.malformed(tok, e.into()),
+                None => c.malformed(tok, MalformedReason::MissingValue),
+            },
+            "hvo_tails" => match value.map(crate::hvo_tails::TailDesign::from_name) {
+                Some(Some(d)) => c.hvo_tails = Some(d),
+                Some(None) => c.malformed(tok, MalformedReason::UnknownValue),
                 None => c.malformed(tok, MalformedReason::MissingValue),
             },
             "hvo_bbm" => match value.map(HvoBbm::from_name) {
@@ -775,6 +791,26 @@ mod tests {
 
     fn req(size: HugePageSize, count: u64) -> HugepageRequest {
         HugepageRequest { size, count }
+    }
+
+    #[test]
+    fn hvo_tails_and_bench_tails() {
+        use crate::hvo_tails::TailDesign;
+        let c = parse("hvo_tails=shared bench=tails");
+        assert_eq!((c.hvo_tails, c.bench_tails, c.bench), (Some(TailDesign::Shared), true, false));
+        assert_eq!(parse("hvo_tails=seed").hvo_tails, Some(TailDesign::Seed));
+        let c = parse("hvo_tails=fake hvo_tails");
+        assert_eq!(c.hvo_tails, None);
+        assert_eq!(
+            c.warnings(),
+            [
+                Warning::Malformed {
+                    option: "hvo_tails=fake",
+                    reason: MalformedReason::UnknownValue
+                },
+                Warning::Malformed { option: "hvo_tails", reason: MalformedReason::MissingValue },
+            ]
+        );
     }
 
     #[test]

@@ -359,7 +359,7 @@ pub fn prep_compound(vm: &Vmemmap, head: Pfn, order: u8) {
         let t = vm.page(Pfn(head.0 + i));
         t.init(PageState::HugeTlb);
         t.set_order(ORDER_NONE);
-        t.set_compound_head(h);
+        crate::hvo_tails::set_tail_link(t, h, order);
     }
     h.init(PageState::HugeTlb);
     h.set_flags(PageFlags::HEAD | PageFlags::HUGETLB);

@@ -69,6 +69,16 @@
 //! its first remap and leaves it on. [`page_is_head`], [`page_is_tail`] and
 //! [`page_compound_head_pfn`] give the true answer for every pfn.
 //!
+//! # Tail designs
+//!
+//! [`crate::hvo_tails`] selects the design at boot (`hvo_tails=seed|shared`). Everything above is
+//! the seed design. In the **shared** design the tails are mask-encoded (byte-identical across
+//! folios of an order), page 0 stays mapped where it is (no copy, no remap, no TLBI), and pages
+//! 1..N are remapped read-only onto the one shared tail page of the folio's order
+//! ([`crate::hvo_tails::TailPages`] in the [`Vmemmap`], allocated on first use and counted in
+//! [`HvoStats::shared_tail_pages`]); restore copies the shared page into fresh frames. No fake
+//! head ever appears, so the fake-head fix-up is never turned on.
+//!
 //! # Controls
 //!
 //! `hugetlb_free_vmemmap=on|off` sets the initial value ([`apply_boot_param`]) of the runtime
@@ -87,6 +97,7 @@ pub use crate::bbm_sync::{BbmSync, NoSync};
 use crate::buddy::{Buddy, BuddyError};
 use crate::hugetlb::{check_folio, Folio, FolioError};
 use crate::hvo_phase::{self as phase, HvoPhase};
+use crate::hvo_tails::{self, TailDesign, TailsError};
 use crate::layout::{VMEMMAP_SIZE, VMEMMAP_START};
 use crate::mapper::FrameAlloc;
 use crate::mm::{Kernel, Mm, MmapReadGuard, SpinGuard};
@@ -238,7 +249,8 @@ pub enum HvoError {
         /// The vmemmap address where the disagreement was found.
         va: VirtAddr,
     },
-    /// A tail descriptor differs from the first tail: remapping would lose it.
+    /// A tail descriptor differs from the first tail (or, shared tail design, the first tail
+    /// differs from the shared page's tails, index 1): remapping would lose it.
     TailMismatch {
         /// Head of the folio.
         folio: Pfn,
@@ -334,6 +346,9 @@ pub struct HvoStats {
     /// Splits skipped because the block had been split by someone else since the walker read
     /// it (found under `page_table_lock`; the table prepared for it went back unused).
     pub splits_skipped: u64,
+    /// Walks that met a vmemmap block in another CPU's split (its level-2 entry invalid, between
+    /// break and make), waited for that split under `page_table_lock` and went on from there.
+    pub split_waits: u64,
     /// Table pages taken from the table allocator.
     pub tables_allocated: u64,
     /// Tail vmemmap entries remapped read-only onto page 0.
@@ -358,6 +373,9 @@ pub struct HvoStats {
     pub isb: u64,
     /// Stores to live translation table entries.
     pub entry_writes: u64,
+    /// Shared tail pages allocated (shared tail design: once per order, on first use; also in
+    /// `frames_allocated`).
+    pub shared_tail_pages: u64,
 }
 
 impl HvoStats {
@@ -379,6 +397,7 @@ impl HvoStats {
             folios_restored: f(self.folios_restored, o.folios_restored),
             splits: f(self.splits, o.splits),
             splits_skipped: f(self.splits_skipped, o.splits_skipped),
+            split_waits: f(self.split_waits, o.split_waits),
             tables_allocated: f(self.tables_allocated, o.tables_allocated),
             ptes_remapped: f(self.ptes_remapped, o.ptes_remapped),
             head_pages_replaced: f(self.head_pages_replaced, o.head_pages_replaced),
@@ -391,6 +410,7 @@ impl HvoStats {
             dsb: f(self.dsb, o.dsb),
             isb: f(self.isb, o.isb),
             entry_writes: f(self.entry_writes, o.entry_writes),
+            shared_tail_pages: f(self.shared_tail_pages, o.shared_tail_pages),
         }
     }
 
@@ -1049,6 +1069,10 @@ struct HvoWalk<'a, M: PhysMem, O: MmuOps> {
     reuse: Option<(PhysAddr, Attrs)>,
     /// Optimize: the fresh frame page 0 is to be copied to.
     new_head: Option<PhysAddr>,
+    /// Shared tail design in effect (fixed for the walk).
+    shared: bool,
+    /// Shared design: the tail page of the current folio's order (pages 1..N map it).
+    tails: Option<PhysAddr>,
     /// The page table the walker is in (set by `pmd_entry`), for `pte_hole`.
     pte_table: Option<PhysAddr>,
     /// Check: the last block counted, so two folios in one block need one table.
@@ -1063,6 +1087,9 @@ struct HvoWalk<'a, M: PhysMem, O: MmuOps> {
     pending: u64,
     splits: u64,
     splits_skipped: u64,
+    /// Another CPU's split met (see [`HvoStats::split_waits`]), and where to walk on from.
+    split_waits: u64,
+    retry_from: Option<VirtAddr>,
     remapped: u64,
     restored: u64,
     heads_replaced: u64,
@@ -1097,6 +1124,8 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
             start: VirtAddr(0),
             reuse: None,
             new_head: None,
+            shared: hvo_tails::tail_design() == TailDesign::Shared,
+            tails: None,
             pte_table: None,
             last_block: None,
             tables: Chain::EMPTY,
@@ -1107,9 +1136,21 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
             pending: 0,
             splits: 0,
             splits_skipped: 0,
+            split_waits: 0,
+            retry_from: None,
             remapped: 0,
             restored: 0,
             heads_replaced: 0,
+        }
+    }
+
+    /// What an optimized folio's tail pages map: page 0 (seed design, recorded in `reuse` by
+    /// the walk of page 0) or the order's shared tail page (shared design).
+    fn tail_source(&self) -> Option<PhysAddr> {
+        if self.shared {
+            self.tails
+        } else {
+            self.reuse.map(|(pa, _)| pa)
         }
     }
 
@@ -1265,6 +1306,13 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
     }
 
     fn remap(&mut self, e: &Entry, pa: PhysAddr, attrs: Attrs) -> Result<(), HvoError> {
+        if e.addr() == self.start && self.shared {
+            // Shared design: page 0 stays where it is (no copy, no entry written); the tails
+            // go onto the order's shared tail page, with page 0's attributes made read-only.
+            let tails = self.tails.ok_or(self.inconsistent(e.addr()))?;
+            self.reuse = Some((tails, attrs));
+            return Ok(());
+        }
         if e.addr() == self.start {
             self.reuse = Some((pa, attrs));
             if let Some(new) = self.new_head.take() {
@@ -1301,10 +1349,14 @@ impl<'a, M: PhysMem, O: MmuOps> HvoWalk<'a, M, O> {
         let (_, rw) = self.reuse.ok_or(self.inconsistent(e.addr()))?;
         let new = self.frames.pop(self.mem).ok_or(HvoError::NoMemory { needed: 1, got: 0 })?;
         // SAFETY: `new` is a frame allocated for this restore and not mapped yet; `pa` is the
-        // folio's page 0 (what the tail maps); both reachable through `mem`.
+        // folio's page 0 (seed design) or the order's shared tail page (shared design): what the
+        // tail maps; both reachable through `mem`.
         unsafe {
             copy_frame(self.mem, pa, new);
-            reset_descriptors(self.mem, new);
+            if !self.shared {
+                // Only a copy of page 0 starts with a head; the shared page is all tails.
+                reset_descriptors(self.mem, new);
+            }
         }
         let d = Descriptor::leaf(Level::L3, new, rw).map_err(|_| HvoError::Encode { pa: new })?;
         if let Err(err) = self.replace(e, d) {
@@ -1385,7 +1437,7 @@ impl<M: PhysMem, O: MmuOps> PageWalkOps for HvoWalk<'_, M, O> {
                     Strategy::SplitOnly => {}
                     Strategy::Optimize if first => self.reuse = Some((pa, attrs)),
                     Strategy::Optimize => {
-                        if self.reuse.is_none_or(|(r, _)| r == pa) {
+                        if self.reuse.is_none_or(|(r, _)| r == pa) || self.tails == Some(pa) {
                             return Err(self.inconsistent(e.addr()));
                         }
                     }
@@ -1396,7 +1448,7 @@ impl<M: PhysMem, O: MmuOps> PageWalkOps for HvoWalk<'_, M, O> {
                         self.reuse = Some((pa, attrs));
                     }
                     Strategy::Restore => {
-                        if self.reuse.is_none_or(|(r, _)| r != pa) || attrs.is_writable() {
+                        if self.tail_source() != Some(pa) || attrs.is_writable() {
                             return Err(self.inconsistent(e.addr()));
                         }
                         self.need_frames += 1;
@@ -1430,7 +1482,8 @@ impl<M: PhysMem, O: MmuOps> PageWalkOps for HvoWalk<'_, M, O> {
                 // are freed (after the grace period).
                 Strategy::Restore if first => self.reuse = Some((pa, attrs)),
                 Strategy::Restore => {
-                    let (page0, rw) = self.reuse.ok_or(self.inconsistent(e.addr()))?;
+                    let (_, rw) = self.reuse.ok_or(self.inconsistent(e.addr()))?;
+                    let page0 = self.tail_source().ok_or(self.inconsistent(e.addr()))?;
                     if pa != page0 {
                         let d = Descriptor::leaf(Level::L3, page0, rw.read_only())
                             .map_err(|_| HvoError::Encode { pa: page0 })?;
@@ -1452,6 +1505,18 @@ impl<M: PhysMem, O: MmuOps> PageWalkOps for HvoWalk<'_, M, O> {
         depth: Level,
     ) -> Result<ControlFlow<()>, HvoError> {
         let not_mapped = HvoError::NotMapped { va: start, level: depth };
+        if depth == Level::L2 && self.ptl.is_none() && self.retry_from.is_none() {
+            // The vmemmap is always mapped, so an invalid level-2 entry is another CPU's split
+            // between its break and its make (a 2 MiB block being replaced by a table). That CPU
+            // holds `page_table_lock` from before the break until the table is published:
+            // taking the lock waits for it, and the walk goes on from here (`walk_span`) and
+            // finds the table. (Not while this walk holds the lock itself: then no split can be
+            // in progress, and the hole is real.)
+            drop(self.mm.page_table_lock());
+            self.split_waits += 1;
+            self.retry_from = Some(start);
+            return Err(not_mapped);
+        }
         if depth != Level::L3 || !matches!(self.phase, Phase::Flush | Phase::Complete) {
             return Err(not_mapped);
         }
@@ -1491,6 +1556,7 @@ fn walk_folio<M: PhysMem, O: MmuOps>(
     w.folio = folio.head_pfn();
     w.start = start;
     w.reuse = None;
+    w.tails = if w.shared { w.vm.tail_pages().get(folio.order()) } else { None };
     walk_span(guard, mem, w, start, end)
 }
 
@@ -1502,11 +1568,27 @@ fn walk_span<M: PhysMem, O: MmuOps>(
     start: VirtAddr,
     end: VirtAddr,
 ) -> Result<(), HvoError> {
-    w.pte_table = None;
-    match walk_page_range_novma(guard, mem, start, end, w) {
-        Ok(_) => Ok(()),
-        Err(WalkError::Callback(e)) => Err(e),
-        Err(WalkError::InvalidRange { start, end, .. }) => Err(HvoError::BadRange { start, end }),
+    let mut from = start;
+    let mut waited_at = None;
+    loop {
+        w.pte_table = None;
+        w.retry_from = None;
+        match walk_page_range_novma(guard, mem, from, end, w) {
+            Ok(_) => return Ok(()),
+            // Another CPU's split was in progress at `at` and is over (see `pte_hole`): the
+            // entries before `at` are done, walk on from there. Once per place: a block still
+            // invalid after the wait is a real hole (NotMapped).
+            Err(WalkError::Callback(e)) => match w.retry_from.take() {
+                Some(at) if at >= from && at < end && waited_at != Some(at) => {
+                    waited_at = Some(at);
+                    from = at;
+                }
+                _ => return Err(e),
+            },
+            Err(WalkError::InvalidRange { start, end, .. }) => {
+                return Err(HvoError::BadRange { start, end })
+            }
+        }
     }
 }
 
@@ -1698,7 +1780,7 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
     /// Test-only: `hook(va)` runs inside each split between the walker's read of the level-2
     /// entry at `va` and its re-check under `page_table_lock`, the window in which another CPU
     /// may split the same block. Host tests use it to interleave a second HVO deterministically.
-    #[cfg(any(test, feature = "std"))]
+    #[cfg(any(test, feature = "std", feature = "test-hooks"))]
     pub fn set_split_race_hook(&mut self, hook: &'a mut dyn FnMut(VirtAddr)) {
         self.race_hook = Some(hook);
     }
@@ -1747,6 +1829,15 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         vmemmap_usage(self.guard, self.mem)
     }
 
+    /// Shared tail design: allocates the tail page of `order` now if it has none (HVO's
+    /// "init" time instead of the first optimize). Returns it; `Ok(None)` in the seed design.
+    pub fn prepare_tail_page(&mut self, order: u8) -> Result<Option<PhysAddr>, HvoError> {
+        if hvo_tails::tail_design() != TailDesign::Shared {
+            return Ok(None);
+        }
+        ensure_tail_page(self.mem, self.vm, &mut *self.frames, order, &mut self.stats).map(Some)
+    }
+
     /// Optimizes `folio` if HVO is enabled now ([`hvo_enabled`]): what the pool calls after
     /// allocating a folio (Linux's `hugetlb_vmemmap_optimize_folio()` from
     /// `prep_new_hugetlb_folio()`). `Ok(false)`: disabled, or nothing to do.
@@ -1784,6 +1875,7 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         };
         let splits = w.splits;
         self.stats.splits_skipped += w.splits_skipped;
+        self.stats.split_waits += w.split_waits;
         release_tables(self.mem, &mut *self.tables, &mut w, &mut self.stats);
         self.stats.splits += splits;
         drop(w);
@@ -1838,6 +1930,7 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
 
     fn optimize_timed(&mut self, folios: &[Folio], batched: bool) -> Result<u64, HvoError> {
         let vm = self.vm;
+        let shared = hvo_tails::tail_design() == TailDesign::Shared;
         for f in folios {
             check_order(f)?;
             if folio_is_optimized(vm, f) {
@@ -1848,6 +1941,12 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
                 check_folio_and_tails(vm, f)?;
             } else {
                 check_folio(f, vm).map_err(HvoError::Folio)?;
+            }
+            if shared {
+                // Pages 1..N are about to be replaced by the shared page: their tails must be
+                // exactly its tails (always checked: a folio prepared with address-encoded
+                // tails, e.g. under a memmap base not aligned enough, must not lose them).
+                check_shared_template(vm, f)?;
             }
         }
         // The optimized flags change only at the very end, so this selects the same folios in
@@ -1875,11 +1974,18 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
             walk_folio(self.guard, self.mem, &mut w, f, Phase::Check)?;
         }
         phase::enter(HvoPhase::Alloc);
+        if shared {
+            // The shared tail page of each order in the batch, allocated on first use, before
+            // any other allocation (a failure changes nothing).
+            for f in todo.clone() {
+                ensure_tail_page(self.mem, vm, &mut *self.frames, f.order(), &mut self.stats)?;
+            }
+        }
         alloc_tables(self.mem, &mut *self.tables, &mut w, &mut self.stats)?;
         // The frames for the copies of page 0, taken before any entry is written (so that no
         // allocation happens inside a break window). Short: the last folios keep their page 0.
         let mut heads = Chain::EMPTY;
-        if self.opts.replace_head_page {
+        if self.opts.replace_head_page && !shared {
             for _ in 0..n_todo {
                 match self.frames.alloc() {
                     Some(pa) => {
@@ -1890,8 +1996,11 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
                 }
             }
         }
-        // Linux's hugetlb_optimize_vmemmap_key: fake heads may exist from now on.
-        set_fake_head_fixup(true);
+        // Linux's hugetlb_optimize_vmemmap_key: fake heads may exist from now on (seed design
+        // only: the shared design never maps a head where a tail is).
+        if !shared {
+            set_fake_head_fixup(true);
+        }
         w.sync.op_begin();
 
         let mut r = Ok(());
@@ -1963,6 +2072,7 @@ impl<'a, M: PhysMem, O: MmuOps, F: VmemmapFrames, T: FrameAlloc> Hvo<'a, M, O, F
         release_tables(self.mem, &mut *self.tables, &mut w, &mut self.stats);
         self.stats.splits += w.splits;
         self.stats.splits_skipped += w.splits_skipped;
+        self.stats.split_waits += w.split_waits;
         self.stats.ptes_remapped += w.remapped;
         self.stats.head_pages_replaced += w.heads_replaced;
         drop(w);
@@ -2107,6 +2217,51 @@ fn batch_window<'f>(folios: impl Iterator<Item = &'f Folio>) -> (VirtAddr, VirtA
     })
 }
 
+/// Shared design: tail 1 of `folio` must be byte-identical to the tails of the order's shared
+/// page (all tails are checked against tail 1 by [`check_folio_and_tails`]).
+fn check_shared_template(vm: &Vmemmap, folio: &Folio) -> Result<(), HvoError> {
+    let template = Page::new();
+    hvo_tails::init_shared_tail(&template, folio.order());
+    match vm.get(Pfn(folio.head_pfn().0 + 1)) {
+        Some(t1) if desc_words(t1) == desc_words(&template) => Ok(()),
+        _ => Err(HvoError::TailMismatch { folio: folio.head_pfn(), index: 1 }),
+    }
+}
+
+/// Shared design: makes sure the tail page of `order` exists in `vm`, allocating and filling
+/// it on first use. Another CPU may publish one first: ours then goes back.
+fn ensure_tail_page(
+    mem: &impl PhysMem,
+    vm: &Vmemmap,
+    frames: &mut impl VmemmapFrames,
+    order: u8,
+    stats: &mut HvoStats,
+) -> Result<PhysAddr, HvoError> {
+    if let Some(pa) = vm.tail_pages().get(order) {
+        return Ok(pa);
+    }
+    let pa = frames.alloc().ok_or(HvoError::NoMemory { needed: 1, got: 0 })?;
+    stats.frames_allocated += 1;
+    // SAFETY: `pa` is a frame the allocator just gave us, not mapped anywhere yet, reachable
+    // through `mem` (`Hvo::new`'s contract).
+    unsafe { hvo_tails::fill_tail_page(mem.ptr(pa), order) };
+    let (cur, ours) = vm.tail_pages().publish(order, pa);
+    if ours {
+        stats.shared_tail_pages += 1;
+    } else if frames.free(pa) {
+        stats.frames_freed += 1;
+    } else {
+        stats.free_failures += 1;
+    }
+    Ok(cur)
+}
+
+/// Sets the tail design (boot argument `hvo_tails=`), refused once the design is fixed or while
+/// folios are optimized (see [`hvo_tails::set_tail_design`]).
+pub fn set_tail_design(d: TailDesign) -> Result<(), TailsError> {
+    hvo_tails::set_tail_design(d, nr_optimized_folios())
+}
+
 fn check_order(folio: &Folio) -> Result<(), HvoError> {
     match optimizable_vmemmap_pages(folio.order()) {
         0 => Err(HvoError::UnsupportedOrder { order: folio.order() }),
@@ -2179,12 +2334,15 @@ impl VmemmapUsage {
 }
 
 /// Counts the vmemmap's mappings. A page entry counts as a new frame unless one of the last
-/// [`UsageWalk::RECENT`] distinct frames seen (in VA order) is the same: every alias HVO
-/// creates maps page 0 of a folio, which precedes its tails, so this finds them all.
+/// [`UsageWalk::RECENT`] distinct frames seen (in VA order) is the same: every alias the seed
+/// design creates maps page 0 of a folio, which precedes its tails, so this finds them all. A
+/// read-only frame not seen recently is a shared tail page (shared design, mapped by folios
+/// anywhere in the vmemmap): it is remembered in `shared` and counted once.
 struct UsageWalk {
     u: VmemmapUsage,
     recent: [u64; UsageWalk::RECENT],
     next: usize,
+    shared: [u64; UsageWalk::RECENT],
 }
 
 impl UsageWalk {
@@ -2213,7 +2371,15 @@ impl PageWalkOps for UsageWalk {
     fn pte_entry(&mut self, e: &Entry) -> Result<WalkAction<()>, Self::Error> {
         self.u.ptes += 1;
         let pa = e.desc().output_address(Level::L3).0 + 1; // +1: never 0, the empty slot
-        if !self.recent.contains(&pa) {
+        let read_only = e.desc().decode_leaf(Level::L3).is_some_and(|(_, a)| !a.is_writable());
+        if read_only && !self.recent.contains(&pa) {
+            if !self.shared.contains(&pa) {
+                self.u.pte_frames += 1;
+                if let Some(slot) = self.shared.iter_mut().find(|s| **s == 0) {
+                    *slot = pa;
+                }
+            }
+        } else if !self.recent.contains(&pa) {
             self.u.pte_frames += 1;
             self.recent[self.next] = pa;
             self.next = (self.next + 1) % Self::RECENT;
@@ -2224,11 +2390,20 @@ impl PageWalkOps for UsageWalk {
 
 /// Measures what backs the vmemmap range of `init_mm`, walking it with the page walker.
 pub fn vmemmap_usage(guard: &MmapReadGuard<'_, Kernel>, mem: &impl PhysMem) -> VmemmapUsage {
-    let mut w = UsageWalk { u: VmemmapUsage::default(), recent: [0; UsageWalk::RECENT], next: 0 };
+    usage_walk(guard, mem).u
+}
+
+fn usage_walk(guard: &MmapReadGuard<'_, Kernel>, mem: &impl PhysMem) -> UsageWalk {
+    let mut w = UsageWalk {
+        u: VmemmapUsage::default(),
+        recent: [0; UsageWalk::RECENT],
+        next: 0,
+        shared: [0; UsageWalk::RECENT],
+    };
     let (s, e) = (VirtAddr(VMEMMAP_START), VirtAddr(VMEMMAP_START + VMEMMAP_SIZE));
     // The range is page aligned and inside the kernel half: the walk cannot fail.
     let _ = walk_page_range_novma(guard, mem, s, e, &mut w);
-    w.u
+    w
 }
 
 /// The vmemmap's frames two ways: by page state and by what `init_mm` maps.
@@ -2260,19 +2435,24 @@ impl VmemmapCensus {
 
 /// Counts the vmemmap's frames by state (over `ram`) and by a walk of `init_mm` (see
 /// [`vmemmap_usage`]): page conservation extended to "nothing holds a vmemmap frame that
-/// nothing maps".
+/// nothing maps". The shared tail pages (shared design) are held by the memmap for reuse even
+/// while no folio maps them: each counts as mapped once.
 pub fn vmemmap_census(
     guard: &MmapReadGuard<'_, Kernel>,
     mem: &impl PhysMem,
     vm: &Vmemmap,
     ram: &[crate::memblock::MemRegion],
 ) -> VmemmapCensus {
-    let u = vmemmap_usage(guard, mem);
+    let w = usage_walk(guard, mem);
+    let u = w.u;
+    let idle_tail_pages =
+        vm.tail_pages().pages().filter(|pa| !w.shared.contains(&(pa.0 + 1))).count() as u64;
     VmemmapCensus {
         state_vmemmap: crate::buddy::conservation(vm, ram).vmemmap,
         mapped: u.blocks_1g * (PUD_SIZE / PAGE_SIZE)
             + u.blocks_2m * (PMD_SIZE / PAGE_SIZE)
-            + u.pte_frames,
+            + u.pte_frames
+            + idle_tail_pages,
     }
 }
 

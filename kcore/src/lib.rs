@@ -34,6 +34,7 @@ pub mod esr;
 pub mod hugetlb;
 pub mod hugetlb_vmemmap;
 pub mod hvo_phase;
+pub mod hvo_tails;
 pub mod layout;
 pub mod lineedit;
 pub mod mapper;

@@ -175,6 +175,12 @@ pub const ORDER_NONE: u8 = u8::MAX;
 /// "No pfn" in the free-list links.
 pub const PFN_NONE: u64 = u64::MAX;
 
+/// Bit 1 of `compound_head`: a mask-encoded tail (see [`crate::hvo_tails`]).
+const TAIL_MASK_BIT: u64 = 1 << 1;
+/// The low bits of a mask-encoded word that are flags, not mask (a descriptor is 64-byte
+/// aligned).
+const MASK_LOW: u64 = PAGE_DESC_SIZE - 1;
+
 /// Linux's `hugetlb_optimize_vmemmap_key`: may fake heads exist?
 static FAKE_HEAD_FIXUP: AtomicBool = AtomicBool::new(false);
 
@@ -199,7 +205,8 @@ pub fn fake_head_fixup_enabled() -> bool {
 pub struct Page {
     /// Flag bits ([`PageFlags`]) in the low bits, [`PageState`] in bits 56..60.
     flags: AtomicU64,
-    /// For tails: address of the head descriptor | 1. Otherwise 0.
+    /// For tails: address of the head descriptor | 1 (seed design), or a mask of the folio's
+    /// descriptor span | 2 | 1 (shared tail design). Otherwise 0.
     compound_head: AtomicU64,
     /// Free-list link (pfn, [`PFN_NONE`] for none).
     next: AtomicU64,
@@ -327,12 +334,42 @@ impl Page {
 
     /// Linux's `PageHead()`: a head that is not a fake head.
     pub fn page_head(&self) -> bool {
-        self.is_head() && !self.is_fake_head()
+        self.stable(|| self.is_head() && !self.is_fake_head())
     }
 
     /// Linux's `PageTail()`: a tail, or a fake head.
     pub fn page_tail(&self) -> bool {
-        self.is_tail() || self.is_fake_head()
+        self.stable(|| self.is_tail() || self.is_fake_head())
+    }
+
+    /// Runs a lookup that reads several words of this descriptor (and maybe the next one) so
+    /// that all of them come from one mapping of its vmemmap page.
+    ///
+    /// Only a descriptor that starts a 4 KiB vmemmap page reads differently through the two
+    /// mappings HVO switches between: through the read-only alias of page 0 it is the head
+    /// (`PG_head`, `compound_head` 0), through its own page a tail (`compound_head` = head | 1).
+    /// A lookup whose loads straddle the switch (restore: the word through the alias, the flags
+    /// through the new page) mixes the two and answers "neither head nor tail", or "head" for a
+    /// tail. The `compound_head` word differs between the two mappings, so reading it before and
+    /// after the lookup detects a straddle, and the lookup runs again. Linux's `PageTail()` and
+    /// `compound_head()` have the same window; its speculative users re-check after taking a
+    /// reference, and the 2026 design (no fake heads) removes it. Other descriptors read the
+    /// same through both mappings: one pass.
+    fn stable<T>(&self, lookup: impl Fn() -> T) -> T {
+        let addr = (self as *const Page).expose_provenance() as u64;
+        if !addr.is_multiple_of(PAGE_SIZE) || !fake_head_fixup_enabled() {
+            return lookup();
+        }
+        loop {
+            let before = self.compound_head.load(Acquire);
+            let r = lookup();
+            // Acquire fence: the lookup's loads are done before the word is read again (a
+            // load-load order the Relaxed loads inside the lookup do not give by themselves).
+            core::sync::atomic::fence(Acquire);
+            if self.compound_head.load(Relaxed) == before {
+                return r;
+            }
+        }
     }
 
     /// The raw `compound_head` word.
@@ -343,9 +380,26 @@ impl Page {
     /// Linux's `compound_head()`: the head descriptor of the compound page this descriptor
     /// belongs to; `self` for a head or a non-compound page. Fake heads (HVO) resolve to the
     /// real head when [`set_fake_head_fixup`] is on.
+    ///
+    /// A mask-encoded tail (shared tail design, [`crate::hvo_tails`]) resolves by masking its
+    /// own address, with no fake-head branch: bit 1 of the word says which encoding it is.
     pub fn compound_head(&self) -> &Page {
+        self.stable(|| self.compound_head_once())
+    }
+
+    /// One pass of [`compound_head`](Self::compound_head) (see [`stable`](Self::stable)).
+    fn compound_head_once(&self) -> &Page {
         let head = self.compound_head.load(Relaxed);
         if head & 1 == 1 {
+            if head & TAIL_MASK_BIT != 0 {
+                let me = self as *const Page;
+                // SAFETY: a mask-encoded word is only stored by `set_compound_word` for a tail
+                // of a naturally aligned folio whose head descriptor's address is aligned to the
+                // folio's descriptor span (`hvo_tails::set_tail_link` checks it), so masking our
+                // own address gives the head, in the same memmap allocation as `self` (same
+                // provenance). `Page` is all atomics: any bit pattern is valid.
+                return unsafe { &*me.map_addr(|a| a & (head as usize) & !(MASK_LOW as usize)) };
+            }
             // SAFETY: bit 0 is only ever set by `set_compound_head`, which stores the address of
             // a live descriptor `head` | 1. Descriptors are never freed while the memmap they
             // belong to exists (which outlives `self`), and `Page` is all atomics, so any bit
@@ -353,6 +407,12 @@ impl Page {
             return unsafe { &*core::ptr::with_exposed_provenance::<Page>((head - 1) as usize) };
         }
         self.fixed_fake_head()
+    }
+
+    /// Stores a raw `compound_head` word: a mask-encoded tail (`mask | 2 | 1`, see
+    /// [`crate::hvo_tails::tail_mask_word`]). The caller guarantees the mask gives the head.
+    pub fn set_compound_word(&self, word: u64) {
+        self.compound_head.store(word, Relaxed);
     }
 
     /// Makes this descriptor a tail of `head`.
@@ -549,6 +609,60 @@ pub struct PageSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two 4 KiB pages of descriptors: [0] a head's page 0, [1] the folio's page 1.
+    #[repr(C, align(4096))]
+    struct TwoPages([Page; 128]);
+
+    /// A lookup whose loads straddle HVO's restore of page 1 (the alias of page 0 replaced by
+    /// the page's own frame between two loads) answers wrongly when run once, and rightly
+    /// through `stable`. The switch is emulated by rewriting the descriptor the way the two
+    /// mappings differ, `compound_head` word first (the word `stable` watches).
+    #[test]
+    fn torn_lookup_across_a_remap_is_retried() {
+        set_fake_head_fixup(true);
+        let mem = Box::new(TwoPages(core::array::from_fn(|_| Page::new())));
+        let head = &mem.0[0];
+        head.set_flags(PageFlags::HEAD);
+        for t in &mem.0[1..] {
+            t.set_compound_head(head);
+        }
+        let d = &mem.0[64]; // pfn 64: starts page 1
+        let as_alias = || {
+            // Through the alias of page 0: it reads as the head (a fake head).
+            d.clear_compound_head();
+            d.set_flags(PageFlags::HEAD);
+        };
+        let as_own = || {
+            // Through its own restored page: a tail.
+            d.set_compound_head(head);
+            d.clear_flags(PageFlags::HEAD);
+        };
+        // Both mappings alone: a tail whose head is `head`.
+        as_alias();
+        assert!(d.page_tail() && !d.page_head() && core::ptr::eq(d.compound_head(), head));
+        // One pass straddling the switch (word through the alias, flags through the new page):
+        // neither head nor tail. This is the negative control: what `stable` must catch.
+        let torn_once = || {
+            let tail_bit = d.is_tail();
+            as_own();
+            tail_bit || d.is_fake_head()
+        };
+        as_alias();
+        assert!(!torn_once(), "the straddling pass answers wrongly on its own");
+        // Through `stable`: the word changed under the lookup, which runs again.
+        as_alias();
+        let first = core::cell::Cell::new(true);
+        let r = d.stable(|| {
+            let tail_bit = d.is_tail();
+            if first.replace(false) {
+                as_own();
+            }
+            tail_bit || d.is_fake_head()
+        });
+        assert!(r, "stable retried the straddling pass");
+        assert!(!first.get());
+    }
 
     #[test]
     fn layout() {

@@ -224,6 +224,8 @@ const BITMAP_WORDS: usize = NR_SECTIONS / 64;
 pub struct Vmemmap {
     base: *mut Page,
     present: [AtomicU64; BITMAP_WORDS],
+    /// The shared tail pages HVO maps in this memmap (shared tail design).
+    tails: crate::hvo_tails::TailPages,
 }
 
 // SAFETY: the base pointer is never changed after construction and descriptors are only accessed
@@ -252,7 +254,16 @@ impl Vmemmap {
     /// 2 MiB of descriptors readable and writable at `base + section_to_pfn(s)`, for as long as
     /// the `Vmemmap` is used.
     pub const unsafe fn new(base: *mut Page) -> Self {
-        Vmemmap { base, present: [const { AtomicU64::new(0) }; BITMAP_WORDS] }
+        Vmemmap {
+            base,
+            present: [const { AtomicU64::new(0) }; BITMAP_WORDS],
+            tails: crate::hvo_tails::TailPages::new(),
+        }
+    }
+
+    /// The shared tail pages of this memmap (HVO's shared tail design, [`crate::hvo_tails`]).
+    pub fn tail_pages(&self) -> &crate::hvo_tails::TailPages {
+        &self.tails
     }
 
     /// The kernel's memmap at [`VMEMMAP_START`].

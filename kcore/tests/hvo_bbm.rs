@@ -66,7 +66,7 @@ fn single_folio_sequences_pass_the_checker() {
             let ev = w.mmu.take_events();
             checked(&ev);
             let n = f.nr_pages() / 64;
-            let remaps = n - 1 + u64::from(replace_head_page);
+            let remaps = n - 1 + page0_remaps(opts);
             // Per entry (one break window each): invalid + new, DSB ISHST + DSB ISH, one
             // TLBI, then DSB ISHST + ISB publishing it; per split 2 writes, 3 DSBs, 1 TLBI,
             // 1 ISB.
@@ -93,26 +93,28 @@ fn batched_sequences_pass_the_checker() {
     assert!(fs.iter().all(|f| folio_is_optimized(&w.vm, f)));
     let ev = w.mmu.take_events();
     checked(&ev);
-    // 2 blocks split (two folios per block); 4 x 8 entries (page 0 replaced) in one break.
+    // 2 blocks split (two folios per block); 4 x 8 entries (page 0 replaced; shared design:
+    // 4 x 7, page 0 stays) in one break.
+    let e = (4 * (7 + page0_remaps(HvoOptions::default()))) as usize;
     assert_eq!(s.splits, 2);
-    assert_eq!(s.tlbi, 2 + 32);
+    assert_eq!(s.tlbi, 2 + e as u64);
     assert_eq!(s.dsb, 3 * 2 + 3);
     assert_eq!(s.isb, 2 + 1);
     assert_eq!(s.ptes_remapped, 28);
     assert_eq!(s.net_frames_freed(), 28);
     // After the splits: every invalid write, then one DSB ISHST, the TLBIs, one DSB ISH, every
     // new entry, DSB ISHST, ISB.
-    let tail = &ev[ev.len() - (32 + 1 + 32 + 1 + 32 + 2)..];
-    assert!(tail[..32].iter().all(|e| matches!(e, MmuEvent::Write { new, .. } if !new.is_valid())));
-    assert_eq!(tail[32], MmuEvent::DsbIshst);
-    assert!(tail[33..65]
+    let tail = &ev[ev.len() - (e + 1 + e + 1 + e + 2)..];
+    assert!(tail[..e].iter().all(|e| matches!(e, MmuEvent::Write { new, .. } if !new.is_valid())));
+    assert_eq!(tail[e], MmuEvent::DsbIshst);
+    assert!(tail[e + 1..2 * e + 1]
         .iter()
         .all(|e| matches!(e, MmuEvent::Tlbi { kind: TlbiKind::VaAllAsids, .. })));
-    assert_eq!(tail[65], MmuEvent::DsbIsh);
-    assert!(tail[66..98]
+    assert_eq!(tail[2 * e + 1], MmuEvent::DsbIsh);
+    assert!(tail[2 * e + 2..3 * e + 2]
         .iter()
         .all(|e| matches!(e, MmuEvent::Write { new, .. } if new.is_valid())));
-    assert_eq!(&tail[98..], &[MmuEvent::DsbIshst, MmuEvent::Isb]);
+    assert_eq!(&tail[3 * e + 2..], &[MmuEvent::DsbIshst, MmuEvent::Isb]);
 
     let ((r, s), _) = w.hvo(HvoOptions::default(), None, |h| (h.restore_folios(&fs), h.stats()));
     assert_eq!(r, Ok(4));
@@ -187,12 +189,13 @@ fn batching_saves_barriers_and_flushes() {
     let per = |s: HvoStats| (s.dsb / 4, s.isb as f64 / 4.0);
     assert_eq!((single.ptes_remapped, batch.ptes_remapped), (28, 28));
     // Unbatched: 3 DSBs per entry (each its own published window). Batched: 3 per batch.
-    assert_eq!(single.dsb, 4 * (3 * 8) + 4 * (3 * 7));
+    let p0 = page0_remaps(HvoOptions::default());
+    assert_eq!(single.dsb, 4 * (3 * (7 + p0)) + 4 * (3 * 7));
     assert_eq!(batch.dsb, 3 + 3);
     assert!(per(batch).0 < per(single).0);
     assert!(per(batch).1 < per(single).1);
     // Same number of by-VA TLBIs below the threshold...
-    assert_eq!((single.tlbi, batch.tlbi), (4 * 8 + 4 * 7, 4 * 8 + 4 * 7));
+    assert_eq!((single.tlbi, batch.tlbi), (4 * (7 + p0) + 4 * 7, 4 * (7 + p0) + 4 * 7));
     // ... and a single TLBI VMALLE1IS above it.
     let opts = HvoOptions { flush_all_threshold: 16, ..HvoOptions::default() };
     let (flush, _) = w.hvo(opts, None, |h| {
@@ -276,7 +279,7 @@ fn sync_hooks_bracket_every_break() {
     assert_eq!(r, Ok(true));
     let (start, _) = w.folio_va(&fs[0]);
     let mut want = vec![OpBegin];
-    for i in 0..8 {
+    for i in 1 - page0_remaps(HvoOptions::default())..8 {
         want.extend([BreakBegin(start + i * 4096, start + (i + 1) * 4096), BreakEnd]);
     }
     want.extend([GracePeriod, OpEnd]);
@@ -317,7 +320,7 @@ fn sync_hooks_bracket_every_break() {
     // Negative control: without a sync, the shadow MMU counts every break as outside a window.
     let (r, _) = w.hvo(HvoOptions::default(), None, |h| h.optimize_folio(&fs[0]));
     assert_eq!(r, Ok(true));
-    assert_eq!(w.mmu.breaks_outside_window, 8);
+    assert_eq!(w.mmu.breaks_outside_window, 7 + page0_remaps(HvoOptions::default()));
 }
 
 /// HVO refuses a folio somebody holds a reference to; the test-only control lets it through.
@@ -372,7 +375,11 @@ fn freezing_prevents_a_lost_reference() {
         let (r, _) = w.hvo_sync(opts, None, Some(&mut sync), |h| h.optimize_folio(&f));
         assert_eq!(r, Ok(true));
         let after = f.head(&w.vm).refcount();
-        if frozen {
+        if shared() {
+            // The shared design never breaks page 0: the taker never runs inside a break of
+            // it, and nothing can be lost with an old page 0.
+            assert_eq!((sync.got, after), (None, r0), "page 0 never broken");
+        } else if frozen {
             assert_eq!((r0, sync.got, after), (0, Some(false), 0), "nothing taken, nothing lost");
         } else {
             // The get succeeded (the taker holds a reference) but the count it raised went with

@@ -76,8 +76,9 @@ fn mapped_optimized(w: &World, f: &Folio) -> bool {
     let (start, _) = w.folio_va(f);
     let (p0, _, _) = w.translate(start).unwrap();
     let tails: Vec<_> = (1..8).map(|i| w.translate(start + i * PAGE_SIZE).unwrap()).collect();
-    let on_p0 = tails.iter().filter(|(pa, a, _)| *pa == p0 && !a.is_writable()).count();
-    let own = tails.iter().filter(|(pa, a, _)| *pa != p0 && a.is_writable()).count();
+    let target = tail_target(w, f, p0);
+    let on_p0 = tails.iter().filter(|(pa, a, _)| *pa == target && !a.is_writable()).count();
+    let own = tails.iter().filter(|(pa, a, _)| *pa != target && a.is_writable()).count();
     assert!(on_p0 == 7 || own == 7, "{f:?}: {on_p0} tails on page 0, {own} own");
     on_p0 == 7
 }

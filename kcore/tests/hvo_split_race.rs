@@ -121,10 +121,11 @@ fn second_split_is_skipped_under_page_table_lock() {
     assert_eq!((o.a_check, o.a_audit), (Ok(()), Ok(())));
     let b_table = o.b_table.expect("B kept its table");
     assert_eq!(block_table(&w, &x), Some(b_table.0), "the block is B's table");
-    // y is still optimized: its tails map its page 0, whose frame is not free.
+    // y is still optimized: its tails map its page 0 (shared design: the shared tail page),
+    // whose frame is not free.
     assert!(folio_is_optimized(&w.vm, &y));
     let (ys, _) = w.folio_va(&y);
-    let page0 = w.translate(ys).unwrap().0;
+    let page0 = tail_target(&w, &y, w.translate(ys).unwrap().0);
     for i in 1..8 {
         let (pa, attrs, _) = w.translate(ys + i * 4096).unwrap();
         assert_eq!(pa, page0);

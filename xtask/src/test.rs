@@ -338,6 +338,20 @@ pub const TARGET_RUNS: &[TargetRun] = &[
         ],
         status: 0,
     },
+    // The shared tail design (issue 13 item 1): HVO's on-target tests and the four-core stress
+    // run with `hvo_tails=shared`.
+    TargetRun {
+        name: "tails-shared",
+        bootargs: "ktest=hvo_ hvo_tails=shared memhp_reserve=256M stress=1 hvo_bbm=fault-wait hugepagesz=2M hugepages=64 hugepagesz=1G hugepages=1",
+        dtb: None,
+        timeout_secs: 300,
+        expect: &[
+            "HVO tail design: shared",
+            "result: smp strategy=fault-wait cycles=1 ",
+            " wrong=0 unexpected_faults=0 leaked=0 ",
+        ],
+        status: 0,
+    },
     // One short run of `cargo xtask bench`'s firmware mode, so it cannot rot; its figures are
     // not judged here (debug build, no -icount).
     TargetRun {
@@ -495,7 +509,7 @@ impl Tally {
     fn fail(&mut self, name: &str, reason: &str) {
         println!("FAIL {name}: {reason}");
         self.failed += 1;
-        self.failures.push(name.to_string());
+        self.failures.push(format!("{name} ({reason})"));
     }
 }
 
@@ -553,7 +567,10 @@ pub fn main(args: Args) -> Result<ExitCode> {
 
     section("summary");
     if !tally.failures.is_empty() {
-        println!("failures: {}", tally.failures.join(", "));
+        println!("failures:");
+        for f in &tally.failures {
+            println!("  {f}");
+        }
     }
     println!("took {:.0} s", started.elapsed().as_secs_f64());
     println!("{} passed, {} failed", tally.passed, tally.failed);
@@ -810,9 +827,9 @@ fn boot_and_judge(
             }
         };
         tally.passed += report.passes.len() as u64;
-        for (name, _) in &report.fails {
+        for (name, reason) in &report.fails {
             tally.failed += 1;
-            tally.failures.push(format!("{}/{name}", run.name));
+            tally.failures.push(format!("{}/{name} ({reason})", run.name));
         }
         for (text, found) in run.expect.iter().zip(&report.found) {
             let name = format!("{}/log: {text}", run.name);
@@ -851,6 +868,8 @@ fn boot_and_judge(
 
 /// Keep this many log lines to show when a run fails.
 const TAIL_LINES: usize = 40;
+/// Show at most this many of a failed on-target test's own log lines.
+const FAIL_CONTEXT_LINES: usize = 60;
 
 /// Boot once, printing test results as they arrive.
 fn boot_once(
@@ -866,6 +885,7 @@ fn boot_once(
     let finished = std::cell::Cell::new(None);
     let mut raw = Vec::new();
     let ready = std::cell::Cell::new(false);
+    let mut since_result = 0;
     let mut on_line = |line: LogLine| {
         finished.set(finished.get().or(crate::run::final_status(&line.message)));
         if line.message.contains(crate::run::CONSOLE_READY) {
@@ -884,6 +904,16 @@ fn boot_once(
             }
             Some(KtestEvent::Fail { name, reason }) => {
                 println!("FAIL {}/{name}: {reason}", run.name);
+                // What the failed test itself logged (its lines since the previous result),
+                // so a failure in CI explains itself without a rerun.
+                if !verbose {
+                    let own = &report.lines[since_result..];
+                    let skip = own.len().saturating_sub(FAIL_CONTEXT_LINES);
+                    println!("  the test's last {} log lines:", own.len() - skip);
+                    for l in &own[skip..] {
+                        println!("  | {l}");
+                    }
+                }
                 report.fails.push((name, reason));
             }
             Some(KtestEvent::Summary { passed, failed }) => {
@@ -896,6 +926,10 @@ fn boot_once(
         }
         tail.push_back(line.rendered.clone());
         report.lines.push(line.rendered.clone());
+        if matches!(parse_ktest(&line.message), Some(KtestEvent::Pass(_) | KtestEvent::Fail { .. }))
+        {
+            since_result = report.lines.len();
+        }
         report.last_line = Some(line.rendered);
     };
     let timeout = Some(Duration::from_secs(run.timeout_secs));
@@ -921,7 +955,19 @@ fn boot_once(
     decoder.finish(&mut on_line);
     report.outcome = outcome;
     report.raw = raw;
+    save_log(run.name, &report.lines);
     Ok(report)
+}
+
+/// Keeps a run's whole decoded log in `target/xtask-test-logs/RUN.log` (the console shows only
+/// results and a failure's context). A log that cannot be written is reported, not fatal.
+fn save_log(run: &str, lines: &[String]) {
+    let dir = firmware::target_dir().join("xtask-test-logs");
+    let path = dir.join(format!("{run}.log"));
+    let text: String = lines.iter().flat_map(|l| [l.as_str(), "\n"]).collect();
+    if let Err(err) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text)) {
+        println!("xtask: cannot keep the log of run {run} in {}: {err}", path.display());
+    }
 }
 
 /// Write a run's UART bytes into a pseudo-terminal and decode them with `cargo xtask monitor`'s

@@ -32,6 +32,15 @@ pub const WALK_RUN: u64 = 16;
 pub const HOLD_LOCK: u64 = 1;
 /// Job argument bit: only speculative gets (no walks), for the freeze test.
 pub const GETS_ONLY: u64 = 2;
+/// Job argument bit: hold each speculative reference until the head's vmemmap page moves (at
+/// most [`HOLD_US`]) before putting it, and publish it (see [`wait_fresh_holder`]), for the
+/// freeze test.
+pub const HOLD_REF: u64 = 4;
+/// How long a [`HOLD_REF`] reader holds each reference at most (it lets go as soon as the
+/// head's vmemmap page has moved).
+pub const HOLD_US: u64 = 5_000;
+/// Give up waiting for a fresh holder after this long (the readers may be gone).
+const FRESH_HOLDER_LIMIT_US: u64 = 100_000;
 
 #[allow(clippy::declare_interior_mutable_const)]
 const Z64: AtomicU64 = AtomicU64::new(0);
@@ -67,6 +76,73 @@ const RS: ReaderStats = ReaderStats { reads: Z64, gets: Z64, refused: Z64, wrong
 /// Per-core counts.
 pub static STATS: [ReaderStats; MAX_CPUS] = [RS; MAX_CPUS];
 
+/// The first wrong answer since [`publish`], for the report: the pfn (0: none), the head the
+/// reader found, and what was wrong ([`WRONG_HEAD`], [`WRONG_TAIL`], [`WRONG_COMPOUND`],
+/// [`WRONG_GET_LOOKUP`], [`WRONG_GET_RECHECK`] bits).
+pub static FIRST_WRONG: [AtomicU64; 3] = [Z64; 3];
+/// [`FIRST_WRONG`]: `PageHead()` disagreed.
+pub const WRONG_HEAD: u64 = 1;
+/// [`FIRST_WRONG`]: `PageTail()` disagreed.
+pub const WRONG_TAIL: u64 = 2;
+/// [`FIRST_WRONG`]: `compound_head()` disagreed.
+pub const WRONG_COMPOUND: u64 = 4;
+/// [`FIRST_WRONG`]: a speculative get's lookup found another head.
+pub const WRONG_GET_LOOKUP: u64 = 8;
+/// [`FIRST_WRONG`]: a speculative get's re-check after the reference failed.
+pub const WRONG_GET_RECHECK: u64 = 16;
+
+fn note_wrong(pfn: Pfn, seen: Pfn, what: u64) {
+    if FIRST_WRONG[0].compare_exchange(0, pfn.0, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+        FIRST_WRONG[1].store(seen.0, Ordering::Relaxed);
+        FIRST_WRONG[2].store(what, Ordering::Release);
+    }
+}
+
+/// Per core, [`HOLD_REF`] readers: references taken so far (counted after each `try_get`).
+static ACQUIRED: [AtomicU64; MAX_CPUS] = [Z64; MAX_CPUS];
+/// Per core: holding a reference now (set after the count above, cleared before the put).
+static HOLDING: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+/// Fresh holders [`wait_fresh_holder`] found, and the times it gave up.
+pub static FRESH_HOLDERS: AtomicU64 = AtomicU64::new(0);
+/// See [`FRESH_HOLDERS`].
+pub static NO_FRESH_HOLDER: AtomicU64 = AtomicU64::new(0);
+/// References a [`HOLD_REF`] reader held while the head's vmemmap page moved.
+pub static HELD_ACROSS: AtomicU64 = AtomicU64::new(0);
+
+/// The freeze test's handshake, run by the HVO core before each break: waits until some
+/// [`HOLD_REF`] reader holds a reference whose `try_get` came after this call began. A reader
+/// whose count has moved by two since the call began took its current reference after its
+/// previous one was counted, which was after the call began (the count is read first). So the
+/// reference was taken after HVO copied the descriptors, and is held across the break that
+/// follows (until the page has moved): without the freeze, its put lands on the new copy.
+/// Only the break of a folio's first vmemmap page (the one HVO copies) waits; the others, in
+/// the same window, would wait for readers stuck on entries already broken.
+pub fn wait_fresh_holder(va: kcore::addr::VirtAddr) {
+    let n = NR.load(Ordering::Acquire);
+    if !HEADS[..n].iter().any(|h| hv::vmemmap_va(Pfn(h.load(Ordering::Relaxed))) == va) {
+        return;
+    }
+    let start: [u64; MAX_CPUS] = core::array::from_fn(|c| ACQUIRED[c].load(Ordering::Acquire));
+    let t0 = crate::drivers::timer::ticks();
+    let limit = crate::drivers::timer::frequency() / 1_000_000 * FRESH_HOLDER_LIMIT_US;
+    loop {
+        for c in 0..MAX_CPUS {
+            // The count first: a hold seen after it reached `start + 2` is that reference or a later one.
+            if ACQUIRED[c].load(Ordering::Acquire) >= start[c] + 2
+                && HOLDING[c].load(Ordering::Acquire)
+            {
+                FRESH_HOLDERS.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        if crate::drivers::timer::ticks() - t0 > limit {
+            NO_FRESH_HOLDER.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        core::hint::spin_loop();
+    }
+}
+
 /// Sums over the cores: (reads, gets, refused, wrong, ops).
 pub fn totals() -> (u64, u64, u64, u64, u64) {
     STATS.iter().fold((0, 0, 0, 0, 0), |t, s| {
@@ -94,6 +170,12 @@ pub fn publish<'f>(folios: impl Iterator<Item = &'f Folio>) {
             c.store(0, Ordering::Relaxed);
         }
     }
+    FRESH_HOLDERS.store(0, Ordering::Relaxed);
+    for w in FIRST_WRONG.iter() {
+        w.store(0, Ordering::Relaxed);
+    }
+    NO_FRESH_HOLDER.store(0, Ordering::Relaxed);
+    HELD_ACROSS.store(0, Ordering::Relaxed);
     STOP.store(false, Ordering::Relaxed);
     NR.store(n, Ordering::Release);
 }
@@ -141,7 +223,8 @@ pub fn job(arg: u64) {
         grace::read_lock(me);
         let guard = (arg & HOLD_LOCK != 0).then(|| READER_LOCK.lock());
         if arg & GETS_ONLY != 0 || k % 2 == 1 {
-            speculative_get(st, head, Pfn(head.0 + r % nr));
+            let hold = (arg & HOLD_REF != 0).then_some(me);
+            speculative_get(st, head, Pfn(head.0 + r % nr), hold);
         } else {
             let start = r % (nr - WALK_RUN.min(nr) + 1);
             walk(st, head, head.0 + start, WALK_RUN.min(nr));
@@ -163,10 +246,12 @@ fn walk(st: &ReaderStats, head: Pfn, first: u64, len: u64) {
     for p in first..first + len {
         let pfn = Pfn(p);
         let is_head = pfn == head;
-        if hv::page_is_head(&VMEMMAP, pfn) != is_head
-            || hv::page_is_tail(&VMEMMAP, pfn) == is_head
-            || hv::page_compound_head_pfn(&VMEMMAP, pfn) != head
-        {
+        let seen = hv::page_compound_head_pfn(&VMEMMAP, pfn);
+        let what = if hv::page_is_head(&VMEMMAP, pfn) != is_head { WRONG_HEAD } else { 0 }
+            | if hv::page_is_tail(&VMEMMAP, pfn) == is_head { WRONG_TAIL } else { 0 }
+            | if seen != head { WRONG_COMPOUND } else { 0 };
+        if what != 0 {
+            note_wrong(pfn, seen, what);
             wrong += 1;
         }
     }
@@ -176,10 +261,23 @@ fn walk(st: &ReaderStats, head: Pfn, first: u64, len: u64) {
     }
 }
 
-/// Speculative reference: look `pfn`'s folio up, try_get its head, re-check, put.
-fn speculative_get(st: &ReaderStats, truth: Pfn, pfn: Pfn) {
+/// The physical address `va` translates to now (AT S1E1R), `None` while it does not.
+fn phys_of(va: u64) -> Option<u64> {
+    let par: u64;
+    // SAFETY: an address translation instruction writes only PAR_EL1, read back here; no
+    // memory is accessed. ISB: PAR_EL1 is updated before it is read (ARM ARM C5.5, "AT").
+    unsafe {
+        core::arch::asm!("at s1e1r, {0}", "isb", "mrs {1}, par_el1", in(reg) va, out(reg) par, options(nostack));
+    }
+    (par & 1 == 0).then_some(par & 0x0000_FFFF_FFFF_F000)
+}
+
+/// Speculative reference: look `pfn`'s folio up, try_get its head, re-check, put. `hold`: this
+/// core holds the reference for [`HOLD_US`] first, published for [`wait_fresh_holder`].
+fn speculative_get(st: &ReaderStats, truth: Pfn, pfn: Pfn, hold: Option<usize>) {
     let head = hv::page_compound_head_pfn(&VMEMMAP, pfn);
     if head != truth {
+        note_wrong(pfn, head, WRONG_GET_LOOKUP);
         st.wrong.fetch_add(1, Ordering::Relaxed);
         return;
     }
@@ -189,8 +287,29 @@ fn speculative_get(st: &ReaderStats, truth: Pfn, pfn: Pfn) {
         return;
     }
     // Still the folio we looked up? (Linux: `folio != page_folio(page)` -> put and retry.)
-    if hv::page_compound_head_pfn(&VMEMMAP, pfn) != head || !hv::page_is_head(&VMEMMAP, head) {
+    let again = hv::page_compound_head_pfn(&VMEMMAP, pfn);
+    if again != head || !hv::page_is_head(&VMEMMAP, head) {
+        note_wrong(pfn, again, WRONG_GET_RECHECK);
         st.wrong.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Some(me) = hold {
+        // Hold until the head's vmemmap page moves (HVO's page-0 remap: the put then lands on
+        // the copy) or HOLD_US passes, whichever is first.
+        let va = hv::vmemmap_va(head).0;
+        let before = phys_of(va);
+        ACQUIRED[me].fetch_add(1, Ordering::AcqRel);
+        HOLDING[me].store(true, Ordering::Release);
+        let t0 = crate::drivers::timer::ticks();
+        let t = crate::drivers::timer::frequency() / 1_000_000 * HOLD_US;
+        while crate::drivers::timer::ticks() - t0 < t {
+            let now = phys_of(va);
+            if now.is_some() && now != before {
+                HELD_ACROSS.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            core::hint::spin_loop();
+        }
+        HOLDING[me].store(false, Ordering::Release);
     }
     page.put();
     st.gets.fetch_add(1, Ordering::Relaxed);

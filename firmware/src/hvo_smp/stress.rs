@@ -18,7 +18,7 @@ use crate::hvo::{
 use crate::memory::{init_mm, BUDDY, LINEAR, VMEMMAP};
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use heapless::Vec;
-use kcore::addr::{Pfn, PMD_SIZE};
+use kcore::addr::{Pfn, VirtAddr, PMD_SIZE};
 use kcore::hugetlb::{Folio, HugePageSize};
 use kcore::hugetlb_vmemmap::{self as hv, HvoError, HvoOptions, HvoStats};
 use kcore::layout::MAX_CPUS;
@@ -49,6 +49,10 @@ pub struct StressConfig {
     /// Top the pool's 2 MiB folios up to `max_2m` with fresh ones from the buddy allocator
     /// (on-target tests, which also run without a boot pool).
     pub top_up: bool,
+    /// Readers hold each speculative reference for a while, and HVO waits before each break
+    /// until a reader holds one taken after the wait began (the freeze control's handshake:
+    /// the reference straddles the break for certain rather than by the host's scheduling).
+    pub hold_refs: bool,
 }
 
 impl StressConfig {
@@ -64,6 +68,7 @@ impl StressConfig {
             gets_only: false,
             all_hold_lock: false,
             top_up: false,
+            hold_refs: false,
         }
     }
 }
@@ -142,6 +147,20 @@ fn hvo_op(
     strategy: HvoBbm,
     cfg_freeze: bool,
     delay: (u64, u64),
+    gate: Option<fn(VirtAddr)>,
+) -> Result<HvoStats, HvoError> {
+    hvo_op_hooked(folios, optimize, strategy, cfg_freeze, delay, gate, None)
+}
+
+/// [`hvo_op`] with a split race hook (see [`HvoSetup::race_hook`]).
+fn hvo_op_hooked(
+    folios: &[Folio],
+    optimize: bool,
+    strategy: HvoBbm,
+    cfg_freeze: bool,
+    delay: (u64, u64),
+    gate: Option<fn(VirtAddr)>,
+    race_hook: Option<&mut dyn FnMut(VirtAddr)>,
 ) -> Result<HvoStats, HvoError> {
     if cfg_freeze {
         freeze(folios);
@@ -149,7 +168,14 @@ fn hvo_op(
     let mut sync = SmpSync::new(strategy);
     let options = HvoOptions { require_frozen: cfg_freeze, ..HvoOptions::default() };
     let r = with_hvo_in(
-        HvoSetup { sync: Some(&mut sync), options: Some(options), delay },
+        HvoSetup {
+            sync: Some(&mut sync),
+            options: Some(options),
+            delay,
+            gate,
+            // A shorter-lived trait object (object lifetimes may shrink behind `&mut`).
+            race_hook: race_hook.map(|h| h as &mut dyn FnMut(VirtAddr)),
+        },
         |_| {},
         |h| {
             if optimize { h.optimize_folios(folios) } else { h.restore_folios(folios) }
@@ -303,9 +329,11 @@ fn run_on(cfg: &StressConfig, b2: &Batch, b1: &Batch) -> Result<StressResult, St
     // The highest reader core also holds a spinlock while it reads.
     let top = 7 - mask.leading_zeros() as usize;
     let gets_only = if cfg.gets_only { readers::GETS_ONLY } else { 0 };
+    let hold = if cfg.hold_refs { readers::HOLD_REF } else { 0 };
+    let gate = cfg.hold_refs.then_some(readers::wait_fresh_holder as fn(_));
     let n_readers = start_readers(mask, |c| {
         let lock = cfg.all_hold_lock || (c == top && mask.count_ones() > 1);
-        gets_only | if lock { readers::HOLD_LOCK } else { 0 }
+        gets_only | hold | if lock { readers::HOLD_LOCK } else { 0 }
     });
 
     let mut res = StressResult {
@@ -321,7 +349,7 @@ fn run_on(cfg: &StressConfig, b2: &Batch, b1: &Batch) -> Result<StressResult, St
         for optimize in [true, false] {
             for g in &groups {
                 let t = timer::ticks();
-                let r = hvo_op(g, optimize, cfg.strategy, cfg.freeze, cfg.delay);
+                let r = hvo_op(g, optimize, cfg.strategy, cfg.freeze, cfg.delay, gate);
                 hvo_ticks += timer::ticks() - t;
                 match r {
                     Ok(s) => res.hvo += s,
@@ -475,7 +503,14 @@ static PEER_DONE: AtomicU8 = AtomicU8::new(0);
 static PEER_SPLITS: AtomicU64 = AtomicU64::new(0);
 static PEER_TABLES: AtomicU64 = AtomicU64::new(0);
 static PEER_SKIPPED: AtomicU64 = AtomicU64::new(0);
+static PEER_WAITS: AtomicU64 = AtomicU64::new(0);
 static PEER_ERR: AtomicU8 = AtomicU8::new(0);
+/// This round forces the race (see `peer_job`).
+static PEER_FORCE: AtomicU8 = AtomicU8::new(0);
+/// Core 0 has optimized its folio (a forced round's peer waits for it in its split).
+static PEER_CORE0_DONE: AtomicU8 = AtomicU8::new(0);
+/// A forced round's peer has read the block and waits in its split (core 0 starts then).
+static PEER_IN_SPLIT: AtomicU8 = AtomicU8::new(0);
 
 fn peer_job(strategy: u64) {
     // SAFETY: core 0 stored the head of a 2 MiB folio it allocated for this run and owns until
@@ -487,11 +522,26 @@ fn peer_job(strategy: u64) {
     while PEER_GO.load(Ordering::Acquire) == 0 {
         core::hint::spin_loop();
     }
-    match hvo_op(core::slice::from_ref(&f), true, strategy, true, (0, 0)) {
+    // A forced round: this core's split, having read the block, waits until core 0 has split
+    // it and optimized its folio, so the re-check under page_table_lock finds a table: the race
+    // taken on purpose rather than when the host happens to schedule it (1 round in ~15).
+    let force = PEER_FORCE.load(Ordering::Acquire) != 0;
+    let mut wait_for_core0 = |_: VirtAddr| {
+        PEER_IN_SPLIT.store(1, Ordering::Release);
+        let t0 = timer::ticks();
+        while PEER_CORE0_DONE.load(Ordering::Acquire) == 0
+            && timer::ticks() - t0 < 5 * timer::frequency()
+        {
+            core::hint::spin_loop();
+        }
+    };
+    let hook = force.then_some(&mut wait_for_core0 as &mut dyn FnMut(VirtAddr));
+    match hvo_op_hooked(core::slice::from_ref(&f), true, strategy, true, (0, 0), None, hook) {
         Ok(s) => {
             PEER_SPLITS.store(s.splits, Ordering::Relaxed);
             PEER_TABLES.store(s.tables_allocated, Ordering::Relaxed);
             PEER_SKIPPED.store(s.splits_skipped, Ordering::Relaxed);
+            PEER_WAITS.store(s.split_waits, Ordering::Relaxed);
         }
         Err(e) => {
             crate::error!("concurrent split: core {}: {:?}", crate::percpu::this_cpu().id, e);
@@ -514,8 +564,13 @@ pub struct SplitResult {
     /// Splits the re-check under `page_table_lock` skipped because the other core had split
     /// the block since this one's walker read it: the race, observed.
     pub skipped: u64,
+    /// Walks that met the other core's split between its break and its make and waited for it
+    /// (`HvoStats::split_waits`).
+    pub split_waits: u64,
     /// Wrong answers (readers and every-pfn verification).
     pub wrong: u64,
+    /// Of `wrong`, the readers' (the rest: core 0's verification after each step).
+    pub reader_wrong: u64,
     /// Frames lost (buddy free count against the tables kept).
     pub leaked: i64,
     /// HVO errors.
@@ -539,6 +594,7 @@ fn block_unsplit(pfn: Pfn) -> bool {
 pub fn concurrent_split(
     peer: usize,
     rounds: u64,
+    forced: u64,
     strategy: HvoBbm,
 ) -> Result<SplitResult, StressError> {
     let mut res = SplitResult::default();
@@ -547,7 +603,7 @@ pub fn concurrent_split(
     let ram = crate::bootstate::ram_regions();
     // Hot-added memory hosting its own memmap is refused by HVO: not a candidate.
     let self_hosted = crate::memory::SELF_HOSTED.lock().map(|sh| sh.range);
-    for _ in 0..rounds {
+    for round in 0..rounds {
         // Two free 2M-aligned ranges in one unsplit block.
         let mut pair: Option<Vec<Folio, 2>> = None;
         'find: for r in ram.as_slice() {
@@ -611,6 +667,10 @@ pub fn concurrent_split(
         PEER_SPLITS.store(0, Ordering::Release);
         PEER_TABLES.store(0, Ordering::Release);
         PEER_SKIPPED.store(0, Ordering::Release);
+        PEER_WAITS.store(0, Ordering::Release);
+        PEER_FORCE.store(u8::from(round < forced), Ordering::Release);
+        PEER_CORE0_DONE.store(0, Ordering::Release);
+        PEER_IN_SPLIT.store(0, Ordering::Release);
         let idx = HvoBbm::ALL.iter().position(|s| *s == strategy).unwrap_or(0) as u64;
         if crate::smp::launch(peer, peer_job, idx).is_err() {
             stop_readers(mask);
@@ -619,13 +679,24 @@ pub fn concurrent_split(
         }
         // Both go.
         PEER_GO.store(1, Ordering::Release);
-        let mine = hvo_op(core::slice::from_ref(a), true, strategy, true, (0, 0));
+        if round < forced {
+            // The peer goes first, as far as its split's re-check.
+            let t0 = timer::ticks();
+            while PEER_IN_SPLIT.load(Ordering::Acquire) == 0
+                && timer::ticks() - t0 < 5 * timer::frequency()
+            {
+                core::hint::spin_loop();
+            }
+        }
+        let mine = hvo_op(core::slice::from_ref(a), true, strategy, true, (0, 0), None);
+        PEER_CORE0_DONE.store(1, Ordering::Release);
         crate::smp::wait_idle(peer);
         match mine {
             Ok(s) => {
                 res.splits += s.splits;
                 res.tables += s.tables_allocated;
                 res.skipped += s.splits_skipped;
+                res.split_waits += s.split_waits;
             }
             Err(e) => {
                 crate::error!("concurrent split: core 0: {:?}", e);
@@ -635,12 +706,13 @@ pub fn concurrent_split(
         res.splits += PEER_SPLITS.load(Ordering::Acquire);
         res.tables += PEER_TABLES.load(Ordering::Acquire);
         res.skipped += PEER_SKIPPED.load(Ordering::Acquire);
+        res.split_waits += PEER_WAITS.load(Ordering::Acquire);
         res.errors += u64::from(PEER_ERR.load(Ordering::Acquire));
         for f in pair.iter() {
             res.wrong += verify_heads(f);
         }
         // Restore both (one core, readers still running), then verify again.
-        if let Err(e) = hvo_op(&pair, false, strategy, true, (0, 0)) {
+        if let Err(e) = hvo_op(&pair, false, strategy, true, (0, 0), None) {
             crate::error!("concurrent split: restore: {:?}", e);
             res.errors += 1;
         }
@@ -667,6 +739,19 @@ pub fn concurrent_split(
         let (reads, _, _, wrong, _) = readers::totals();
         res.reads += reads;
         res.wrong += wrong;
+        res.reader_wrong += wrong;
+        let first = readers::FIRST_WRONG[0].load(Ordering::Acquire);
+        if first != 0 {
+            crate::error!(
+                "concurrent split: a reader's first wrong answer: pfn {:#x} found head {:#x} (wrong: {:#x}; folios {:#x}, {:#x}; races seen so far {})",
+                first,
+                readers::FIRST_WRONG[1].load(Ordering::Relaxed),
+                readers::FIRST_WRONG[2].load(Ordering::Acquire),
+                a.head_pfn().0,
+                b.head_pfn().0,
+                res.skipped
+            );
+        }
         let _ = n;
         let free1 = BUDDY.lock().free_pages();
         // What HVO took and gave back nets out; the one split table stays (as in Linux).
@@ -696,12 +781,13 @@ fn release_folio(f: Folio) {
 /// Prints the concurrent-split result line.
 pub fn report_split(strategy: HvoBbm, r: &SplitResult) {
     crate::info!(
-        "result: smp-split strategy={} blocks={} splits={} tables_kept={} races_seen={} reads={} faults_waited={} wrong={} unexpected_faults={} leaked={} errors={}",
+        "result: smp-split strategy={} blocks={} splits={} tables_kept={} races_seen={} split_waits={} reads={} faults_waited={} wrong={} unexpected_faults={} leaked={} errors={}",
         strategy.name(),
         r.blocks,
         r.splits,
         r.tables,
         r.skipped,
+        r.split_waits,
         r.reads,
         r.counters.faults_waited,
         r.wrong,

@@ -45,7 +45,9 @@ fn stress_clean(
     stress::report(strategy, &r);
     ensure_eq!(r.cycles, CYCLES);
     ensure!(r.readers >= 1, "at least one reader core");
-    ensure!(r.reads > 0 && r.gets > 0, "both kinds of reader did work");
+    // Attempted gets: whether one succeeds depends on the host's scheduling (the folios are
+    // frozen for most of a run, stop-machine's the more so), which a test must not judge.
+    ensure!(r.reads > 0 && r.gets + r.gets_refused > 0, "both kinds of reader did work");
     ensure_eq!(r.wrong, 0);
     ensure_eq!(r.counters.unexpected_faults, 0);
     ensure_eq!(r.leaked, 0);
@@ -104,49 +106,86 @@ pub fn stress_none_shows_failure() -> TestResult {
     super::conserved()
 }
 
-/// Without the reference freeze (test-only), a speculative get lands on page 0 while HVO copies
-/// it: a reference is lost (or a write faults). With the freeze (the stress runs above) none is.
+/// Without the reference freeze (test-only), a speculative reference taken after HVO copied page
+/// 0 and put after the remap lands on the copy: a reference is lost (or a write faults). With the
+/// freeze (the stress runs above) none is. The straddle is arranged, not hoped for: HVO waits
+/// before the page-0 break until a reader holds a reference taken after the copy
+/// (`readers::wait_fresh_holder`), and readers hold each reference until the head's vmemmap
+/// page has moved (at most `readers::HOLD_US`), so the result does not depend on how the host
+/// schedules QEMU's vCPU threads or how long the audited break takes.
 pub fn no_freeze_loses_references() -> TestResult {
+    use crate::hvo_smp::readers::{FRESH_HOLDERS, HELD_ACROSS, NO_FRESH_HOLDER};
+    use core::sync::atomic::Ordering;
     let cfg = StressConfig {
         freeze: false,
         gets_only: true,
-        delay: (ticks_us(300), 0),
-        max_2m: 4,
+        hold_refs: true,
+        // One folio per batch: in a batch, the second folio's page-0 break comes while the
+        // first one's entries are invalid and the readers wait on them (no fresh holder).
+        max_2m: 1,
         max_1g: 0,
         top_up: true,
-        ..StressConfig::new(HvoBbm::FaultWait, 4)
+        ..StressConfig::new(HvoBbm::FaultWait, 3)
     };
-    let r =
-        ran(stress::run(&cfg).map_err(|e| crate::error!("stress: {:?}", e)), "the stress run ran")?;
-    crate::info!(
-        "smp no-freeze: gets {}, refused {}, folios with a wrong refcount {}, unexpected faults {}",
-        r.gets,
-        r.gets_refused,
-        r.bad_refcounts,
-        r.counters.unexpected_faults
-    );
-    ensure!(r.gets > 0, "speculative gets happened");
-    ensure!(
-        r.bad_refcounts > 0 || r.counters.unexpected_faults > 0,
-        "without the freeze a reference is lost or a write faults"
-    );
+    // The handshake makes a straddling reference likely in every run, not certain (the host
+    // still decides when each vCPU thread runs): run again, up to NO_FREEZE_TRIES times, until
+    // the loss shows. The safe runs above are judged once each.
+    let mut tries = 0;
+    let mut shown = false;
+    while tries < NO_FREEZE_TRIES && !shown {
+        tries += 1;
+        let r = ran(
+            stress::run(&cfg).map_err(|e| crate::error!("stress: {:?}", e)),
+            "the stress run ran",
+        )?;
+        let (fresh, none, across) = (
+            FRESH_HOLDERS.load(Ordering::Relaxed),
+            NO_FRESH_HOLDER.load(Ordering::Relaxed),
+            HELD_ACROSS.load(Ordering::Relaxed),
+        );
+        crate::info!(
+            "smp no-freeze (run {}): gets {}, refused {}, folios with a wrong refcount {}, unexpected faults {}, breaks with a fresh holder {} (without {}), references held across the page-0 remap {}",
+            tries,
+            r.gets,
+            r.gets_refused,
+            r.bad_refcounts,
+            r.counters.unexpected_faults,
+            fresh,
+            none,
+            across
+        );
+        ensure!(r.gets > 0, "speculative gets happened");
+        shown = r.bad_refcounts > 0 || r.counters.unexpected_faults > 0;
+    }
+    ensure!(shown, "without the freeze a reference is lost or a write faults");
     super::conserved()
 }
 
+/// Runs of the no-freeze control at most (see `no_freeze_loses_references`).
+const NO_FREEZE_TRIES: u32 = 4;
+
+/// Rounds of the concurrent split, and how many of them force the race.
+const SPLIT_ROUNDS: u64 = 3;
+const SPLIT_FORCED: u64 = 1;
+
 /// Two cores optimize folios whose descriptors share one unsplit vmemmap block at the same
-/// moment: one split per block, the other core's table goes back, nothing wrong or leaked.
+/// moment: one split per block, the other core's table goes back, nothing wrong or leaked. The
+/// first round forces the race (the second core's split waits, having read the block, until the
+/// first has split it); the others leave it to the scheduling.
 pub fn concurrent_split() -> TestResult {
     let peer = ran(
         (1..kcore::layout::MAX_CPUS).find(|&c| crate::smp::is_online(c)).ok_or(()),
         "a second core is online",
     )?;
     let r = ran(
-        stress::concurrent_split(peer, 3, HvoBbm::FaultWait)
+        stress::concurrent_split(peer, SPLIT_ROUNDS, SPLIT_FORCED, HvoBbm::FaultWait)
             .map_err(|e| crate::error!("concurrent split: {:?}", e)),
         "the concurrent-split run ran",
     )?;
     stress::report_split(HvoBbm::FaultWait, &r);
     ensure!(r.blocks > 0, "at least one block raced on");
+    // The forced rounds took the race: the re-check found the other core's table.
+    ensure!(r.skipped >= SPLIT_FORCED, "the forced rounds' re-check found a table");
     ensure_eq!(r.splits, r.blocks);
     ensure_eq!(r.tables, r.blocks);
     ensure_eq!(r.errors, 0);

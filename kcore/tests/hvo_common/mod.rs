@@ -21,6 +21,7 @@ use kcore::bbm_sync::{BbmSync, SyncEvent};
 use kcore::buddy::Buddy;
 use kcore::hugetlb::{Folio, HugePageSize, HugetlbPool, NoHooks};
 use kcore::hugetlb_vmemmap::{BuddyFrames, Hvo, HvoOptions, VmemmapFrames};
+use kcore::hvo_tails::{TailDesign, MAX_TAIL_ORDER};
 use kcore::layout::VMEMMAP_START;
 use kcore::mapper::{translate, BlockPolicy, FrameAlloc, VecFrameAlloc};
 use kcore::memblock::{MemRegion, Memblock, ReservedKind};
@@ -78,6 +79,27 @@ unsafe fn mmap_checked(
     let p = unsafe { sys::mmap(addr.cast(), len as usize, prot, flags, fd, off as i64) };
     assert!(p as isize != -1, "mmap({addr:?}, {len:#x}) failed");
     p.cast()
+}
+
+/// Is the shared tail design in effect (`KCORE_HVO_TAILS=shared`, or a `hvo_tails_*` test)?
+pub fn shared() -> bool {
+    kcore::hvo_tails::tail_design() == TailDesign::Shared
+}
+
+/// Entries an optimize writes for page 0 of a folio: 1 when the seed design replaces page 0 by
+/// its copy, 0 otherwise (the shared design never touches page 0).
+pub fn page0_remaps(opts: HvoOptions) -> u64 {
+    u64::from(opts.replace_head_page && !shared())
+}
+
+/// The frame the tail pages of `f` map once optimized: page 0's frame `p0` (seed design) or
+/// the shared tail page of its order (shared design; `p0` if none exists).
+pub fn tail_target(w: &World, f: &Folio, p0: PhysAddr) -> PhysAddr {
+    if shared() {
+        w.vm.tail_pages().get(f.order()).unwrap_or(p0)
+    } else {
+        p0
+    }
 }
 
 /// First simulated physical address of [`World::new`] (the first GiB above the VideoCore's part
@@ -436,17 +458,40 @@ impl World {
         let s0 = (base / SECTION_SIZE) as usize;
         let p0 = s0 as u64 * PAGES_PER_SECTION;
         let window_len = (sections + hot) * VMEMMAP_BLOCK_SIZE;
+        // `KCORE_HVO_TAILS=seed|shared` runs every test on a World in that tail design.
+        let mut prime = false;
+        if let Ok(v) = std::env::var("KCORE_HVO_TAILS") {
+            let d = TailDesign::from_name(&v).expect("KCORE_HVO_TAILS=seed|shared");
+            kcore::hugetlb_vmemmap::set_tail_design(d).expect("tail design");
+            prime = d == TailDesign::Shared;
+        }
+        // The memmap base (pfn 0's descriptor) is aligned as the target's VMEMMAP_START is for
+        // every folio order (shared tail design: the head is the tail's address masked), so
+        // the reservation is over-sized and trimmed to an aligned window.
+        let align = 64u64 << MAX_TAIL_ORDER;
         // SAFETY: no MAP_FIXED: a fresh reservation.
-        let waddr = unsafe {
+        let raw = unsafe {
             mmap_checked(
                 core::ptr::null_mut(),
-                window_len,
+                window_len + align,
                 sys::PROT_NONE,
                 sys::MAP_PRIVATE | sys::MAP_ANONYMOUS | sys::MAP_NORESERVE,
                 -1,
                 0,
             )
         };
+        let want = (p0 * 64) % align;
+        let skip = (want + align - (raw as u64 % align)) % align;
+        let waddr = raw.wrapping_add(skip as usize);
+        // SAFETY: the parts of our own reservation outside the window.
+        unsafe {
+            if skip > 0 {
+                sys::munmap(raw.cast(), skip as usize);
+            }
+            if align - skip > 0 {
+                sys::munmap(waddr.add(window_len as usize).cast(), (align - skip) as usize);
+            }
+        }
         // compound_head() and the fake-head check rebuild pointers from addresses.
         let _ = waddr.expose_provenance();
         let win =
@@ -538,7 +583,7 @@ impl World {
             hot_sh = Some(sh);
         }
         mmu.take_events();
-        World {
+        let mut w = World {
             phys,
             mem,
             window_len,
@@ -552,7 +597,17 @@ impl World {
             hot: hot_sh,
             backing,
             fail_frees: false,
+        };
+        if prime {
+            // The existing tests in the shared design run in its steady state: the tail pages of
+            // both orders exist (the first-use allocation is tested by `hvo_tails_*`).
+            for order in [9, 18] {
+                let (r, _) = w.hvo(HvoOptions::default(), None, |h| h.prepare_tail_page(order));
+                assert!(matches!(r, Ok(Some(_))));
+            }
+            w.mmu.take_events();
         }
+        w
     }
 
     /// Runs `f` with an [`Hvo`] over this world. The frame allocator fails from its
