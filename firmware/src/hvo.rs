@@ -87,6 +87,15 @@ unsafe impl VmemmapFrames for Frames<'_> {
     fn free_run(&mut self, pa: PhysAddr, n: u64) -> u64 {
         hv::free_vmemmap_frames(&mut BUDDY.lock(), &VMEMMAP, pa, n)
     }
+    fn alloc_run(&mut self, max: u64) -> Option<(PhysAddr, u64)> {
+        if self.0.fail_frame_at.is_some() {
+            // Failure injection counts single allocations.
+            return self.alloc().map(|pa| (pa, 1));
+        }
+        let r = hv::alloc_vmemmap_frames(&mut BUDDY.lock(), &VMEMMAP, max).ok()?;
+        self.0.frame_allocs.set(self.0.frame_allocs.get() + r.1);
+        Some(r)
+    }
 }
 
 /// Split-table pages from a [`SharedBuddy`], zeroed, their descriptors marked as page tables.

@@ -16,6 +16,7 @@ pub use defmt::{debug, error, info, warn};
 pub mod arch;
 pub mod bench;
 pub mod bench_demote;
+pub mod bench_smp;
 pub mod bench_tails;
 pub mod board;
 pub mod bootstate;

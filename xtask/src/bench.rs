@@ -61,8 +61,13 @@ pub fn main(args: Args) -> Result<ExitCode> {
     // then QEMU's, which is the one booted.
     let rpi4 = firmware::build(&opts(Board::Rpi4))?;
     let fw = firmware::build(&opts(Board::QemuRaspi4b))?;
-    let lines = run_bench(&fw.image, &fw.elf, Duration::from_secs(args.timeout))?;
-    let data = BenchData::parse(&lines)?;
+    let lines = run_bench(&fw.image, &fw.elf, Duration::from_secs(args.timeout), false)?;
+    let smp =
+        BenchData::parse(&run_bench(&fw.image, &fw.elf, Duration::from_secs(args.timeout), true)?)?;
+    let mut data = BenchData::parse(&lines)?;
+    data.ok &= smp.ok;
+    data.smp_hz = smp.hz;
+    data.other.extend(smp.other.into_iter().filter(|l| l.kind == "smp"));
     let sizes = [("qemu-raspi4b", fw.size), ("rpi4", rpi4.size)];
     let report = Report::new(&data, &sizes, !args.debug);
     print!("{}", report.table());
@@ -94,14 +99,18 @@ fn host(quick: bool) -> Result<ExitCode> {
 }
 
 /// Boots `image` with `bench` under `-icount shift=0` and returns the decoded `bench:` lines.
-fn run_bench(image: &Path, elf: &Path, timeout: Duration) -> Result<Vec<String>> {
-    let cfg = QemuConfig {
-        image: image.to_path_buf(),
-        bootargs: vec!["bench".into()],
-        ..Default::default()
-    };
+/// With `smp`, boots `bench hvo_bbm=fault-wait` without `-icount` instead: the four-core part
+/// (every strategy; see `firmware/src/bench_smp.rs` for why not under `-icount`).
+fn run_bench(image: &Path, elf: &Path, timeout: Duration, smp: bool) -> Result<Vec<String>> {
+    let mut bootargs = vec!["bench".to_string()];
+    if smp {
+        bootargs.push("hvo_bbm=fault-wait".into());
+    }
+    let cfg = QemuConfig { image: image.to_path_buf(), bootargs, ..Default::default() };
     let mut args = cfg.args();
-    args.extend(["-icount".to_string(), "shift=0".to_string()]);
+    if !smp {
+        args.extend(["-icount".to_string(), "shift=0".to_string()]);
+    }
     eprintln!(
         "xtask: {} {}",
         qemu::QEMU,
@@ -190,6 +199,8 @@ struct BenchData {
     runs: BTreeMap<(String, String, String), Line>,
     /// Other lines (phases, strategies), by kind.
     other: Vec<Line>,
+    /// The counter frequency of the four-core boot (its `smp` lines are in its ticks).
+    smp_hz: f64,
     ok: bool,
 }
 
@@ -272,9 +283,29 @@ struct SizeFigures {
 /// The phases `firmware/src/bench.rs` prints, in order.
 const PHASES: [&str; 8] = ["check", "split", "remap", "copy", "tlb", "alloc", "free", "grace"];
 
+/// One break-before-make strategy's four-core figures (`bench: smp` lines).
+#[derive(Clone, Debug, Default)]
+struct SmpFigures {
+    strategy: String,
+    readers: f64,
+    folios: f64,
+    /// Microseconds of the HVO core per optimize + restore cycle (host-time counter, no
+    /// `-icount`: see the firmware's `bench_smp`).
+    hvo_us_per_cycle: f64,
+    /// Reader operations per million counter ticks.
+    ops_per_mtick: f64,
+    /// Fraction of the baseline's rate the readers lost (NaN for the baseline).
+    loss: f64,
+    ipis: f64,
+    held_ticks: f64,
+    faults_waited: f64,
+    unexpected_faults: f64,
+}
+
 struct Report {
     json: Value,
     sizes: Vec<SizeFigures>,
+    smp: Vec<SmpFigures>,
     boot_instr: f64,
     images: Vec<(String, u64)>,
     release: bool,
@@ -346,7 +377,7 @@ impl Report {
                 (d.prim("store"), d.prim("tlbi"), d.prim("dsb"), d.prim("isb"));
             // The cheaper of memcpy and a word loop: a bound, not a particular implementation.
             let (copy, alloc_f, free_f, table) = (
-                d.prim("copy4k").min(d.prim("copy4k_words")),
+                d.prim("copy4k").min(d.prim("copy4k_words")).min(d.prim("copy4k_simd")),
                 d.prim("alloc_frame"),
                 // One by one or as a run, whichever the allocator does cheaper.
                 d.prim("free_frame").min(d.prim("free_run")),
@@ -413,6 +444,28 @@ impl Report {
             }
             sizes.push(f);
         }
+        let mut smp: Vec<SmpFigures> = d
+            .other
+            .iter()
+            .filter(|l| l.kind == "smp")
+            .map(|l| SmpFigures {
+                strategy: l.s("strategy").to_string(),
+                readers: l.get("readers"),
+                folios: l.get("folios"),
+                hvo_us_per_cycle: per(l.get("hvo_ticks_per_cycle") * 1e6, d.smp_hz),
+                ops_per_mtick: per(l.get("ops") * 1e6, l.get("run_ticks")),
+                loss: f64::NAN,
+                ipis: l.get("ipis"),
+                held_ticks: l.get("held_ticks"),
+                faults_waited: l.get("faults_waited"),
+                unexpected_faults: l.get("unexpected_faults"),
+            })
+            .collect();
+        if let Some(base) = smp.iter().find(|s| s.strategy == "baseline").map(|s| s.ops_per_mtick) {
+            for s in smp.iter_mut().filter(|s| s.strategy != "baseline") {
+                s.loss = 1.0 - per(s.ops_per_mtick, base);
+            }
+        }
         let boot_instr = d.boot_ticks * ipt;
         let json = json!({
             "units": "guest instructions (QEMU raspi4b, -icount shift=0: 1 ns of virtual time per instruction)",
@@ -433,12 +486,24 @@ impl Report {
                 "vmemmap_bytes_per_gib": {"before": f.bytes_per_gib_before, "after": f.bytes_per_gib_after},
                 "phases_per_folio_batched": f.phases.iter().map(|(op, v)| (op.clone(), Value::Object(v.iter().map(|(p, x)| (p.clone(), json!(x))).collect()))).collect::<serde_json::Map<_, _>>(),
             }))).collect::<serde_json::Map<_, _>>(),
+            "smp_strategies": smp.iter().map(|s| (s.strategy.clone(), json!({
+                "reader_cores": s.readers,
+                "folios_2m": s.folios,
+                "hvo_microseconds_per_cycle": s.hvo_us_per_cycle,
+                "reader_ops_per_million_ticks": s.ops_per_mtick,
+                "reader_loss_vs_baseline": if s.loss.is_finite() { json!(s.loss) } else { Value::Null },
+                "ipis": s.ipis,
+                "held_ticks": s.held_ticks,
+                "faults_waited": s.faults_waited,
+                "unexpected_faults": s.unexpected_faults,
+            }))).collect::<serde_json::Map<_, _>>(),
             "other": d.other.iter().map(|l| json!({"kind": l.kind, "values": l.kv})).collect::<Vec<_>>(),
             "ok": d.ok,
         });
         Report {
             json,
             sizes,
+            smp,
             boot_instr,
             images: images.iter().map(|(b, s)| (b.to_string(), *s)).collect(),
             release,
@@ -550,6 +615,43 @@ impl Report {
                 let parts: Vec<String> =
                     v.iter().map(|(p, x)| format!("{p} {}", fmt_n(*x))).collect();
                 let _ = writeln!(o, "  {op} by phase, per folio (batched): {}", parts.join(", "));
+            }
+        }
+        if !self.smp.is_empty() {
+            let _ = writeln!(o);
+            let _ = writeln!(
+                o,
+                "four cores (separate boot without -icount: host time, 62.5 MHz counter ticks, varies run to run): optimize + restore of {} x 2M folios with {} reader cores",
+                fmt_n(self.smp[0].folios),
+                fmt_n(self.smp[0].readers)
+            );
+            let _ = writeln!(
+                o,
+                "  {:<14} {:>14} {:>16} {:>8} {:>6} {:>14} {:>8} {:>10}",
+                "strategy",
+                "HVO us/cycle",
+                "reader ops/Mtick",
+                "lost",
+                "IPIs",
+                "held ticks",
+                "waited",
+                "unexpected"
+            );
+            for s in &self.smp {
+                let lost =
+                    if s.loss.is_finite() { format!("{:.1}%", s.loss * 100.0) } else { "-".into() };
+                let _ = writeln!(
+                    o,
+                    "  {:<14} {:>14} {:>16} {:>8} {:>6} {:>14} {:>8} {:>10}",
+                    s.strategy,
+                    fmt_n(s.hvo_us_per_cycle),
+                    fmt_n(s.ops_per_mtick),
+                    lost,
+                    fmt_n(s.ipis),
+                    fmt_n(s.held_ticks),
+                    fmt_n(s.faults_waited),
+                    fmt_n(s.unexpected_faults)
+                );
             }
         }
         o
