@@ -61,13 +61,30 @@ pub fn main(args: Args) -> Result<ExitCode> {
     // then QEMU's, which is the one booted.
     let rpi4 = firmware::build(&opts(Board::Rpi4))?;
     let fw = firmware::build(&opts(Board::QemuRaspi4b))?;
-    let lines = run_bench(&fw.image, &fw.elf, Duration::from_secs(args.timeout), false)?;
-    let smp =
-        BenchData::parse(&run_bench(&fw.image, &fw.elf, Duration::from_secs(args.timeout), true)?)?;
+    let timeout = Duration::from_secs(args.timeout);
+    let lines = run_bench(&fw.image, &fw.elf, timeout, &["bench"], true)?;
+    let smp = BenchData::parse(&run_bench(
+        &fw.image,
+        &fw.elf,
+        timeout,
+        &["bench", "hvo_bbm=fault-wait"],
+        false,
+    )?)?;
     let mut data = BenchData::parse(&lines)?;
     data.ok &= smp.ok;
     data.smp_hz = smp.hz;
     data.other.extend(smp.other.into_iter().filter(|l| l.kind == "smp"));
+    // The tail designs are fixed at boot: one boot each (`firmware/src/bench_tails.rs`).
+    for design in ["seed", "shared"] {
+        let arg = format!("hvo_tails={design}");
+        let lines = run_bench(&fw.image, &fw.elf, timeout, &["bench=tails", &arg], true)?;
+        for l in lines.iter().map(|l| Line::parse(l)) {
+            match l.kv.get("ok") {
+                Some(ok) => data.ok &= ok == "1",
+                None => data.other.push(l),
+            }
+        }
+    }
     let sizes = [("qemu-raspi4b", fw.size), ("rpi4", rpi4.size)];
     let report = Report::new(&data, &sizes, !args.debug);
     print!("{}", report.table());
@@ -98,17 +115,20 @@ fn host(quick: bool) -> Result<ExitCode> {
     Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-/// Boots `image` with `bench` under `-icount shift=0` and returns the decoded `bench:` lines.
-/// With `smp`, boots `bench hvo_bbm=fault-wait` without `-icount` instead: the four-core part
-/// (every strategy; see `firmware/src/bench_smp.rs` for why not under `-icount`).
-fn run_bench(image: &Path, elf: &Path, timeout: Duration, smp: bool) -> Result<Vec<String>> {
-    let mut bootargs = vec!["bench".to_string()];
-    if smp {
-        bootargs.push("hvo_bbm=fault-wait".into());
-    }
+/// Boots `image` with `bootargs` (under `-icount shift=0` if `icount`) and returns the decoded
+/// `bench:` lines. The four-core part (`bench hvo_bbm=fault-wait`, every strategy) boots without
+/// `-icount`: see `firmware/src/bench_smp.rs` for why.
+fn run_bench(
+    image: &Path,
+    elf: &Path,
+    timeout: Duration,
+    bootargs: &[&str],
+    icount: bool,
+) -> Result<Vec<String>> {
+    let bootargs = bootargs.iter().map(|a| a.to_string()).collect();
     let cfg = QemuConfig { image: image.to_path_buf(), bootargs, ..Default::default() };
     let mut args = cfg.args();
-    if !smp {
+    if icount {
         args.extend(["-icount".to_string(), "shift=0".to_string()]);
     }
     eprintln!(
@@ -306,6 +326,9 @@ struct Report {
     json: Value,
     sizes: Vec<SizeFigures>,
     smp: Vec<SmpFigures>,
+    /// `tails` (both designs' boots) and `demote` lines, printed as they came.
+    tails: Vec<Line>,
+    demote: Vec<Line>,
     boot_instr: f64,
     images: Vec<(String, u64)>,
     release: bool,
@@ -500,10 +523,23 @@ impl Report {
             "other": d.other.iter().map(|l| json!({"kind": l.kind, "values": l.kv})).collect::<Vec<_>>(),
             "ok": d.ok,
         });
+        // The last line of each (design, op, size, pfns): the steady-state round.
+        let mut tails: BTreeMap<(String, String, String, String), Line> = BTreeMap::new();
+        for l in d.other.iter().filter(|l| l.kind == "tails" && l.kv.contains_key("op")) {
+            let key = (
+                l.s("design").to_string(),
+                l.s("size").to_string(),
+                l.s("op").to_string(),
+                l.s("pfns").to_string(),
+            );
+            tails.insert(key, l.clone());
+        }
         Report {
             json,
             sizes,
             smp,
+            tails: tails.into_values().collect(),
+            demote: d.other.iter().filter(|l| l.kind == "demote").cloned().collect(),
             boot_instr,
             images: images.iter().map(|(b, s)| (b.to_string(), *s)).collect(),
             release,
@@ -615,6 +651,81 @@ impl Report {
                 let parts: Vec<String> =
                     v.iter().map(|(p, x)| format!("{p} {}", fmt_n(*x))).collect();
                 let _ = writeln!(o, "  {op} by phase, per folio (batched): {}", parts.join(", "));
+            }
+        }
+        if !self.tails.is_empty() {
+            let _ = writeln!(o);
+            let _ = writeln!(
+                o,
+                "tail designs (one boot each, hvo_tails=seed|shared), steady state, per folio"
+            );
+            let _ = writeln!(
+                o,
+                "  {:<7} {:<4} {:<9} {:>12} {:>9} {:>6} {:>7} {:>20} {:>12}",
+                "design",
+                "size",
+                "op",
+                "instructions",
+                "remapped",
+                "TLBIs",
+                "writes",
+                "page-0 copies, batch",
+                "buddy delta"
+            );
+            for l in self.tails.iter().filter(|l| l.s("op") != "lookup") {
+                let _ = writeln!(
+                    o,
+                    "  {:<7} {:<4} {:<9} {:>12} {:>9} {:>6} {:>7} {:>20} {:>12}",
+                    l.s("design"),
+                    l.s("size"),
+                    l.s("op"),
+                    fmt_n(l.get("insn_per_folio")),
+                    l.s("remapped_per_folio"),
+                    l.s("tlbi_per_folio"),
+                    l.s("writes_per_folio"),
+                    l.s("head_copies"),
+                    l.s("buddy_delta")
+                );
+            }
+            for l in self.tails.iter().filter(|l| l.s("op") == "lookup") {
+                let _ = writeln!(
+                    o,
+                    "  {:<7} compound-head lookup ({} pfns of {} folios): {:.2} instructions each",
+                    l.s("design"),
+                    l.s("pfns"),
+                    l.s("size"),
+                    l.get("insn_x100_per_lookup") / 100.0
+                );
+            }
+        }
+        if !self.demote.is_empty() {
+            let _ = writeln!(o);
+            let _ = writeln!(o, "demote one optimized 1G folio into 512 x 2M (HVO on)");
+            let _ = writeln!(
+                o,
+                "  {:<20} {:>14} {:>14} {:>12} {:>7} {:>8} {:>8} {:>6}",
+                "mode",
+                "instructions",
+                "frames taken",
+                "freed",
+                "TLBIs",
+                "writes",
+                "windows",
+                "wrong"
+            );
+            for l in self.demote.iter().filter(|l| l.kv.contains_key("mode")) {
+                let _ = writeln!(
+                    o,
+                    "  {:<20} {:>14} {:>14} {:>12} {:>7} {:>8} {:>8} {:>6}",
+                    l.s("mode"),
+                    fmt_n(l.get("instrs")),
+                    l.s("frames_alloc"),
+                    l.s("frames_freed"),
+                    l.s("tlbi"),
+                    l.s("writes"),
+                    l.s("windows"),
+                    l.s("wrong")
+                );
             }
         }
         if !self.smp.is_empty() {
