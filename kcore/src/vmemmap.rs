@@ -146,6 +146,9 @@ pub struct VmemmapStats {
     pub already_present: u64,
     /// Bytes of RAM used as vmemmap backing by this call.
     pub backing_bytes: u64,
+    /// Sections with RAM left unpopulated because they lie inside a range to skip (1 GiB boot
+    /// folios whose vmemmap [`crate::hvo_preinit`] populates later, already optimized).
+    pub skipped: u64,
 }
 
 /// One entry of [`Vmemmap::populate_plan`].
@@ -401,12 +404,37 @@ impl Vmemmap {
         &self,
         ram: &[MemRegion],
         memblock: &mut Memblock,
+        map_block: impl FnMut(VirtAddr, PhysAddr) -> Result<(), E>,
+    ) -> Result<VmemmapStats, VmemmapError<E>> {
+        // SAFETY: our caller's promise, passed on.
+        unsafe { self.populate_skipping(ram, memblock, &[], map_block) }
+    }
+
+    /// [`populate`](Self::populate), leaving out every section that lies wholly inside one of
+    /// `skip` (Linux 6.15's `hugetlb_vmemmap_init_early()` marks such sections so that
+    /// `sparse_init` does not populate them): their vmemmap is mapped later, already optimized,
+    /// by [`crate::hvo_preinit::populate_folio_optimized`]. Until then they are not present, so
+    /// nothing reads or writes their descriptors.
+    ///
+    /// # Safety
+    ///
+    /// As for [`populate`](Self::populate).
+    pub unsafe fn populate_skipping<E>(
+        &self,
+        ram: &[MemRegion],
+        memblock: &mut Memblock,
+        skip: &[MemRegion],
         mut map_block: impl FnMut(VirtAddr, PhysAddr) -> Result<(), E>,
     ) -> Result<VmemmapStats, VmemmapError<E>> {
         let mut stats = VmemmapStats::default();
         for e in self.populate_plan(ram) {
             if e.section >= NR_SECTIONS {
                 return Err(VmemmapError::SectionOutOfRange { section: e.section });
+            }
+            let sr = section_region(e.section);
+            if e.needed && skip.iter().any(|k| k.covers(&sr)) {
+                stats.skipped += 1;
+                continue;
             }
             if !e.needed {
                 stats.already_present += 1;
