@@ -349,9 +349,11 @@ fn preinit_folios() -> u64 {
         let mut guard = init_mm().mmap_write();
         // SAFETY: each call maps one new 4 KiB entry of the live kernel map (the sections are
         // not present, so nothing maps them yet) onto `frame`, writable only for page 0;
-        // `map_range` ends with DSB ISHST + ISB (ARM ARM D8.2, "ordering of table walks": the
-        // stores to the table are visible to the walker before the next access). The map
-        // stays for the rest of the run. `frame` is zeroed and ours.
+        // `map_range` ends with DSB ISHST + ISB (ARM ARM "Ordering of translation table
+        // walks": the new entries are visible to the walkers before the descriptors are
+        // touched; the entries were invalid and invalid entries are not held in TLBs, so no
+        // break-before-make and no TLBI). The map stays for the rest of the run. `frame` is
+        // zeroed and ours.
         let res = unsafe {
             kcore::hvo_preinit::populate_folio_optimized(
                 &VMEMMAP,
