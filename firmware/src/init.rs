@@ -344,7 +344,10 @@ pub fn kernel_main(board: &'static Board, boot_info: u64, entry_el: u64) -> ! {
             .filter(|r| r.size == kcore::hugetlb::HugePageSize::Size1G)
             .map(|r| r.count)
             .sum();
-        if early.hvo_tails == Some(kcore::hvo_tails::TailDesign::Shared) {
+        if early.hugetlb_free_vmemmap == Some(false) {
+            // Linux's hugetlb_vmemmap_init_early() likewise does nothing without HVO.
+            crate::warn!("hugetlb_vmemmap_preinit=on: refused with hugetlb_free_vmemmap=off");
+        } else if early.hvo_tails == Some(kcore::hvo_tails::TailDesign::Shared) {
             crate::warn!(
                 "hugetlb_vmemmap_preinit=on: refused with hvo_tails=shared (seed tails only)"
             );
