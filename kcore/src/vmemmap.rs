@@ -643,6 +643,40 @@ mod tests {
 
     const GIB: u64 = 1 << 30;
 
+    /// `populate_skipping` leaves out exactly the sections wholly inside a skip range (a 1 GiB
+    /// preinit folio): they take no memblock frame and stay not present. Control: without the
+    /// skip range every section gets its block.
+    #[test]
+    fn populate_skips_whole_sections_of_preinit_ranges() {
+        let ram = [MemRegion::new(0, 2 * GIB)];
+        let run = |skip: &[MemRegion]| {
+            let vm = HostVmemmap::new(&ram);
+            let mut mb = Memblock::default();
+            mb.add_memory(PhysAddr(0), 2 * GIB).unwrap();
+            // SAFETY: `host_map_block` accepts only blocks inside the arena, which lives as
+            // long as `vm`.
+            let st =
+                unsafe { vm.populate_skipping(&ram, &mut mb, skip, vm.host_map_block()) }.unwrap();
+            let present: std::vec::Vec<bool> = (0..16).map(|s| vm.is_section_present(s)).collect();
+            let reserved = mb.reserved_in_memory();
+            (st, present, reserved)
+        };
+        let (st, present, reserved) = run(&[MemRegion::new(GIB, GIB)]);
+        assert_eq!((st.sections_populated, st.skipped), (8, 8));
+        assert_eq!(st.backing_bytes, 8 * VMEMMAP_BLOCK_SIZE);
+        assert_eq!(reserved, 8 * VMEMMAP_BLOCK_SIZE);
+        assert!(present[..8].iter().all(|&p| p) && present[8..].iter().all(|&p| !p));
+        // A range that covers section 8 only in part: section 8 is populated.
+        let (st, present, _) = run(&[MemRegion::new(GIB + PAGE_SIZE, GIB - PAGE_SIZE)]);
+        assert_eq!((st.sections_populated, st.skipped), (9, 7));
+        assert!(present[8] && !present[9]);
+        // Control: nothing skipped.
+        let (st, present, reserved) = run(&[]);
+        assert_eq!((st.sections_populated, st.skipped), (16, 0));
+        assert_eq!(reserved, 16 * VMEMMAP_BLOCK_SIZE);
+        assert!(present.iter().all(|&p| p));
+    }
+
     #[test]
     fn holdback_is_whole_sections_at_the_top() {
         let pi = MemRegion::from_range(0, 0x3b40_0000);
