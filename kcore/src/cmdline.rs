@@ -257,7 +257,7 @@ impl defmt::Format for Cmdline<'_> {
     fn format(&self, f: defmt::Formatter<'_>) {
         defmt::write!(
             f,
-            "Cmdline {{ hugepages: {=[?]}, default_hugepagesz: {}, hugetlb_free_vmemmap: {}, ptdump: {}, console: {}, ktest: {}, loglevel: {}, memhp_reserve: {}, crash: {}, dt_memory: {}, stress: {}, hvo_bbm: {}, bench: {}, hvo_tails: {}, bench_tails: {}, warnings: {=[?]} }}",
+            "Cmdline {{ hugepages: {=[?]}, default_hugepagesz: {}, hugetlb_free_vmemmap: {}, ptdump: {}, console: {}, ktest: {}, loglevel: {}, memhp_reserve: {}, crash: {}, dt_memory: {}, stress: {}, hvo_bbm: {}, bench: {}, hvo_tails: {}, hugetlb_vmemmap_preinit: {}, bench_tails: {}, warnings: {=[?]} }}",
             self.hugepage_requests(),
             self.default_hugepagesz,
             self.hugetlb_free_vmemmap,
@@ -272,6 +272,7 @@ impl defmt::Format for Cmdline<'_> {
             self.hvo_bbm,
             self.bench,
             self.hvo_tails,
+            self.hugetlb_vmemmap_preinit,
             self.bench_tails,
             self.warnings()
         )
