@@ -335,6 +335,33 @@ pub fn kernel_main(board: &'static Board, boot_info: u64, entry_el: u64) -> ! {
         fatal("cannot reserve the kernel image");
     }
 
+    // hugetlb_vmemmap_preinit=on: the 1 GiB boot folios are taken from memblock now, before
+    // the kernel map and the vmemmap take frames, so their sections can be left unpopulated.
+    if early.hugetlb_vmemmap_preinit == Some(true) {
+        let n: u64 = early
+            .hugepage_requests()
+            .iter()
+            .filter(|r| r.size == kcore::hugetlb::HugePageSize::Size1G)
+            .map(|r| r.count)
+            .sum();
+        if early.hugetlb_free_vmemmap == Some(false) {
+            // Linux's hugetlb_vmemmap_init_early() likewise does nothing without HVO.
+            crate::warn!("hugetlb_vmemmap_preinit=on: refused with hugetlb_free_vmemmap=off");
+        } else if early.hvo_tails == Some(kcore::hvo_tails::TailDesign::Shared) {
+            crate::warn!(
+                "hugetlb_vmemmap_preinit=on: refused with hvo_tails=shared (seed tails only)"
+            );
+        } else if n == 0 {
+            crate::warn!("hugetlb_vmemmap_preinit=on: no hugepagesz=1G hugepages=N to reserve");
+        } else {
+            let got = crate::memory::reserve_preinit(&mut mb, n);
+            crate::info!(
+                "hugetlb_vmemmap_preinit: {} of {} 1G folio(s) reserved in memblock",
+                got,
+                n
+            );
+        }
+    }
     let km = match kernel_map::build(&mut mb) {
         Ok(km) => km,
         Err(e) => {
@@ -391,6 +418,20 @@ extern "C" fn kernel_main_on_stack(_: u64) -> ! {
         }
     }
     let mut hvo_ok = crate::hvo::boot(&cmd);
+    if let Some(run) = *crate::hvo::BOOT_RUN_1G.lock() {
+        // The boot's figures with and without hugetlb_vmemmap_preinit=: peak vmemmap frames
+        // (counted by the populate code; nothing is freed before HVO runs) and the counter at
+        // the moment the 1 GiB pool is optimized (instructions under -icount shift=0).
+        crate::info!(
+            "result: preinit {} folios={} vmemmap_peak_kib={} boot_ticks={} splits={} optimized_now={}",
+            if crate::memory::PREINIT_RANGES.lock().is_empty() { "off" } else { "on" },
+            run.folios,
+            crate::memory::VMEMMAP_BOOT_BYTES.load(Ordering::Relaxed) / 1024,
+            run.optimized_at,
+            run.stats.splits,
+            run.optimized
+        );
+    }
     if let Some(n) = cmd.stress {
         hvo_ok &= crate::hvo_smp::stress::boot(n, cmd.hvo_bbm);
     }

@@ -273,10 +273,13 @@ pub fn build(mb: &mut Memblock) -> Result<KernelMap, KernelMapError> {
     let mut blocks = [(VirtAddr(0), PhysAddr(0)); MAX_VMEMMAP_BLOCKS];
     let mut n = 0;
     let ram = crate::bootstate::ram_regions();
+    // Sections of 1 GiB boot folios reserved for hugetlb_vmemmap_preinit= are left out: their
+    // vmemmap is mapped already optimized once the buddy allocator is up.
+    let skip = crate::memory::PREINIT_RANGES.lock().clone();
     // SAFETY: every block recorded here is mapped read-write below, before `build` returns and
     // long before the map goes live; a block that cannot be recorded fails `populate`.
     let stats = unsafe {
-        crate::memory::VMEMMAP.populate(ram.as_slice(), mb, |va, pa| {
+        crate::memory::VMEMMAP.populate_skipping(ram.as_slice(), mb, skip.as_slice(), |va, pa| {
             let slot = blocks.get_mut(n).ok_or(TooManySections)?;
             *slot = (va, pa);
             n += 1;
@@ -300,6 +303,8 @@ pub fn build(mb: &mut Memblock) -> Result<KernelMap, KernelMapError> {
         km.vmemmap_blocks += s.blocks_l2;
     }
     km.vmemmap_bytes = stats.backing_bytes;
+    crate::memory::VMEMMAP_BOOT_BYTES
+        .fetch_add(stats.backing_bytes, core::sync::atomic::Ordering::Relaxed);
     Ok(km)
 }
 

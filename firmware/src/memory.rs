@@ -109,12 +109,22 @@ pub fn init(mb: &Memblock, cmd: &Cmdline<'_>) -> Result<(), BuddyError> {
     let mut requests = [HugepageRequest { size: HugePageSize::Size2M, count: 0 }; 2];
     let n = cmd.hugepage_requests().len().min(2);
     requests[..n].copy_from_slice(&cmd.hugepage_requests()[..n]);
+    // 1 GiB folios reserved at boot for hugetlb_vmemmap_preinit= come first; the buddy
+    // allocator supplies the rest of the request.
+    let preinit = if PREINIT_RANGES.lock().is_empty() { 0 } else { preinit_folios() };
+    for r in requests[..n].iter_mut().filter(|r| r.size == HugePageSize::Size1G) {
+        r.count = r.count.saturating_sub(preinit);
+    }
     requests[..n].sort_unstable_by_key(|r| core::cmp::Reverse(r.size.bytes()));
     let report = {
         let mut buddy = BUDDY.lock();
         HUGETLB.lock().preallocate(&requests[..n], &mut buddy, &VMEMMAP, &mut NoHooks)
     };
-    for s in report.sizes {
+    for mut s in report.sizes {
+        if s.size == HugePageSize::Size1G {
+            s.requested += preinit;
+            s.allocated += preinit;
+        }
         if s.requested == 0 {
             continue;
         }
@@ -256,4 +266,141 @@ pub fn meminfo() {
         );
     }
     crate::info!("meminfo: Hugetlb:       {} kB", census.hugetlb * 4);
+}
+
+/// Most 1 GiB boot folios whose vmemmap is populated optimized (`hugetlb_vmemmap_preinit=on`).
+pub const MAX_PREINIT: usize = 4;
+
+/// The 1 GiB ranges reserved in memblock for `hugetlb_vmemmap_preinit=on` (Linux 6.15's
+/// `hugetlb_bootmem_alloc()` before `sparse_init`): their sections are left out of the boot
+/// vmemmap populate and mapped already optimized by [`preinit_folios`].
+pub static PREINIT_RANGES: SpinMutex<heapless::Vec<kcore::memblock::MemRegion, MAX_PREINIT>> =
+    SpinMutex::new(heapless::Vec::new());
+
+/// Bytes of frames allocated for the vmemmap during boot, as counted by the populate code
+/// (the boot populate's blocks, then one frame per preinit folio). Nothing is freed before the
+/// first HVO run, so this is the boot's peak.
+pub static VMEMMAP_BOOT_BYTES: core::sync::atomic::AtomicU64 =
+    core::sync::atomic::AtomicU64::new(0);
+
+/// Reserves up to `count` (at most [`MAX_PREINIT`]) 1 GiB-aligned ranges as
+/// [`ReservedKind::HugetlbBoot`](kcore::memblock::ReservedKind::HugetlbBoot), before the kernel
+/// map takes memblock frames. Returns how many were reserved.
+pub fn reserve_preinit(mb: &mut Memblock, count: u64) -> u64 {
+    use kcore::memblock::{MemRegion, ReservedKind};
+    let size = HugePageSize::Size1G.bytes();
+    let mut ranges = PREINIT_RANGES.lock();
+    while (ranges.len() as u64) < count && !ranges.is_full() {
+        match mb.alloc(size, size, ReservedKind::HugetlbBoot) {
+            Ok(pa) => {
+                let _ = ranges.push(MemRegion::new(pa.0, size));
+            }
+            Err(e) => {
+                crate::warn!(
+                    "hugetlb_vmemmap_preinit: {} of {} 1G folio(s) reserved: {:?}",
+                    ranges.len(),
+                    count,
+                    e
+                );
+                break;
+            }
+        }
+    }
+    if count > MAX_PREINIT as u64 {
+        crate::warn!(
+            "hugetlb_vmemmap_preinit: at most {} 1G folios; the rest come from the buddy allocator",
+            MAX_PREINIT
+        );
+    }
+    ranges.len() as u64
+}
+
+/// Why a preinit folio could not be set up.
+#[derive(Clone, Copy, Debug)]
+#[cfg_attr(feature = "defmt-log", derive(defmt::Format))]
+pub enum PreinitBootError {
+    /// No frame for the folio's vmemmap page.
+    NoFrame,
+    /// The kcore step refused or a mapping failed.
+    Populate(kcore::hvo_preinit::PreinitError<kcore::mapper::MapError>),
+}
+
+/// Maps the vmemmap of every reserved preinit range already optimized, through the live
+/// `init_mm` (new entries only: no break-before-make), and puts the folios in the HugeTLB pool
+/// as they are (no `prep_compound`: their tail descriptors are read-only aliases of page 0).
+/// Returns the folios added.
+fn preinit_folios() -> u64 {
+    use kcore::addr::{Pfn, VirtAddr};
+    use kcore::mapper::BlockPolicy;
+    use kcore::pgtable::Attrs;
+    use kcore::tlb::HwMmu;
+
+    let ranges = PREINIT_RANGES.lock().clone();
+    let order = HugePageSize::Size1G.order();
+    let mut added = 0;
+    for r in ranges.iter() {
+        let head = Pfn::containing(r.base);
+        let Some(frame) = alloc_table_page(&mut BUDDY.lock()) else {
+            crate::error!("hugetlb_vmemmap_preinit: {:?}", PreinitBootError::NoFrame);
+            continue;
+        };
+        VMEMMAP.page(Pfn::containing(frame)).set_state(PageState::Vmemmap);
+        let mut mmu = HwMmu::new();
+        let mut guard = init_mm().mmap_write();
+        // SAFETY: each call maps one new 4 KiB entry of the live kernel map (the sections are
+        // not present, so nothing maps them yet) onto `frame`, writable only for page 0;
+        // `map_range` ends with DSB ISHST + ISB (ARM ARM "Ordering of translation table
+        // walks": the new entries are visible to the walkers before the descriptors are
+        // touched; the entries were invalid and invalid entries are not held in TLBs, so no
+        // break-before-make and no TLBI). The map stays for the rest of the run. `frame` is
+        // zeroed and ours.
+        let res = unsafe {
+            kcore::hvo_preinit::populate_folio_optimized(
+                &VMEMMAP,
+                head,
+                order,
+                frame,
+                |va: VirtAddr, pa, writable| {
+                    let attrs =
+                        if writable { Attrs::kernel_data() } else { Attrs::kernel_rodata() };
+                    guard
+                        .map_range(
+                            &LINEAR,
+                            &mut BuddyTables,
+                            &mut mmu,
+                            va,
+                            pa,
+                            PAGE_SIZE,
+                            attrs,
+                            BlockPolicy::PagesOnly,
+                        )
+                        .map(|_| ())
+                },
+            )
+        };
+        drop(guard);
+        match res {
+            Ok(st) => {
+                VMEMMAP_BOOT_BYTES
+                    .fetch_add(st.backing_bytes, core::sync::atomic::Ordering::Relaxed);
+                if let Err(e) = HUGETLB.lock().add_prepared(head, HugePageSize::Size1G, &VMEMMAP) {
+                    crate::error!("hugetlb_vmemmap_preinit: folio refused by the pool: {:?}", e);
+                    continue;
+                }
+                added += 1;
+                crate::info!(
+                    "hugetlb_vmemmap_preinit: 1G folio at {:#x}: {} vmemmap pages ({} read-only) onto one frame {:#x}, {} sections",
+                    r.base.0,
+                    st.pages_mapped,
+                    st.read_only,
+                    frame.0,
+                    st.sections
+                );
+            }
+            Err(e) => {
+                crate::error!("hugetlb_vmemmap_preinit: {:?}", PreinitBootError::Populate(e))
+            }
+        }
+    }
+    added
 }

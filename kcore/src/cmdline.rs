@@ -10,6 +10,7 @@
 //! | `hugepages=N` | boot-time pool size for the last `hugepagesz=` (or, before any, the default size) |
 //! | `default_hugepagesz=2M\|1G` | the default size (2 MiB if absent, as on arm64) |
 //! | `hugetlb_free_vmemmap=on\|off` | HVO on or off (also `1/0/y/n`, as `kstrtobool`) |
+//! | `hugetlb_vmemmap_preinit=on\|off` | ours (Linux 6.15's `HUGETLB_VMEMMAP_PREINIT` is a build option): 1 GiB boot folios get their vmemmap populated already optimized ([`crate::hvo_preinit`]); off by default |
 //! | `ptdump` | dump the kernel page tables at boot |
 //! | `console` | ours: enter the serial console after the boot report instead of exiting (`console=DEV` is Linux's and changes nothing) |
 //! | `ktest` / `ktest=FILTER` | run the in-kernel tests (all, or those matching `FILTER`) |
@@ -216,6 +217,8 @@ pub struct Cmdline<'a> {
     pub bench: bool,
     /// `hvo_tails=seed|shared`: HVO's tail design ([`crate::hvo_tails`]), fixed at boot.
     pub hvo_tails: Option<crate::hvo_tails::TailDesign>,
+    /// `hugetlb_vmemmap_preinit=on|off`: 1 GiB boot folios populated optimized.
+    pub hugetlb_vmemmap_preinit: Option<bool>,
     /// `bench=tails`: measure the booted tail design and exit.
     pub bench_tails: bool,
     warnings: [Warning<'a>; MAX_WARNINGS],
@@ -241,6 +244,7 @@ impl Default for Cmdline<'_> {
             hvo_bbm: None,
             bench: false,
             hvo_tails: None,
+            hugetlb_vmemmap_preinit: None,
             bench_tails: false,
             warnings: [Warning::TooMany; MAX_WARNINGS],
             nr_warnings: 0,
@@ -253,7 +257,7 @@ impl defmt::Format for Cmdline<'_> {
     fn format(&self, f: defmt::Formatter<'_>) {
         defmt::write!(
             f,
-            "Cmdline {{ hugepages: {=[?]}, default_hugepagesz: {}, hugetlb_free_vmemmap: {}, ptdump: {}, console: {}, ktest: {}, loglevel: {}, memhp_reserve: {}, crash: {}, dt_memory: {}, stress: {}, hvo_bbm: {}, bench: {}, hvo_tails: {}, bench_tails: {}, warnings: {=[?]} }}",
+            "Cmdline {{ hugepages: {=[?]}, default_hugepagesz: {}, hugetlb_free_vmemmap: {}, ptdump: {}, console: {}, ktest: {}, loglevel: {}, memhp_reserve: {}, crash: {}, dt_memory: {}, stress: {}, hvo_bbm: {}, bench: {}, hvo_tails: {}, hugetlb_vmemmap_preinit: {}, bench_tails: {}, warnings: {=[?]} }}",
             self.hugepage_requests(),
             self.default_hugepagesz,
             self.hugetlb_free_vmemmap,
@@ -268,6 +272,7 @@ impl defmt::Format for Cmdline<'_> {
             self.hvo_bbm,
             self.bench,
             self.hvo_tails,
+            self.hugetlb_vmemmap_preinit,
             self.bench_tails,
             self.warnings()
         )
@@ -291,6 +296,7 @@ impl core::fmt::Debug for Cmdline<'_> {
             .field("hvo_bbm", &self.hvo_bbm)
             .field("bench", &self.bench)
             .field("hvo_tails", &self.hvo_tails)
+            .field("hugetlb_vmemmap_preinit", &self.hugetlb_vmemmap_preinit)
             .field("bench_tails", &self.bench_tails)
             .field("warnings", &self.warnings())
             .finish()
@@ -762,6 +768,11 @@ pub fn parse(s: &str) -> Cmdline<'_> {
                 Some(None) => c.malformed(tok, MalformedReason::UnknownValue),
                 None => c.malformed(tok, MalformedReason::MissingValue),
             },
+            "hugetlb_vmemmap_preinit" => match value.map(parse_bool) {
+                Some(Some(b)) => c.hugetlb_vmemmap_preinit = Some(b),
+                Some(None) => c.malformed(tok, MalformedReason::BadBool),
+                None => c.malformed(tok, MalformedReason::MissingValue),
+            },
             "hvo_bbm" => match value.map(HvoBbm::from_name) {
                 Some(Some(b)) => c.hvo_bbm = Some(b),
                 Some(None) => c.malformed(tok, MalformedReason::UnknownValue),
@@ -809,6 +820,28 @@ mod tests {
                     reason: MalformedReason::UnknownValue
                 },
                 Warning::Malformed { option: "hvo_tails", reason: MalformedReason::MissingValue },
+            ]
+        );
+    }
+
+    #[test]
+    fn hugetlb_vmemmap_preinit() {
+        assert_eq!(parse("").hugetlb_vmemmap_preinit, None);
+        assert_eq!(parse("hugetlb_vmemmap_preinit=on").hugetlb_vmemmap_preinit, Some(true));
+        assert_eq!(parse("hugetlb_vmemmap_preinit=0").hugetlb_vmemmap_preinit, Some(false));
+        let c = parse("hugetlb_vmemmap_preinit=maybe hugetlb_vmemmap_preinit");
+        assert_eq!(c.hugetlb_vmemmap_preinit, None);
+        assert_eq!(
+            c.warnings(),
+            [
+                Warning::Malformed {
+                    option: "hugetlb_vmemmap_preinit=maybe",
+                    reason: MalformedReason::BadBool
+                },
+                Warning::Malformed {
+                    option: "hugetlb_vmemmap_preinit",
+                    reason: MalformedReason::MissingValue
+                },
             ]
         );
     }

@@ -519,6 +519,28 @@ impl HugetlbPool {
         folio
     }
 
+    /// Takes in a folio whose descriptors were laid out outside the pool: a 1 GiB boot folio
+    /// whose vmemmap [`crate::hvo_preinit`] populated already optimized (Linux 6.15's
+    /// `gather_bootmem_prealloc()` for `HUGE_BOOTMEM_HVO` folios, which skips the compound
+    /// prep). No [`prep_compound`] (its writes to the read-only tail aliases would fault):
+    /// [`check_folio`] verifies the layout, then the folio counts in `nr_hugepages` and goes on
+    /// the free list.
+    pub fn add_prepared(
+        &mut self,
+        head: Pfn,
+        size: HugePageSize,
+        vm: &Vmemmap,
+    ) -> Result<(), HugetlbError> {
+        if !head.0.is_multiple_of(size.nr_pages()) {
+            return Err(HugetlbError::Misaligned { pfn: head, size });
+        }
+        let folio = Folio { head, order: size.order() };
+        check_folio(&folio, vm).map_err(HugetlbError::Folio)?;
+        self.hstates[size.index()].nr += 1;
+        self.enqueue(folio, vm);
+        Ok(())
+    }
+
     /// Puts a folio on the pool's free list (Linux's `enqueue_hugetlb_folio`): refcount 0.
     pub fn enqueue(&mut self, folio: Folio, vm: &Vmemmap) {
         let h = &mut self.hstates[folio.size().index()];

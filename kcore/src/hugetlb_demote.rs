@@ -32,6 +32,17 @@
 //! (`prep_and_add_allocated_folios()` → `hugetlb_vmemmap_optimize_folios()`, 3584 frames freed):
 //! that is [`DemoteMode::RestoreThenSplit`] here, kept for comparison.
 //!
+//! # Shared tail design
+//!
+//! Under [`TailDesign::Shared`] ([`crate::hvo_tails`]) an optimized 1 GiB folio's pages
+//! 1..4095 map the shared read-only tail page of order 18, and page 0 stays in place. The
+//! direct demote then checks that layout, takes the shared tail page of order 9 (made on first
+//! use, kept, as HVO's), fills each part's new page 0 with head `k` and 63 mask-encoded tails,
+//! and in the one break window remaps entries `1..4095`: `8k` read-write onto part `k`'s frame
+//! (`k >= 1`), `8k+1..8k+7` read-only onto the order-9 tail page (part 0's too: they leave the
+//! order-18 page). Part 0's 63 tails in page 0 are rewritten in place with the order-9 mask
+//! word (both masks name the same head for them). 511 frames, 4095 entries.
+//!
 //! # Other cases
 //!
 //! - A folio that is not optimized: its descriptors are rewritten (each part laid out as a
@@ -54,6 +65,7 @@ use crate::hugetlb_vmemmap::{
     note_optimized_folios, optimizable_vmemmap_pages, Hvo, HvoError, HvoParts, HvoStats,
     VmemmapFrames, PENDING_BIT,
 };
+use crate::hvo_tails::{fill_tail_page, init_shared_tail, tail_design, tail_mask_word, TailDesign};
 use crate::mapper::FrameAlloc;
 use crate::page::{Page, PageFlags, PageState, DESCS_PER_PAGE, ORDER_NONE, PAGE_DESC_SIZE};
 use crate::pagewalk::{
@@ -235,11 +247,20 @@ struct Layout {
     tables: [PhysAddr; MAX_TABLES],
 }
 
+/// What the pages after page 0 of an optimized folio map: page 0's frame (seed design) or the
+/// shared tail page of the folio's order (shared design, [`crate::hvo_tails`]).
+#[derive(Clone, Copy)]
+enum Alias {
+    Page0,
+    Shared(PhysAddr),
+}
+
 /// The check pass: every entry of the optimized folio's vmemmap mapped by pages, page 0
 /// writable, every other page read-only onto page 0's frame; records the L3 tables.
 struct LayoutWalk {
     folio: Pfn,
     start: VirtAddr,
+    alias: Alias,
     page0: Option<(PhysAddr, Attrs)>,
     tables: [Option<PhysAddr>; MAX_TABLES],
 }
@@ -281,8 +302,14 @@ impl PageWalkOps for LayoutWalk {
                 return Err(self.bad(e.addr()));
             }
             self.page0 = Some((pa, attrs));
-        } else if self.page0.is_none_or(|(p0, _)| p0 != pa) || attrs.is_writable() {
-            return Err(self.bad(e.addr()));
+        } else {
+            let target = match (self.alias, self.page0) {
+                (Alias::Shared(t), _) => Some(t),
+                (Alias::Page0, p0) => p0.map(|(p0, _)| p0),
+            };
+            if target != Some(pa) || attrs.is_writable() {
+                return Err(self.bad(e.addr()));
+            }
         }
         Ok(WalkAction::Continue)
     }
@@ -300,10 +327,16 @@ impl PageWalkOps for LayoutWalk {
 fn check_layout<M: PhysMem, O: MmuOps, F>(
     p: &HvoParts<'_, '_, M, O, F>,
     folio: &Folio,
+    alias: Alias,
 ) -> Result<Layout, DemoteError> {
     let (start, end) = folio_vmemmap_range(folio);
-    let mut w =
-        LayoutWalk { folio: folio.head_pfn(), start, page0: None, tables: [None; MAX_TABLES] };
+    let mut w = LayoutWalk {
+        folio: folio.head_pfn(),
+        start,
+        alias,
+        page0: None,
+        tables: [None; MAX_TABLES],
+    };
     if (end - start).div_ceil(PMD_SIZE) as usize > MAX_TABLES {
         return Err(DemoteError::Hvo(HvoError::UnsupportedOrder { order: folio.order() }));
     }
@@ -345,7 +378,17 @@ fn demote_direct<M: PhysMem, O: MmuOps, F: VmemmapFrames>(
     to: u8,
     st: &mut DemoteStats,
 ) -> Result<(), DemoteError> {
-    let layout = check_layout(p, folio)?;
+    let shared = tail_design() == TailDesign::Shared;
+    let alias = match (shared, p.vm.tail_pages().get(folio.order())) {
+        (false, _) => Alias::Page0,
+        (true, Some(t)) => Alias::Shared(t),
+        // Shared design but no tail page of the folio's order: not laid out by HVO.
+        (true, None) => {
+            let (start, _) = folio_vmemmap_range(folio);
+            return Err(DemoteError::Layout { folio: folio.head_pfn(), va: start });
+        }
+    };
+    let layout = check_layout(p, folio, alias)?;
     let (start, _) = folio_vmemmap_range(folio);
     let pp = hugetlb_vmemmap_size(to) / PAGE_SIZE; // vmemmap pages per part
     let total = hugetlb_vmemmap_size(folio.order()) / PAGE_SIZE;
@@ -354,6 +397,15 @@ fn demote_direct<M: PhysMem, O: MmuOps, F: VmemmapFrames>(
         return Err(DemoteError::Hvo(HvoError::UnsupportedOrder { order: to }));
     }
     let (mem, vm) = (p.mem, p.vm);
+    // Shared design: pages 8k+1..8k+7 of every part (part 0's too) map the shared tail page of
+    // the smaller order, made on first use before anything else (it stays, as HVO's does).
+    let (first, old_target, tails_to) = match alias {
+        Alias::Page0 => (pp, layout.page0, None),
+        Alias::Shared(t) => {
+            let t9 = ensure_tail_page(p, to).map_err(DemoteError::Hvo)?;
+            (1, t, Some(t9))
+        }
+    };
     let needed = parts - 1;
     // 2. All frames first, chained through their first word (nothing maps them).
     let mut chain: Option<PhysAddr> = None;
@@ -390,9 +442,14 @@ fn demote_direct<M: PhysMem, O: MmuOps, F: VmemmapFrames>(
         for j in 1..DESCS_PER_PAGE {
             // SAFETY: our frame, not mapped yet; j * 64 < 4096.
             let t = unsafe { frame_desc(mem, pa, j * PAGE_DESC_SIZE) };
-            t.init(PageState::HugeTlb);
-            t.set_order(ORDER_NONE);
-            t.set_compound_head(head_va);
+            if shared {
+                // Mask-encoded: the word depends on the order only, not on the address.
+                init_shared_tail(t, to);
+            } else {
+                t.init(PageState::HugeTlb);
+                t.set_order(ORDER_NONE);
+                t.set_compound_head(head_va);
+            }
         }
         // SAFETY: as above, offset 0.
         let h = unsafe { frame_desc(mem, pa, 0) };
@@ -418,21 +475,21 @@ fn demote_direct<M: PhysMem, O: MmuOps, F: VmemmapFrames>(
     sync.op_begin();
     let mm = p.guard.mm();
     let ptl = mm.page_table_lock();
-    sync.break_begin(start + pp * PAGE_SIZE, start + total * PAGE_SIZE);
+    sync.break_begin(start + first * PAGE_SIZE, start + total * PAGE_SIZE);
     st.windows += 1;
-    let (first_slot, _) = entry(pp);
+    let (first_slot, _) = entry(first);
     // SAFETY: a live L3 entry of init_mm (the check pass found the table; the walk lock and the
     // page-table lock keep it).
     let old = unsafe { read_entry(first_slot) };
     let mut failed = None;
     let mut cur = ready;
     let mut written = 0u64;
-    for i in pp..total {
+    for i in first..total {
         let (slot, va) = entry(i);
         // SAFETY: as above.
         let now = unsafe { read_entry(slot) };
         let still =
-            now == old && now.decode_leaf(Level::L3).is_some_and(|(pa, _)| pa == layout.page0);
+            now == old && now.decode_leaf(Level::L3).is_some_and(|(pa, _)| pa == old_target);
         if !still {
             failed = Some(DemoteError::Changed { folio: folio.head_pfn(), va });
             break;
@@ -444,8 +501,12 @@ fn demote_direct<M: PhysMem, O: MmuOps, F: VmemmapFrames>(
             let link = unsafe { frame_desc(mem, c, 0) }.private();
             cur = (link != NO_LINK).then_some(PhysAddr(link));
         }
-        let Some(frame) = cur else { break };
-        let attrs = if i % pp == 0 { layout.rw } else { layout.rw.read_only() };
+        let Some(own) = cur else { break };
+        let (frame, attrs) = match (i % pp == 0, tails_to) {
+            (true, _) => (own, layout.rw),
+            (false, None) => (own, layout.rw.read_only()),
+            (false, Some(t9)) => (t9, layout.rw.read_only()),
+        };
         let new = match Descriptor::leaf(Level::L3, frame, attrs) {
             Ok(d) => d,
             Err(_) => {
@@ -468,7 +529,7 @@ fn demote_direct<M: PhysMem, O: MmuOps, F: VmemmapFrames>(
         p.mmu.tlbi_vmalle1is();
         p.stats.tlbi_flush_all += 1;
     } else {
-        for i in pp..pp + written {
+        for i in first..first + written {
             // TLBI VAAE1IS: drop the old translation of this page on every core
             // (break-before-make), completed by the DSB ISH below.
             p.mmu.tlbi_vaae1is(entry(i).1);
@@ -477,7 +538,7 @@ fn demote_direct<M: PhysMem, O: MmuOps, F: VmemmapFrames>(
     // DSB ISH, once: every TLBI has completed on every core before any new entry is written
     // (ARM ARM "Ordering and completion of TLB maintenance instructions").
     p.mmu.dsb_ish();
-    for i in pp..pp + written {
+    for i in first..first + written {
         let (slot, va) = entry(i);
         // SAFETY: as above.
         let d = unsafe { read_entry(slot) };
@@ -517,10 +578,42 @@ fn demote_direct<M: PhysMem, O: MmuOps, F: VmemmapFrames>(
         return Err(e);
     }
     p.stats.ptes_remapped += written;
-    // 5. The old head is part 0's head.
+    // 5. The old head is part 0's head. Shared design: its 63 tails in page 0 (writable, in
+    // place) get the smaller order's mask word; both masks give the same head for them, so no
+    // lookup sees a wrong answer in between.
+    if shared {
+        for j in 1..DESCS_PER_PAGE {
+            let t = vm.page(Pfn(folio.head_pfn().0 + j));
+            t.set_compound_word(tail_mask_word(to));
+        }
+        st.descriptors_written += DESCS_PER_PAGE - 1;
+    }
     vm.page(folio.head_pfn()).set_order(to);
     note_optimized_folios(parts - 1);
     Ok(())
+}
+
+/// Shared design: the tail page of `order` (as HVO's own `ensure_tail_page`): allocated and
+/// filled on first use, published once; another CPU's page wins a race and ours goes back.
+fn ensure_tail_page<M: PhysMem, O: MmuOps, F: VmemmapFrames>(
+    p: &mut HvoParts<'_, '_, M, O, F>,
+    order: u8,
+) -> Result<PhysAddr, HvoError> {
+    if let Some(pa) = p.vm.tail_pages().get(order) {
+        return Ok(pa);
+    }
+    let pa = p.frames.alloc().ok_or(HvoError::NoMemory { needed: 1, got: 0 })?;
+    p.stats.frames_allocated += 1;
+    // SAFETY: a frame the allocator just gave us, mapped nowhere yet, reachable through
+    // `p.mem` (`Hvo::new`'s contract).
+    unsafe { fill_tail_page(p.mem.ptr(pa), order) };
+    let (cur, ours) = p.vm.tail_pages().publish(order, pa);
+    if ours {
+        p.stats.shared_tail_pages += 1;
+    } else {
+        give_back(&mut *p.frames, p.stats, pa);
+    }
+    Ok(cur)
 }
 
 /// Gives an unused frame back to the frame allocator, counting it.

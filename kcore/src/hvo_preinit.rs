@@ -12,8 +12,10 @@
 //! broken: the entries are new, so no break-before-make is needed. The head carries
 //! [`PageFlags::VMEMMAP_OPTIMIZED`], so HVO finds the folio optimized and leaves it alone.
 //!
-//! Status: the kcore step and its host test (`kcore/tests/hvo_preinit.rs`). The boot does not
-//! use it yet (the firmware's memory bring-up still populates every section with blocks).
+//! The boot uses it with `hugetlb_vmemmap_preinit=on` (`firmware/src/memory.rs`): the 1 GiB
+//! ranges are reserved in memblock before the kernel map is built, their sections left out of
+//! [`Vmemmap::populate_skipping`], and populated here through the live `init_mm` once the buddy
+//! allocator is up. Seed tail design only ([`PreinitError::SharedTails`] otherwise).
 #![deny(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
 
 use crate::addr::{Pfn, PhysAddr, VirtAddr, PAGE_SIZE};
@@ -33,6 +35,9 @@ pub enum PreinitError<E> {
         /// Order asked for.
         order: u8,
     },
+    /// The tail design is [`TailDesign::Shared`](crate::hvo_tails::TailDesign::Shared): this
+    /// layout (pages 1.. aliasing page 0, address-encoded tails) is the seed design's.
+    SharedTails,
     /// One of the folio's sections already has a vmemmap.
     AlreadyPresent {
         /// The section.
@@ -86,11 +91,18 @@ pub unsafe fn populate_folio_optimized<E>(
     if !head.0.is_multiple_of(nr) || !nr.is_multiple_of(PAGES_PER_SECTION) {
         return Err(PreinitError::NotWholeSections { head, order });
     }
+    if crate::hvo_tails::tail_design() == crate::hvo_tails::TailDesign::Shared {
+        return Err(PreinitError::SharedTails);
+    }
     let first = (head.0 / PAGES_PER_SECTION) as usize;
     let sections = first..first + (nr / PAGES_PER_SECTION) as usize;
     if let Some(section) = sections.clone().find(|&s| vm.is_section_present(s)) {
         return Err(PreinitError::AlreadyPresent { section });
     }
+    // Linux's `hugetlb_optimize_vmemmap_key`: vmemmap pages 1.. show page 0's head at their
+    // start (fake heads), so the compound-head lookup must resolve them from now on, before the
+    // aliases are mapped (as the HVO optimize path turns it on before it remaps).
+    crate::page::set_fake_head_fixup(true);
     let mut st = PreinitStats { backing_bytes: PAGE_SIZE, ..Default::default() };
     let start = vmemmap_va(head);
     for i in 0..hugetlb_vmemmap_size(order) / PAGE_SIZE {
@@ -118,5 +130,6 @@ pub unsafe fn populate_folio_optimized<E>(
     h.set_flags(PageFlags::HEAD | PageFlags::HUGETLB | PageFlags::VMEMMAP_OPTIMIZED);
     h.set_order(order);
     st.descriptors = DESCS_PER_PAGE;
+    crate::hugetlb_vmemmap::note_optimized_folios(1);
     Ok(st)
 }

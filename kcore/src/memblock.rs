@@ -226,8 +226,9 @@ pub enum ReservedKind {
     /// RAM kept away from the buddy allocator at boot, to be hot-added later
     /// (`memhp_reserve=`).
     HotplugHeldBack,
-    /// HugeTLB pages allocated before the buddy allocator (not used yet: the pool comes from
-    /// the buddy allocator).
+    /// 1 GiB HugeTLB pages reserved before the kernel map and the vmemmap take frames, for
+    /// `hugetlb_vmemmap_preinit=on` (their vmemmap is populated already optimized; without it
+    /// the pool comes from the buddy allocator).
     HugetlbBoot,
     /// Anything else.
     Other,

@@ -146,6 +146,9 @@ pub struct VmemmapStats {
     pub already_present: u64,
     /// Bytes of RAM used as vmemmap backing by this call.
     pub backing_bytes: u64,
+    /// Sections with RAM left unpopulated because they lie inside a range to skip (1 GiB boot
+    /// folios whose vmemmap [`crate::hvo_preinit`] populates later, already optimized).
+    pub skipped: u64,
 }
 
 /// One entry of [`Vmemmap::populate_plan`].
@@ -401,12 +404,37 @@ impl Vmemmap {
         &self,
         ram: &[MemRegion],
         memblock: &mut Memblock,
+        map_block: impl FnMut(VirtAddr, PhysAddr) -> Result<(), E>,
+    ) -> Result<VmemmapStats, VmemmapError<E>> {
+        // SAFETY: our caller's promise, passed on.
+        unsafe { self.populate_skipping(ram, memblock, &[], map_block) }
+    }
+
+    /// [`populate`](Self::populate), leaving out every section that lies wholly inside one of
+    /// `skip` (Linux 6.15's `hugetlb_vmemmap_init_early()` marks such sections so that
+    /// `sparse_init` does not populate them): their vmemmap is mapped later, already optimized,
+    /// by [`crate::hvo_preinit::populate_folio_optimized`]. Until then they are not present, so
+    /// nothing reads or writes their descriptors.
+    ///
+    /// # Safety
+    ///
+    /// As for [`populate`](Self::populate).
+    pub unsafe fn populate_skipping<E>(
+        &self,
+        ram: &[MemRegion],
+        memblock: &mut Memblock,
+        skip: &[MemRegion],
         mut map_block: impl FnMut(VirtAddr, PhysAddr) -> Result<(), E>,
     ) -> Result<VmemmapStats, VmemmapError<E>> {
         let mut stats = VmemmapStats::default();
         for e in self.populate_plan(ram) {
             if e.section >= NR_SECTIONS {
                 return Err(VmemmapError::SectionOutOfRange { section: e.section });
+            }
+            let sr = section_region(e.section);
+            if e.needed && skip.iter().any(|k| k.covers(&sr)) {
+                stats.skipped += 1;
+                continue;
             }
             if !e.needed {
                 stats.already_present += 1;
@@ -614,6 +642,40 @@ mod tests {
     use super::*;
 
     const GIB: u64 = 1 << 30;
+
+    /// `populate_skipping` leaves out exactly the sections wholly inside a skip range (a 1 GiB
+    /// preinit folio): they take no memblock frame and stay not present. Control: without the
+    /// skip range every section gets its block.
+    #[test]
+    fn populate_skips_whole_sections_of_preinit_ranges() {
+        let ram = [MemRegion::new(0, 2 * GIB)];
+        let run = |skip: &[MemRegion]| {
+            let vm = HostVmemmap::new(&ram);
+            let mut mb = Memblock::default();
+            mb.add_memory(PhysAddr(0), 2 * GIB).unwrap();
+            // SAFETY: `host_map_block` accepts only blocks inside the arena, which lives as
+            // long as `vm`.
+            let st =
+                unsafe { vm.populate_skipping(&ram, &mut mb, skip, vm.host_map_block()) }.unwrap();
+            let present: std::vec::Vec<bool> = (0..16).map(|s| vm.is_section_present(s)).collect();
+            let reserved = mb.reserved_in_memory();
+            (st, present, reserved)
+        };
+        let (st, present, reserved) = run(&[MemRegion::new(GIB, GIB)]);
+        assert_eq!((st.sections_populated, st.skipped), (8, 8));
+        assert_eq!(st.backing_bytes, 8 * VMEMMAP_BLOCK_SIZE);
+        assert_eq!(reserved, 8 * VMEMMAP_BLOCK_SIZE);
+        assert!(present[..8].iter().all(|&p| p) && present[8..].iter().all(|&p| !p));
+        // A range that covers section 8 only in part: section 8 is populated.
+        let (st, present, _) = run(&[MemRegion::new(GIB + PAGE_SIZE, GIB - PAGE_SIZE)]);
+        assert_eq!((st.sections_populated, st.skipped), (9, 7));
+        assert!(present[8] && !present[9]);
+        // Control: nothing skipped.
+        let (st, present, reserved) = run(&[]);
+        assert_eq!((st.sections_populated, st.skipped), (16, 0));
+        assert_eq!(reserved, 16 * VMEMMAP_BLOCK_SIZE);
+        assert!(present.iter().all(|&p| p));
+    }
 
     #[test]
     fn holdback_is_whole_sections_at_the_top() {

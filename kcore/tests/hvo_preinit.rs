@@ -120,3 +120,32 @@ fn refusals() {
     assert_eq!(r, Err(PreinitError::NotWholeSections { head: Pfn(HEAD.0 + 512), order: 9 }));
     assert_eq!(calls, 0);
 }
+
+/// The pool takes the preinit folio as it is (no `prep_compound`, whose writes would fault on
+/// the read-only tails on the target): counted, on the free list, its layout checked. Negative
+/// controls: a misaligned head and a range that is not a prepared folio are refused and the
+/// pool is unchanged.
+#[test]
+fn pool_takes_it_without_prep() {
+    use kcore::hugetlb::{HugePageSize, HugetlbError};
+    let (mut w, _) = preinit_world();
+    let before = w.pool.counts(HugePageSize::Size1G);
+    let r = w.pool.add_prepared(Pfn(HEAD.0 + 512), HugePageSize::Size1G, &w.vm);
+    assert!(matches!(r, Err(HugetlbError::Misaligned { .. })), "{r:?}");
+    let not_a_folio = Pfn(HEAD.0 + (1 << 18));
+    let r = w.pool.add_prepared(not_a_folio, HugePageSize::Size2M, &w.vm);
+    assert!(matches!(r, Err(HugetlbError::Folio(_))), "{r:?}");
+    assert_eq!(w.pool.counts(HugePageSize::Size1G), before);
+    assert_eq!(w.pool.counts(HugePageSize::Size2M).nr_hugepages, 0);
+
+    w.mmu.take_events();
+    w.pool.add_prepared(HEAD, HugePageSize::Size1G, &w.vm).unwrap();
+    assert!(w.mmu.take_events().is_empty(), "no entry written");
+    let c = w.pool.counts(HugePageSize::Size1G);
+    assert_eq!((c.nr_hugepages, c.free_hugepages), (before.nr_hugepages + 1, 1));
+    w.pool.check(&w.vm).unwrap();
+    let f = w.pool.dequeue(HugePageSize::Size1G, &w.vm).expect("the preinit folio");
+    assert_eq!(f.head_pfn(), HEAD);
+    assert!(folio_is_optimized(&w.vm, &f));
+    w.pool.enqueue(f, &w.vm);
+}

@@ -234,6 +234,26 @@ pub const TARGET_RUNS: &[TargetRun] = &[
             "HugeTLB: 16380 KiB vmemmap can be freed for a 1.00 GiB page",
             "result: hvo size=1G folios=1 freed_pages=4095 ",
             " restore_ok=1",
+            // The control for `preinit`: blocks populated, 8 live splits.
+            "result: preinit off folios=1 vmemmap_peak_kib=32768 ",
+            " splits=8 optimized_now=1",
+        ],
+        status: 0,
+    },
+    // A 1 GiB folio optimized from boot (issue 13 item 2, Linux 6.15's HUGETLB_VMEMMAP_PREINIT):
+    // its 16 MiB of vmemmap never allocated, and HVO finds nothing to split.
+    TargetRun {
+        name: "preinit",
+        bootargs: "hugepagesz=1G hugepages=1 hugetlb_vmemmap_preinit=on",
+        dtb: None,
+        timeout_secs: 300,
+        expect: &[
+            "reserved 0x40000000..0x80000000 HugetlbBoot",
+            "vmemmap: 8 x 2M block(s) mapping 16 MiB of descriptors",
+            "hugetlb_vmemmap_preinit: 1G folio at 0x40000000: 4096 vmemmap pages (4095 read-only) onto one frame",
+            "result: hvo size=1G folios=1 freed_pages=0 tlbi=0 splits=0 restore_ok=1",
+            "result: preinit on folios=1 vmemmap_peak_kib=16388 ",
+            " splits=0 optimized_now=0",
         ],
         status: 0,
     },
