@@ -152,17 +152,7 @@ fn read_window(w: &Window) -> (bool, u64, u64, u64) {
 
 /// Does `va` translate now for this kind of access (AT S1E1R / S1E1W, PAR_EL1.F)?
 fn translates(va: u64, write: bool) -> bool {
-    let par: u64;
-    // SAFETY: address translation instructions only write PAR_EL1, read back here; no memory is
-    // accessed. ISB: PAR_EL1 is updated before it is read (ARM ARM C5.5, "AT" instructions).
-    unsafe {
-        if write {
-            core::arch::asm!("at s1e1w, {0}", "isb", "mrs {1}, par_el1", in(reg) va, out(reg) par, options(nostack));
-        } else {
-            core::arch::asm!("at s1e1r, {0}", "isb", "mrs {1}, par_el1", in(reg) va, out(reg) par, options(nostack));
-        }
-    }
-    par & 1 == 0
+    crate::arch::cpu::translate_el1(va, write).is_some()
 }
 
 /// What the hook decided for one fault (pure: the refusal test calls it directly).

@@ -261,17 +261,6 @@ fn walk(st: &ReaderStats, head: Pfn, first: u64, len: u64) {
     }
 }
 
-/// The physical address `va` translates to now (AT S1E1R), `None` while it does not.
-fn phys_of(va: u64) -> Option<u64> {
-    let par: u64;
-    // SAFETY: an address translation instruction writes only PAR_EL1, read back here; no
-    // memory is accessed. ISB: PAR_EL1 is updated before it is read (ARM ARM C5.5, "AT").
-    unsafe {
-        core::arch::asm!("at s1e1r, {0}", "isb", "mrs {1}, par_el1", in(reg) va, out(reg) par, options(nostack));
-    }
-    (par & 1 == 0).then_some(par & 0x0000_FFFF_FFFF_F000)
-}
-
 /// Speculative reference: look `pfn`'s folio up, try_get its head, re-check, put. `hold`: this
 /// core holds the reference for [`HOLD_US`] first, published for [`wait_fresh_holder`].
 fn speculative_get(st: &ReaderStats, truth: Pfn, pfn: Pfn, hold: Option<usize>) {
@@ -296,13 +285,13 @@ fn speculative_get(st: &ReaderStats, truth: Pfn, pfn: Pfn, hold: Option<usize>) 
         // Hold until the head's vmemmap page moves (HVO's page-0 remap: the put then lands on
         // the copy) or HOLD_US passes, whichever is first.
         let va = hv::vmemmap_va(head).0;
-        let before = phys_of(va);
+        let before = cpu::translate_el1(va, false);
         ACQUIRED[me].fetch_add(1, Ordering::AcqRel);
         HOLDING[me].store(true, Ordering::Release);
         let t0 = crate::drivers::timer::ticks();
         let t = crate::drivers::timer::frequency() / 1_000_000 * HOLD_US;
         while crate::drivers::timer::ticks() - t0 < t {
-            let now = phys_of(va);
+            let now = cpu::translate_el1(va, false);
             if now.is_some() && now != before {
                 HELD_ACROSS.fetch_add(1, Ordering::Relaxed);
                 break;

@@ -528,12 +528,7 @@ fn peer_job(strategy: u64) {
     let force = PEER_FORCE.load(Ordering::Acquire) != 0;
     let mut wait_for_core0 = |_: VirtAddr| {
         PEER_IN_SPLIT.store(1, Ordering::Release);
-        let t0 = timer::ticks();
-        while PEER_CORE0_DONE.load(Ordering::Acquire) == 0
-            && timer::ticks() - t0 < 5 * timer::frequency()
-        {
-            core::hint::spin_loop();
-        }
+        wait_flag(&PEER_CORE0_DONE);
     };
     let hook = force.then_some(&mut wait_for_core0 as &mut dyn FnMut(VirtAddr));
     match hvo_op_hooked(core::slice::from_ref(&f), true, strategy, true, (0, 0), None, hook) {
@@ -549,6 +544,15 @@ fn peer_job(strategy: u64) {
         }
     }
     PEER_DONE.store(1, Ordering::Release);
+}
+
+/// Spins until `flag` is set or 5 s have passed (a forced round's handshake; the test then
+/// sees the race not taken rather than hanging).
+fn wait_flag(flag: &AtomicU8) {
+    let t0 = timer::ticks();
+    while flag.load(Ordering::Acquire) == 0 && timer::ticks() - t0 < 5 * timer::frequency() {
+        core::hint::spin_loop();
+    }
 }
 
 /// What the concurrent-split run measured.
@@ -681,12 +685,7 @@ pub fn concurrent_split(
         PEER_GO.store(1, Ordering::Release);
         if round < forced {
             // The peer goes first, as far as its split's re-check.
-            let t0 = timer::ticks();
-            while PEER_IN_SPLIT.load(Ordering::Acquire) == 0
-                && timer::ticks() - t0 < 5 * timer::frequency()
-            {
-                core::hint::spin_loop();
-            }
+            wait_flag(&PEER_IN_SPLIT);
         }
         let mine = hvo_op(core::slice::from_ref(a), true, strategy, true, (0, 0), None);
         PEER_CORE0_DONE.store(1, Ordering::Release);

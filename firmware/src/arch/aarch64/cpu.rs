@@ -57,3 +57,20 @@ pub fn dcache_line_size() -> u64 {
     unsafe { core::arch::asm!("mrs {}, ctr_el0", out(reg) ctr, options(nomem, nostack)) };
     4 << ((ctr >> 16) & 0xf)
 }
+
+/// The physical address `va` translates to now for a read (`write`: a write) at EL1, by the
+/// stage-1 translation instructions (AT S1E1R / S1E1W), `None` while it does not translate.
+pub fn translate_el1(va: u64, write: bool) -> Option<u64> {
+    let par: u64;
+    // SAFETY: address translation instructions only write PAR_EL1, read back here; no memory is
+    // accessed. ISB: PAR_EL1 is updated before it is read (ARM ARM C5.5, "AT" instructions).
+    unsafe {
+        if write {
+            core::arch::asm!("at s1e1w, {0}", "isb", "mrs {1}, par_el1", in(reg) va, out(reg) par, options(nostack));
+        } else {
+            core::arch::asm!("at s1e1r, {0}", "isb", "mrs {1}, par_el1", in(reg) va, out(reg) par, options(nostack));
+        }
+    }
+    // PAR_EL1.F (bit 0) clear: PA in bits 47:12.
+    (par & 1 == 0).then_some(par & 0x0000_FFFF_FFFF_F000)
+}
