@@ -925,10 +925,12 @@ fn boot_once(
         for (text, found) in run.expect.iter().zip(report.found.iter_mut()) {
             *found |= line.message.contains(text);
         }
-        match parse_ktest(&line.message) {
+        // A test's result line ends its own log lines (see the FAIL context below).
+        let is_result = match parse_ktest(&line.message) {
             Some(KtestEvent::Pass(name)) => {
                 println!("PASS {}/{name}", run.name);
                 report.passes.push(name);
+                true
             }
             Some(KtestEvent::Fail { name, reason }) => {
                 println!("FAIL {}/{name}: {reason}", run.name);
@@ -943,19 +945,20 @@ fn boot_once(
                     }
                 }
                 report.fails.push((name, reason));
+                true
             }
             Some(KtestEvent::Summary { passed, failed }) => {
                 report.summary = Some((passed, failed));
+                false
             }
-            None => {}
-        }
+            None => false,
+        };
         if tail.len() == TAIL_LINES {
             tail.pop_front();
         }
         tail.push_back(line.rendered.clone());
         report.lines.push(line.rendered.clone());
-        if matches!(parse_ktest(&line.message), Some(KtestEvent::Pass(_) | KtestEvent::Fail { .. }))
-        {
+        if is_result {
             since_result = report.lines.len();
         }
         report.last_line = Some(line.rendered);
